@@ -1,0 +1,120 @@
+//! The catalog: the control plane's own PostgreSQL database. Tenants, operations with their
+//! steps, and the tenant-event log. Every tenant state transition is one transaction here.
+
+mod events;
+mod notify;
+mod operations;
+mod records;
+mod tenants;
+
+use std::{sync::Arc, time::Duration};
+
+use bb8_postgres::PostgresConnectionManager;
+use thiserror::Error;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+pub use notify::CatalogChanges;
+pub use operations::ClaimedOperation;
+pub use records::*;
+pub use tenants::{NewTenant, TenantFilter, TenantPage, Transition};
+
+use crate::{
+    migrations::{MigrationError, MigrationSet},
+    tenant::TenantState,
+};
+
+pub(crate) type PgPool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+
+#[derive(Debug, Error)]
+pub enum CatalogError {
+    #[error("tenant not found")]
+    TenantNotFound,
+    #[error("tenant already exists")]
+    TenantExists,
+    #[error("operation not found")]
+    OperationNotFound,
+    #[error("tenant is {0}")]
+    WrongState(TenantState),
+    #[error("catalog database error: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error("catalog unreachable: {0}")]
+    Unreachable(String),
+    #[error("catalog schema: {0}")]
+    Migration(#[from] MigrationError),
+    #[error("catalog holds an unreadable value: {0}")]
+    Corrupt(String),
+}
+
+impl From<bb8::RunError<tokio_postgres::Error>> for CatalogError {
+    fn from(error: bb8::RunError<tokio_postgres::Error>) -> Self {
+        match error {
+            bb8::RunError::User(error) => Self::Unreachable(error.to_string()),
+            bb8::RunError::TimedOut => {
+                Self::Unreachable("timed out waiting for a connection".into())
+            }
+        }
+    }
+}
+
+/// Handle to the catalog; cheap to clone.
+#[derive(Clone)]
+pub struct Catalog {
+    pool: PgPool,
+    config: tokio_postgres::Config,
+    changes: Arc<CatalogChanges>,
+}
+
+impl Catalog {
+    /// Connects (lazily: the pool retries) and applies `migrations/catalog` under an
+    /// advisory lock, so replicas starting together migrate once.
+    pub async fn open(
+        config: tokio_postgres::Config,
+        pool_size: u32,
+        shutdown: CancellationToken,
+    ) -> Result<Self, CatalogError> {
+        let manager = PostgresConnectionManager::new(config.clone(), NoTls);
+        let pool = bb8::Pool::builder()
+            .max_size(pool_size.max(2))
+            .connection_timeout(Duration::from_secs(5))
+            .test_on_check_out(true)
+            .build(manager)
+            .await?;
+        let catalog = Self {
+            pool,
+            config: config.clone(),
+            changes: Arc::new(CatalogChanges::default()),
+        };
+        catalog.migrate().await?;
+        notify::spawn_listener(config, catalog.changes.clone(), shutdown);
+        Ok(catalog)
+    }
+
+    async fn migrate(&self) -> Result<(), CatalogError> {
+        let (mut client, connection) = self.config.connect(NoTls).await?;
+        let task = tokio::spawn(connection);
+        let result = MigrationSet::catalog()?.apply(&mut client).await;
+        drop(client);
+        let _ = task.await;
+        result?;
+        Ok(())
+    }
+
+    /// Change notifications (this process's writes and other replicas' via LISTEN/NOTIFY).
+    pub fn changes(&self) -> &Arc<CatalogChanges> {
+        &self.changes
+    }
+
+    /// A connection outside the pool, for a worker's claim transaction.
+    pub async fn dedicated_connection(&self) -> Result<tokio_postgres::Client, CatalogError> {
+        let (client, connection) = self.config.connect(NoTls).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// The catalog answers a trivial query.
+    pub async fn ping(&self) -> Result<(), CatalogError> {
+        self.pool.get().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,426 @@
+//! Tenant rows: creation (idempotent on the request id), reads, and state transitions.
+
+use tokio_postgres::{Transaction, types::ToSql};
+use uuid::Uuid;
+
+use super::{
+    Catalog, CatalogError, DeleteParams, EventKind, OperationKind, OperationRecord, Placement,
+    StepStatus, TENANT_COLUMNS, TenantRecord, events, operations,
+};
+use crate::tenant::{TenantId, TenantState};
+
+/// A tenant to onboard.
+#[derive(Clone, Debug)]
+pub struct NewTenant {
+    pub id: TenantId,
+    pub display_name: String,
+    pub tier: String,
+    pub provisioner: String,
+    pub request_id: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TenantFilter {
+    pub state: Option<TenantState>,
+    pub tier: Option<String>,
+    /// List tenants with ids greater than this (keyset pagination).
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct TenantPage {
+    pub tenants: Vec<TenantRecord>,
+    /// The last id of this page when more may follow.
+    pub next_after: Option<String>,
+}
+
+/// One state change of a tenant, written in one transaction together with its operation
+/// step and its event. `from` is checked: if the tenant moved on meanwhile, nothing is
+/// written and `apply` returns false.
+#[derive(Clone, Debug)]
+pub struct Transition {
+    pub tenant: TenantId,
+    pub from: TenantState,
+    pub to: TenantState,
+    /// The event routers see; None for bookkeeping that changes nothing they serve.
+    pub event: Option<EventKind>,
+    pub placement: Option<Placement>,
+    pub credentials: Option<Vec<u8>>,
+    pub clear_credentials: bool,
+    pub schema_version: Option<i64>,
+    pub failure_reason: Option<String>,
+    /// The operation whose steps record this transition.
+    pub operation: Option<Uuid>,
+    /// Close the operation's open step with this status and detail.
+    pub finish_step: Option<(StepStatus, String)>,
+    /// Then open a step with this name.
+    pub start_step: Option<String>,
+}
+
+impl Transition {
+    pub fn new(tenant: &TenantId, from: TenantState, to: TenantState, event: EventKind) -> Self {
+        Self {
+            tenant: tenant.clone(),
+            from,
+            to,
+            event: Some(event),
+            placement: None,
+            credentials: None,
+            clear_credentials: false,
+            schema_version: None,
+            failure_reason: None,
+            operation: None,
+            finish_step: None,
+            start_step: None,
+        }
+    }
+
+    /// A change that keeps the state and emits no event (placement, stored credentials).
+    pub fn quiet(tenant: &TenantId, state: TenantState) -> Self {
+        Self {
+            event: None,
+            ..Self::new(tenant, state, state, EventKind::StateChanged)
+        }
+    }
+
+    pub(crate) async fn apply_in(&self, tx: &Transaction<'_>) -> Result<bool, CatalogError> {
+        let placement = self
+            .placement
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| CatalogError::Corrupt(e.to_string()))?;
+        let server = self.placement.as_ref().map(|p| p.server.clone());
+        let params: [&(dyn ToSql + Sync); 10] = [
+            &self.tenant.as_str(),
+            &self.from.as_str(),
+            &self.to.as_str(),
+            &placement,
+            &server,
+            &self.credentials,
+            &self.clear_credentials,
+            &self.schema_version,
+            &self.failure_reason,
+            &(self.to == TenantState::Failed),
+        ];
+        let updated = tx
+            .execute(
+                "UPDATE tenants SET
+                     state = $3,
+                     placement = coalesce($4, placement),
+                     placement_server = coalesce($5, placement_server),
+                     credentials = CASE WHEN $7 THEN NULL ELSE coalesce($6, credentials) END,
+                     credentials_version = credentials_version
+                         + CASE WHEN $6::bytea IS NOT NULL THEN 1 ELSE 0 END,
+                     schema_version = coalesce($8, schema_version),
+                     failure_reason = CASE WHEN $10 THEN coalesce($9, failure_reason) ELSE '' END,
+                     updated_at = now()
+                 WHERE tenant_id = $1 AND state = $2",
+                &params,
+            )
+            .await?;
+        if updated == 0 {
+            return Ok(false);
+        }
+        if let Some(operation) = self.operation {
+            if let Some((status, detail)) = &self.finish_step {
+                operations::finish_step(tx, operation, *status, detail).await?;
+            }
+            if let Some(name) = &self.start_step {
+                operations::start_step(tx, operation, name).await?;
+            }
+        }
+        if let Some(event) = self.event {
+            events::append(tx, &self.tenant, event, self.to).await?;
+        }
+        Ok(true)
+    }
+}
+
+pub(super) fn parse_tenant_id(raw: &str) -> Result<TenantId, CatalogError> {
+    TenantId::parse(raw).map_err(|e| CatalogError::Corrupt(e.to_string()))
+}
+
+impl Catalog {
+    /// Records the tenant as REQUESTED with its onboarding operation, or returns the
+    /// operation an earlier call with the same request id made. A FAILED or DELETED tenant
+    /// may be created again with a new request id.
+    pub async fn create_tenant(&self, new: &NewTenant) -> Result<OperationRecord, CatalogError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        let existing = tx
+            .query_opt(
+                "SELECT state FROM tenants WHERE tenant_id = $1 FOR UPDATE",
+                &[&new.id.as_str()],
+            )
+            .await?;
+        if let Some(row) = existing {
+            let state: String = row.try_get(0)?;
+            let earlier = operations::find_by_request(
+                &tx,
+                OperationKind::CreateTenant,
+                &new.id,
+                &new.request_id,
+            )
+            .await?;
+            if let Some(operation) = earlier {
+                return Ok(operation);
+            }
+            if state != TenantState::Failed.as_str() && state != TenantState::Deleted.as_str() {
+                return Err(CatalogError::TenantExists);
+            }
+            tx.execute(
+                "DELETE FROM tenants WHERE tenant_id = $1",
+                &[&new.id.as_str()],
+            )
+            .await?;
+        }
+        let silo_name = new.id.silo_name();
+        tx.execute(
+            "INSERT INTO tenants (tenant_id, display_name, tier, state, provisioner,
+                                  database_name, role_name, request_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
+            &[
+                &new.id.as_str(),
+                &new.display_name,
+                &new.tier,
+                &TenantState::Requested.as_str(),
+                &new.provisioner,
+                &silo_name,
+                &new.request_id,
+            ],
+        )
+        .await?;
+        let id = operations::insert(
+            &tx,
+            OperationKind::CreateTenant,
+            &new.id,
+            &new.request_id,
+            serde_json::Value::Object(Default::default()),
+        )
+        .await?;
+        events::append(&tx, &new.id, EventKind::Created, TenantState::Requested).await?;
+        tx.commit().await?;
+        self.changes.notify();
+        self.get_operation(id).await
+    }
+
+    pub async fn get_tenant(&self, id: &TenantId) -> Result<TenantRecord, CatalogError> {
+        let conn = self.pool.get().await?;
+        let row = conn
+            .query_opt(
+                &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE tenant_id = $1"),
+                &[&id.as_str()],
+            )
+            .await?
+            .ok_or(CatalogError::TenantNotFound)?;
+        TenantRecord::from_row(&row)
+    }
+
+    pub async fn list_tenants(&self, filter: &TenantFilter) -> Result<TenantPage, CatalogError> {
+        let conn = self.pool.get().await?;
+        let state = filter.state.map(TenantState::as_str);
+        let limit = i64::from(filter.limit.max(1));
+        let rows = conn
+            .query(
+                &format!(
+                    "SELECT {TENANT_COLUMNS} FROM tenants
+                     WHERE ($1::text IS NULL AND state <> 'DELETED' OR state = $1)
+                       AND ($2::text IS NULL OR tier = $2)
+                       AND ($3::text IS NULL OR tenant_id > $3)
+                     ORDER BY tenant_id
+                     LIMIT $4"
+                ),
+                &[&state, &filter.tier, &filter.after, &(limit + 1)],
+            )
+            .await?;
+        let mut tenants = rows
+            .iter()
+            .map(TenantRecord::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = tenants.len() as i64 > limit;
+        tenants.truncate(limit as usize);
+        let next_after = more
+            .then(|| tenants.last().map(|t| t.id.as_str().to_owned()))
+            .flatten();
+        Ok(TenantPage {
+            tenants,
+            next_after,
+        })
+    }
+
+    /// Applies a transition in its own transaction. False when the tenant was no longer in
+    /// `from`.
+    pub async fn transition(&self, transition: &Transition) -> Result<bool, CatalogError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        let applied = transition.apply_in(&tx).await?;
+        tx.commit().await?;
+        if applied {
+            self.changes.notify();
+        }
+        Ok(applied)
+    }
+
+    /// ACTIVE → SUSPENDED (a no-op when already suspended).
+    pub async fn suspend_tenant(&self, id: &TenantId) -> Result<TenantRecord, CatalogError> {
+        self.toggle(
+            id,
+            TenantState::Active,
+            TenantState::Suspended,
+            EventKind::Suspended,
+        )
+        .await
+    }
+
+    /// SUSPENDED → ACTIVE (a no-op when already active).
+    pub async fn resume_tenant(&self, id: &TenantId) -> Result<TenantRecord, CatalogError> {
+        self.toggle(
+            id,
+            TenantState::Suspended,
+            TenantState::Active,
+            EventKind::Resumed,
+        )
+        .await
+    }
+
+    async fn toggle(
+        &self,
+        id: &TenantId,
+        from: TenantState,
+        to: TenantState,
+        event: EventKind,
+    ) -> Result<TenantRecord, CatalogError> {
+        let current = self.get_tenant(id).await?;
+        if current.state == to {
+            return Ok(current);
+        }
+        if current.state == TenantState::Deleted {
+            return Err(CatalogError::TenantNotFound);
+        }
+        if current.state != from {
+            return Err(CatalogError::WrongState(current.state));
+        }
+        if !self
+            .transition(&Transition::new(id, from, to, event))
+            .await?
+        {
+            let now = self.get_tenant(id).await?;
+            return Err(CatalogError::WrongState(now.state));
+        }
+        self.get_tenant(id).await
+    }
+
+    /// Moves the tenant to DELETING and records the deletion operation, or returns the
+    /// deletion already under way.
+    pub async fn start_delete(
+        &self,
+        id: &TenantId,
+        request_id: &str,
+        params: DeleteParams,
+    ) -> Result<OperationRecord, CatalogError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        let row = tx
+            .query_opt(
+                "SELECT state FROM tenants WHERE tenant_id = $1 FOR UPDATE",
+                &[&id.as_str()],
+            )
+            .await?
+            .ok_or(CatalogError::TenantNotFound)?;
+        let state: TenantState = row
+            .try_get::<_, String>(0)?
+            .parse()
+            .map_err(|e: crate::tenant::UnknownTenantState| CatalogError::Corrupt(e.to_string()))?;
+        match state {
+            TenantState::Deleted => return Err(CatalogError::TenantNotFound),
+            TenantState::Deleting => {
+                let running = operations::find_pending(&tx, OperationKind::DeleteTenant, id)
+                    .await?
+                    .ok_or(CatalogError::WrongState(state))?;
+                return Ok(running);
+            }
+            _ => {}
+        }
+        let params =
+            serde_json::to_value(params).map_err(|e| CatalogError::Corrupt(e.to_string()))?;
+        let operation =
+            operations::insert(&tx, OperationKind::DeleteTenant, id, request_id, params).await?;
+        let mut transition = Transition::new(id, state, TenantState::Deleting, EventKind::Deleting);
+        transition.operation = Some(operation);
+        transition.start_step = Some(TenantState::Deleting.as_str().to_owned());
+        transition.apply_in(&tx).await?;
+        tx.commit().await?;
+        self.changes.notify();
+        self.get_operation(operation).await
+    }
+
+    /// Stores a new sealed password for an ACTIVE or SUSPENDED tenant and tells routers.
+    pub async fn rotate_credentials(
+        &self,
+        id: &TenantId,
+        state: TenantState,
+        sealed: Vec<u8>,
+    ) -> Result<TenantRecord, CatalogError> {
+        let mut transition = Transition::new(id, state, state, EventKind::CredentialsRotated);
+        transition.credentials = Some(sealed);
+        if !self.transition(&transition).await? {
+            let now = self.get_tenant(id).await?;
+            return Err(CatalogError::WrongState(now.state));
+        }
+        self.get_tenant(id).await
+    }
+
+    /// How many live tenants each server of a provisioner holds, taken under a lock so that
+    /// concurrent placements see each other. Returns inside `tx`; the caller records its
+    /// choice in the same transaction.
+    pub(crate) async fn placement_load(
+        tx: &Transaction<'_>,
+        provisioner: &str,
+    ) -> Result<Vec<(String, i64)>, CatalogError> {
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PLACEMENT_LOCK_KEY])
+            .await?;
+        let rows = tx
+            .query(
+                "SELECT placement_server, count(*) FROM tenants
+                 WHERE provisioner = $1 AND placement_server IS NOT NULL AND state <> 'DELETED'
+                 GROUP BY placement_server",
+                &[&provisioner],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    /// Places a PROVISIONING tenant: `choose` picks a server from the current load, and the
+    /// choice is recorded together with the move to `to`, in one transaction.
+    /// The outer error is the catalog's, the inner one `choose`'s; Ok(Ok(None)) means the
+    /// tenant was no longer PROVISIONING.
+    pub async fn place_tenant<E>(
+        &self,
+        tenant: &TenantId,
+        provisioner: &str,
+        operation: Uuid,
+        choose: impl FnOnce(&[(String, i64)]) -> Result<Placement, E>,
+    ) -> Result<Result<Option<Placement>, E>, CatalogError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        let load = Self::placement_load(&tx, provisioner).await?;
+        let placement = match choose(&load) {
+            Ok(placement) => placement,
+            Err(error) => return Ok(Err(error)),
+        };
+        let mut transition = Transition::quiet(tenant, TenantState::Provisioning);
+        transition.placement = Some(placement.clone());
+        transition.operation = Some(operation);
+        if !transition.apply_in(&tx).await? {
+            return Ok(Ok(None));
+        }
+        tx.commit().await?;
+        Ok(Ok(Some(placement)))
+    }
+}
+
+const PLACEMENT_LOCK_KEY: i64 = 0x5110_0002;

@@ -1,0 +1,319 @@
+//! The control plane's configuration: every flag has a `SILO_*` environment variable, secrets
+//! are held in types that do not print them, and tiers come from a TOML file.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::Parser;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("tiers file {path}: {message}")]
+    Tiers { path: PathBuf, message: String },
+}
+
+fn secret(raw: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(raw.to_owned()))
+}
+
+/// A fleet member: `NAME=postgres://admin@host:port/postgres`.
+#[derive(Clone)]
+pub struct FleetServerArg {
+    pub name: String,
+    pub dsn: SecretString,
+}
+
+impl std::fmt::Debug for FleetServerArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FleetServerArg({}=..)", self.name)
+    }
+}
+
+impl FromStr for FleetServerArg {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let (name, dsn) = raw
+            .split_once('=')
+            .ok_or("expected NAME=postgres://user@host:port/database")?;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err("fleet server names use letters, digits, '-' and '_'".into());
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            dsn: SecretString::from(dsn.to_owned()),
+        })
+    }
+}
+
+impl FleetServerArg {
+    pub fn to_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
+        self.dsn.expose_secret().parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "fleet server {}: the DSN does not parse",
+                self.name
+            ))
+        })
+    }
+}
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "silo-control-plane",
+    version,
+    about = "silo control plane: tenant catalog, provisioning, onboarding"
+)]
+pub struct ControlPlaneConfig {
+    /// Address the gRPC API listens on.
+    #[arg(long, env = "SILO_LISTEN", default_value = "127.0.0.1:50052")]
+    pub listen: SocketAddr,
+
+    /// DSN of the catalog database (may hold a password; never printed).
+    #[arg(long, env = "SILO_CATALOG_URL", value_parser = secret, hide_env_values = true)]
+    pub catalog_url: SecretString,
+
+    /// Connections the control plane keeps to the catalog.
+    #[arg(long, env = "SILO_CATALOG_POOL_SIZE", default_value_t = 16)]
+    pub catalog_pool_size: u32,
+
+    /// AES-256-GCM key (32 bytes, base64) that seals tenant credentials in the catalog.
+    #[arg(long, env = "SILO_CREDENTIALS_KEY", value_parser = secret, hide_env_values = true)]
+    pub credentials_key: SecretString,
+
+    /// Servers of the `postgres` provisioner's fleet, `NAME=DSN`, comma-separated in the
+    /// environment. The DSN logs in as a role that may create roles and databases.
+    #[arg(
+        long = "postgres-server",
+        env = "SILO_POSTGRES_SERVERS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub postgres_servers: Vec<FleetServerArg>,
+
+    /// TOML file with the tiers; without it, the built-in `free`, `standard` and `enterprise`
+    /// tiers all use the `postgres` provisioner.
+    #[arg(long, env = "SILO_TIERS_FILE")]
+    pub tiers_file: Option<PathBuf>,
+
+    /// Onboarding / deletion operations one replica runs at once.
+    #[arg(long, env = "SILO_WORKERS", default_value_t = 4)]
+    pub workers: usize,
+
+    /// Attempts of a failing step before the tenant goes to FAILED.
+    #[arg(long, env = "SILO_MAX_STEP_ATTEMPTS", default_value_t = 8)]
+    pub max_step_attempts: u32,
+
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+
+    /// Log format: `human` or `json`.
+    #[arg(long, env = "SILO_LOG_FORMAT", default_value = "human")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Token verification: algorithms are pinned here, never taken from a token.
+#[derive(Clone, Debug, clap::Args)]
+pub struct JwtArgs {
+    /// Accepted signing algorithms (e.g. RS256,ES256,EdDSA; HS256 only with a shared secret).
+    #[arg(
+        long = "jwt-algorithms",
+        env = "SILO_JWT_ALGORITHMS",
+        value_delimiter = ',',
+        default_value = "RS256"
+    )]
+    pub algorithms: Vec<String>,
+    /// PEM file with the public key tokens are signed with.
+    #[arg(long = "jwt-public-key-file", env = "SILO_JWT_PUBLIC_KEY_FILE")]
+    pub public_key_file: Option<PathBuf>,
+    /// JWKS file with the public keys tokens are signed with (chosen by `kid`).
+    #[arg(long = "jwt-jwks-file", env = "SILO_JWT_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Shared secret for HS256/384/512 tokens (only when no public key is given).
+    #[arg(long = "jwt-hmac-secret", env = "SILO_JWT_HMAC_SECRET", value_parser = secret, hide_env_values = true)]
+    pub hmac_secret: Option<SecretString>,
+    /// Required `iss` claim.
+    #[arg(long = "jwt-issuer", env = "SILO_JWT_ISSUER")]
+    pub issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long = "jwt-audience", env = "SILO_JWT_AUDIENCE")]
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[arg(
+        long = "jwt-leeway-secs",
+        env = "SILO_JWT_LEEWAY_SECS",
+        default_value_t = 30
+    )]
+    pub leeway_secs: u64,
+}
+
+impl JwtArgs {
+    pub fn verifier_config(&self) -> Result<silo_auth::VerifierConfig, ConfigError> {
+        let algorithms = self
+            .algorithms
+            .iter()
+            .map(|name| {
+                name.trim()
+                    .parse::<jsonwebtoken::Algorithm>()
+                    .map_err(|_| ConfigError::Invalid(format!("unknown JWT algorithm {name:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = match (&self.public_key_file, &self.jwks_file, &self.hmac_secret) {
+            (Some(path), None, None) => silo_auth::KeySource::PemFile(path.clone()),
+            (None, Some(path), None) => silo_auth::KeySource::JwksFile(path.clone()),
+            (None, None, Some(secret)) => silo_auth::KeySource::HmacSecret(secret.clone()),
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "give exactly one of --jwt-public-key-file, --jwt-jwks-file, --jwt-hmac-secret"
+                        .into(),
+                ));
+            }
+        };
+        Ok(silo_auth::VerifierConfig {
+            algorithms,
+            keys,
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            leeway: Duration::from_secs(self.leeway_secs),
+        })
+    }
+}
+
+/// What a tier gives its tenants; routers enforce the limits.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    pub provisioner: String,
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: u32,
+    #[serde(default = "defaults::rate_per_second")]
+    pub rate_per_second: u32,
+    #[serde(default = "defaults::burst")]
+    pub burst: u32,
+    #[serde(default = "defaults::max_concurrent_calls")]
+    pub max_concurrent_calls: u32,
+    #[serde(default = "defaults::statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+}
+
+mod defaults {
+    pub fn max_connections() -> u32 {
+        10
+    }
+    pub fn rate_per_second() -> u32 {
+        1000
+    }
+    pub fn burst() -> u32 {
+        2000
+    }
+    pub fn max_concurrent_calls() -> u32 {
+        32
+    }
+    pub fn statement_timeout_ms() -> u64 {
+        30_000
+    }
+}
+
+/// The tiers file: `default_tier = "standard"` and a `[tiers.NAME]` table per tier.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Tiers {
+    pub default_tier: String,
+    pub tiers: BTreeMap<String, Tier>,
+}
+
+impl Tiers {
+    pub fn builtin() -> Self {
+        let tier = |max_connections, rate_per_second, max_concurrent_calls| Tier {
+            provisioner: "postgres".into(),
+            max_connections,
+            rate_per_second,
+            burst: rate_per_second * 2,
+            max_concurrent_calls,
+            statement_timeout_ms: defaults::statement_timeout_ms(),
+        };
+        Self {
+            default_tier: "standard".into(),
+            tiers: BTreeMap::from([
+                ("free".into(), tier(2, 50, 4)),
+                ("standard".into(), tier(10, 1000, 32)),
+                ("enterprise".into(), tier(40, 10_000, 128)),
+            ]),
+        }
+    }
+
+    pub fn load(path: Option<&PathBuf>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::builtin());
+        };
+        let error = |message: String| ConfigError::Tiers {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let tiers: Self = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
+        if !tiers.tiers.contains_key(&tiers.default_tier) {
+            return Err(error(format!(
+                "default tier {:?} is not defined",
+                tiers.default_tier
+            )));
+        }
+        Ok(tiers)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Tier> {
+        self.tiers.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiers_file_parses_and_rejects_unknown_keys() {
+        let tiers: Tiers = toml::from_str(
+            r#"
+            default_tier = "standard"
+            [tiers.standard]
+            provisioner = "postgres"
+            max_connections = 5
+            [tiers.enterprise]
+            provisioner = "rds"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(tiers.get("standard").unwrap().max_connections, 5);
+        assert_eq!(tiers.get("enterprise").unwrap().provisioner, "rds");
+        assert!(
+            toml::from_str::<Tiers>(
+                "default_tier = \"x\"\n[tiers.x]\nprovisioner = \"postgres\"\nmax_conections = 3\n"
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn fleet_servers_parse_and_hide_their_dsn() {
+        let arg: FleetServerArg = "main=postgres://admin:hunter2@db1:5432/postgres"
+            .parse()
+            .unwrap();
+        assert_eq!(arg.name, "main");
+        assert!(!format!("{arg:?}").contains("hunter2"));
+        assert!(arg.to_config().is_ok());
+        assert!("no-equals-sign".parse::<FleetServerArg>().is_err());
+    }
+}

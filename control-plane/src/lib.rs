@@ -1,0 +1,18 @@
+//! silo's control plane: the tenant catalog, the provisioners that make one database per
+//! tenant, the onboarding state machine, and the ControlPlane gRPC service.
+
+pub mod catalog;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod migrations;
+pub mod onboarding;
+pub mod provisioner;
+pub mod server;
+pub mod service;
+pub mod telemetry;
+pub mod tenant;
+
+pub use config::ControlPlaneConfig;
+pub use onboarding::{HookAction, Hooks};
+pub use server::{RunningControlPlane, StartError, start};

@@ -1,0 +1,191 @@
+//! Provisioners make and remove the database server side of a tenant's silo. One trait,
+//! several implementations (`postgres` now; `rds` fits the same steps), one shared test
+//! suite. The parts every provisioner shares once it has admin access to a server — the
+//! tenant's role, database, grants and schema — live in `bootstrap`.
+
+pub mod bootstrap;
+mod postgres;
+
+use std::{collections::BTreeMap, future::Future, time::Duration};
+
+use thiserror::Error;
+
+pub use postgres::{FleetServer, PostgresProvisioner};
+
+use crate::{catalog::Placement, tenant::TenantId};
+
+/// The tenant a provisioner works for, with the names derived from its id.
+#[derive(Clone, Debug)]
+pub struct TenantSpec {
+    pub id: TenantId,
+    pub tier: String,
+    pub request_id: String,
+    pub database: String,
+    pub role: String,
+}
+
+impl TenantSpec {
+    pub fn new(id: &TenantId, tier: &str, request_id: &str) -> Self {
+        Self {
+            id: id.clone(),
+            tier: tier.to_owned(),
+            request_id: request_id.to_owned(),
+            database: id.silo_name(),
+            role: id.silo_name(),
+        }
+    }
+}
+
+/// Whether a server can take connections yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Availability {
+    Ready,
+    /// Still coming up (or going away); ask again after `retry_after`.
+    Waiting {
+        status: String,
+        retry_after: Duration,
+    },
+}
+
+/// A superuser-like login on the server that holds a placement. Never logged.
+#[derive(Clone)]
+pub struct AdminAccess {
+    pub config: tokio_postgres::Config,
+}
+
+impl std::fmt::Debug for AdminAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminAccess(..)")
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ProvisionError {
+    /// Worth retrying: the server is unreachable, throttled, restarting.
+    #[error("{0}")]
+    Transient(String),
+    /// Retrying will not help; the tenant goes to FAILED with this reason.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl ProvisionError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+}
+
+/// Makes and removes tenants' database servers or databases. Every method is idempotent:
+/// a step retried after a crash finds what an earlier attempt made and adopts it.
+pub trait Provisioner: Send + Sync {
+    /// Chooses where a new tenant goes, given the live tenants each server of this
+    /// provisioner holds. Runs inside the catalog's placement transaction.
+    fn place(
+        &self,
+        tenant: &TenantSpec,
+        load: &[(String, i64)],
+    ) -> Result<Placement, ProvisionError>;
+
+    /// Makes sure the placement's server exists, creating it when this provisioner makes
+    /// servers. Returns the placement with whatever the server's creation taught us.
+    fn ensure_server(
+        &self,
+        tenant: &TenantSpec,
+        placement: &Placement,
+    ) -> impl Future<Output = Result<Placement, ProvisionError>> + Send;
+
+    /// Whether the server takes connections yet; returns the placement's final address.
+    fn poll_available(
+        &self,
+        placement: &Placement,
+    ) -> impl Future<Output = Result<(Availability, Placement), ProvisionError>> + Send;
+
+    /// Admin login on the placement's server, for the shared bootstrap steps.
+    fn admin_access(
+        &self,
+        placement: &Placement,
+    ) -> impl Future<Output = Result<AdminAccess, ProvisionError>> + Send;
+
+    /// Removes the tenant's silo: drops (or, with `keep_database`, keeps renamed) the
+    /// database, drops the role; a provisioner that made a server removes it.
+    fn retire(
+        &self,
+        tenant: &TenantSpec,
+        placement: &Placement,
+        keep_database: bool,
+    ) -> impl Future<Output = Result<Availability, ProvisionError>> + Send;
+}
+
+/// Every provisioner this build knows; the tiers name one of them.
+#[derive(Clone, Debug)]
+pub enum AnyProvisioner {
+    Postgres(PostgresProvisioner),
+}
+
+impl Provisioner for AnyProvisioner {
+    fn place(
+        &self,
+        tenant: &TenantSpec,
+        load: &[(String, i64)],
+    ) -> Result<Placement, ProvisionError> {
+        match self {
+            Self::Postgres(p) => p.place(tenant, load),
+        }
+    }
+
+    async fn ensure_server(
+        &self,
+        tenant: &TenantSpec,
+        placement: &Placement,
+    ) -> Result<Placement, ProvisionError> {
+        match self {
+            Self::Postgres(p) => p.ensure_server(tenant, placement).await,
+        }
+    }
+
+    async fn poll_available(
+        &self,
+        placement: &Placement,
+    ) -> Result<(Availability, Placement), ProvisionError> {
+        match self {
+            Self::Postgres(p) => p.poll_available(placement).await,
+        }
+    }
+
+    async fn admin_access(&self, placement: &Placement) -> Result<AdminAccess, ProvisionError> {
+        match self {
+            Self::Postgres(p) => p.admin_access(placement).await,
+        }
+    }
+
+    async fn retire(
+        &self,
+        tenant: &TenantSpec,
+        placement: &Placement,
+        keep_database: bool,
+    ) -> Result<Availability, ProvisionError> {
+        match self {
+            Self::Postgres(p) => p.retire(tenant, placement, keep_database).await,
+        }
+    }
+}
+
+/// The configured provisioners by name (`postgres`, `rds`).
+#[derive(Clone, Debug, Default)]
+pub struct Provisioners {
+    by_name: BTreeMap<String, AnyProvisioner>,
+}
+
+impl Provisioners {
+    pub fn insert(&mut self, name: &str, provisioner: AnyProvisioner) {
+        self.by_name.insert(name.to_owned(), provisioner);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&AnyProvisioner> {
+        self.by_name.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+}

@@ -1,0 +1,401 @@
+//! The ControlPlane gRPC service. Handlers authorize, turn the request into domain values,
+//! call the catalog or the provisioner, and turn the result back; errors go through
+//! `ControlPlaneError` to a status in one place.
+
+mod auth;
+mod convert;
+mod watch;
+
+use std::sync::Arc;
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use secrecy::ExposeSecret;
+use silo_auth::JwtVerifier;
+use silo_proto::controlplane::v1::{self as pb, control_plane_server::ControlPlane};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+pub use auth::{Caller, Permission};
+
+use crate::{
+    catalog::{Catalog, DeleteParams, NewTenant, TenantFilter},
+    config::Tiers,
+    crypto::{CredentialCipher, generate_password},
+    error::ControlPlaneError,
+    provisioner::{Provisioner, Provisioners, TenantSpec, bootstrap},
+    tenant::{TenantId, TenantState},
+};
+
+const MAX_PAGE_SIZE: u32 = 1000;
+const DEFAULT_PAGE_SIZE: u32 = 100;
+
+pub struct ControlPlaneService {
+    pub(crate) catalog: Catalog,
+    pub(crate) verifier: JwtVerifier,
+    pub(crate) tiers: Arc<Tiers>,
+    pub(crate) provisioners: Provisioners,
+    pub(crate) cipher: CredentialCipher,
+    pub(crate) shutdown: CancellationToken,
+}
+
+fn tenant_id(raw: &str) -> Result<TenantId, ControlPlaneError> {
+    TenantId::parse(raw).map_err(|e| ControlPlaneError::InvalidArgument(e.to_string()))
+}
+
+fn bounded(field: &'static str, value: &str, max: usize) -> Result<(), ControlPlaneError> {
+    if value.chars().count() > max || value.chars().any(char::is_control) {
+        return Err(ControlPlaneError::InvalidArgument(format!(
+            "{field} must be at most {max} printable characters"
+        )));
+    }
+    Ok(())
+}
+
+fn audit(
+    caller: &Caller,
+    action: &str,
+    tenant: &TenantId,
+    result: &Result<impl Sized, ControlPlaneError>,
+) {
+    match result {
+        Ok(_) => tracing::info!(
+            audit = true, subject = %caller.subject, role = %caller.role, action, tenant_id = %tenant,
+            result = "ok", "control-plane mutation"
+        ),
+        Err(error) => tracing::info!(
+            audit = true, subject = %caller.subject, role = %caller.role, action, tenant_id = %tenant,
+            result = %error, "control-plane mutation"
+        ),
+    }
+}
+
+impl ControlPlaneService {
+    fn authorize<T>(&self, request: &Request<T>, permission: Permission) -> Result<Caller, Status> {
+        auth::authorize(&self.verifier, request.metadata(), permission).map_err(Status::from)
+    }
+
+    async fn create_tenant(
+        &self,
+        request: pb::CreateTenantRequest,
+    ) -> Result<pb::Operation, ControlPlaneError> {
+        let id = tenant_id(&request.tenant_id)?;
+        bounded("display_name", &request.display_name, 200)?;
+        bounded("request_id", &request.request_id, 128)?;
+        let tier_name = if request.tier.is_empty() {
+            self.tiers.default_tier.clone()
+        } else {
+            request.tier
+        };
+        let tier = self.tiers.get(&tier_name).ok_or_else(|| {
+            ControlPlaneError::InvalidArgument(format!("unknown tier {tier_name:?}"))
+        })?;
+        if self.provisioners.get(&tier.provisioner).is_none() {
+            return Err(ControlPlaneError::InvalidArgument(format!(
+                "tier {tier_name:?} needs the {} provisioner, which is not configured",
+                tier.provisioner
+            )));
+        }
+        let new = NewTenant {
+            display_name: if request.display_name.is_empty() {
+                id.to_string()
+            } else {
+                request.display_name
+            },
+            provisioner: tier.provisioner.clone(),
+            tier: tier_name,
+            request_id: if request.request_id.is_empty() {
+                Uuid::new_v4().to_string()
+            } else {
+                request.request_id
+            },
+            id,
+        };
+        let operation = self.catalog.create_tenant(&new).await?;
+        Ok(convert::operation(&operation))
+    }
+
+    async fn rotate_credentials(&self, id: &TenantId) -> Result<pb::Tenant, ControlPlaneError> {
+        let tenant = self.catalog.get_tenant(id).await?;
+        match tenant.state {
+            TenantState::Active | TenantState::Suspended => {}
+            TenantState::Deleted => return Err(ControlPlaneError::NotFound("tenant")),
+            other => return Err(ControlPlaneError::WrongState(other)),
+        }
+        let provisioner = self.provisioners.get(&tenant.provisioner).ok_or_else(|| {
+            ControlPlaneError::Unavailable(format!(
+                "provisioner {} is not configured",
+                tenant.provisioner
+            ))
+        })?;
+        let placement = tenant
+            .placement
+            .as_ref()
+            .ok_or_else(|| ControlPlaneError::Internal("active tenant without placement".into()))?;
+        let admin = provisioner.admin_access(placement).await?;
+        let spec = TenantSpec::new(&tenant.id, &tenant.tier, &tenant.request_id);
+        let password = generate_password();
+        let sealed = self
+            .cipher
+            .encrypt(id.as_str(), &password)
+            .map_err(|e| ControlPlaneError::Internal(e.to_string()))?;
+        bootstrap::set_password(&admin, &spec, &password).await?;
+        let updated = self
+            .catalog
+            .rotate_credentials(id, tenant.state, sealed)
+            .await?;
+        Ok(convert::tenant(&updated))
+    }
+
+    async fn resolve(&self, id: &TenantId) -> Result<pb::TenantRoute, ControlPlaneError> {
+        // Read the sequence first: a watcher starting from it sees every later change.
+        let sequence = self.catalog.latest_sequence().await?;
+        let tenant = self.catalog.get_tenant(id).await?;
+        if tenant.state == TenantState::Deleted {
+            return Err(ControlPlaneError::NotFound("tenant"));
+        }
+        let tier = self
+            .tiers
+            .get(&tenant.tier)
+            .or_else(|| self.tiers.get(&self.tiers.default_tier))
+            .ok_or_else(|| {
+                ControlPlaneError::Internal(format!("tier {} is not configured", tenant.tier))
+            })?;
+        let mut route = pb::TenantRoute {
+            tenant_id: tenant.id.to_string(),
+            state: convert::state(tenant.state).into(),
+            tier: tenant.tier.clone(),
+            database: tenant.database_name.clone(),
+            user: tenant.role_name.clone(),
+            credentials_version: u32::try_from(tenant.credentials_version).unwrap_or(0),
+            limits: Some(pb::TierLimits {
+                max_connections: tier.max_connections,
+                rate_per_second: tier.rate_per_second,
+                burst: tier.burst,
+                max_concurrent_calls: tier.max_concurrent_calls,
+                statement_timeout: Some(convert::duration(std::time::Duration::from_millis(
+                    tier.statement_timeout_ms,
+                ))),
+            }),
+            sequence: u64::try_from(sequence).unwrap_or(0),
+            ..Default::default()
+        };
+        if let Some(placement) = &tenant.placement {
+            route.host = placement.host.clone();
+            route.port = u32::from(placement.port);
+        }
+        // Credentials go out only for a tenant a router may serve.
+        if let (TenantState::Active, Some(sealed)) = (tenant.state, &tenant.credentials) {
+            let password = self
+                .cipher
+                .decrypt(id.as_str(), sealed)
+                .map_err(|e| ControlPlaneError::Internal(e.to_string()))?;
+            route.password = password.expose_secret().to_owned();
+        }
+        Ok(route)
+    }
+}
+
+#[tonic::async_trait]
+impl ControlPlane for ControlPlaneService {
+    async fn create_tenant(
+        &self,
+        request: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let caller = self.authorize(&request, Permission::Mutate)?;
+        let request = request.into_inner();
+        let result = self.create_tenant(request.clone()).await;
+        if let Ok(id) = TenantId::parse(&request.tenant_id) {
+            audit(&caller, "create_tenant", &id, &result);
+        }
+        Ok(Response::new(result?))
+    }
+
+    async fn get_operation(
+        &self,
+        request: Request<pb::GetOperationRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        self.authorize(&request, Permission::Read)?;
+        let id = parse_operation_id(&request.get_ref().operation_id)?;
+        let operation = self
+            .catalog
+            .get_operation(id)
+            .await
+            .map_err(ControlPlaneError::from)?;
+        Ok(Response::new(convert::operation(&operation)))
+    }
+
+    type WatchOperationStream = watch::ResponseStream<pb::Operation>;
+
+    async fn watch_operation(
+        &self,
+        request: Request<pb::WatchOperationRequest>,
+    ) -> Result<Response<Self::WatchOperationStream>, Status> {
+        self.authorize(&request, Permission::Read)?;
+        let id = parse_operation_id(&request.get_ref().operation_id)?;
+        // Fail fast on an unknown id instead of opening a stream.
+        self.catalog
+            .get_operation(id)
+            .await
+            .map_err(ControlPlaneError::from)?;
+        Ok(Response::new(watch::operation(
+            self.catalog.clone(),
+            id,
+            self.shutdown.clone(),
+        )))
+    }
+
+    async fn get_tenant(
+        &self,
+        request: Request<pb::GetTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        self.authorize(&request, Permission::Read)?;
+        let id = tenant_id(&request.get_ref().tenant_id)?;
+        let tenant = self
+            .catalog
+            .get_tenant(&id)
+            .await
+            .map_err(ControlPlaneError::from)?;
+        Ok(Response::new(convert::tenant(&tenant)))
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        self.authorize(&request, Permission::Read)?;
+        let request = request.into_inner();
+        let state = convert::state_filter(request.state)
+            .map_err(|()| ControlPlaneError::InvalidArgument("unknown state".into()))?;
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            let bad = || ControlPlaneError::InvalidArgument("invalid page_token".into());
+            let raw = URL_SAFE_NO_PAD
+                .decode(&request.page_token)
+                .map_err(|_| bad())?;
+            let id = String::from_utf8(raw).map_err(|_| bad())?;
+            TenantId::parse(&id).map_err(|_| bad())?;
+            Some(id)
+        };
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let filter = TenantFilter {
+            state,
+            tier: (!request.tier.is_empty()).then_some(request.tier),
+            after,
+            limit: page_size,
+        };
+        let page = self
+            .catalog
+            .list_tenants(&filter)
+            .await
+            .map_err(ControlPlaneError::from)?;
+        Ok(Response::new(pb::ListTenantsResponse {
+            tenants: page.tenants.iter().map(convert::tenant).collect(),
+            next_page_token: page
+                .next_after
+                .map(|id| URL_SAFE_NO_PAD.encode(id))
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn suspend_tenant(
+        &self,
+        request: Request<pb::SuspendTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let caller = self.authorize(&request, Permission::Mutate)?;
+        let id = tenant_id(&request.get_ref().tenant_id)?;
+        bounded("reason", &request.get_ref().reason, 500)?;
+        let result = self
+            .catalog
+            .suspend_tenant(&id)
+            .await
+            .map_err(ControlPlaneError::from);
+        audit(&caller, "suspend_tenant", &id, &result);
+        Ok(Response::new(convert::tenant(&result?)))
+    }
+
+    async fn resume_tenant(
+        &self,
+        request: Request<pb::ResumeTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let caller = self.authorize(&request, Permission::Mutate)?;
+        let id = tenant_id(&request.get_ref().tenant_id)?;
+        let result = self
+            .catalog
+            .resume_tenant(&id)
+            .await
+            .map_err(ControlPlaneError::from);
+        audit(&caller, "resume_tenant", &id, &result);
+        Ok(Response::new(convert::tenant(&result?)))
+    }
+
+    async fn delete_tenant(
+        &self,
+        request: Request<pb::DeleteTenantRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let caller = self.authorize(&request, Permission::Mutate)?;
+        let request = request.into_inner();
+        let id = tenant_id(&request.tenant_id)?;
+        bounded("request_id", &request.request_id, 128)?;
+        let request_id = if request.request_id.is_empty() {
+            Uuid::new_v4().to_string()
+        } else {
+            request.request_id
+        };
+        let params = DeleteParams {
+            keep_database: request.keep_database,
+        };
+        let result = self
+            .catalog
+            .start_delete(&id, &request_id, params)
+            .await
+            .map_err(ControlPlaneError::from);
+        audit(&caller, "delete_tenant", &id, &result);
+        Ok(Response::new(convert::operation(&result?)))
+    }
+
+    async fn rotate_credentials(
+        &self,
+        request: Request<pb::RotateCredentialsRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let caller = self.authorize(&request, Permission::Mutate)?;
+        let id = tenant_id(&request.get_ref().tenant_id)?;
+        let result = self.rotate_credentials(&id).await;
+        audit(&caller, "rotate_credentials", &id, &result);
+        Ok(Response::new(result?))
+    }
+
+    async fn resolve_tenant(
+        &self,
+        request: Request<pb::ResolveTenantRequest>,
+    ) -> Result<Response<pb::TenantRoute>, Status> {
+        self.authorize(&request, Permission::Resolve)?;
+        let id = tenant_id(&request.get_ref().tenant_id)?;
+        Ok(Response::new(self.resolve(&id).await?))
+    }
+
+    type WatchTenantsStream = watch::ResponseStream<pb::TenantEvent>;
+
+    async fn watch_tenants(
+        &self,
+        request: Request<pb::WatchTenantsRequest>,
+    ) -> Result<Response<Self::WatchTenantsStream>, Status> {
+        self.authorize(&request, Permission::WatchEvents)?;
+        let from = i64::try_from(request.get_ref().from_sequence)
+            .map_err(|_| ControlPlaneError::InvalidArgument("from_sequence is too large".into()))?;
+        Ok(Response::new(watch::tenant_events(
+            self.catalog.clone(),
+            from,
+            self.shutdown.clone(),
+        )))
+    }
+}
+
+fn parse_operation_id(raw: &str) -> Result<Uuid, ControlPlaneError> {
+    Uuid::parse_str(raw)
+        .map_err(|_| ControlPlaneError::InvalidArgument("operation_id must be a UUID".into()))
+}

@@ -1,0 +1,106 @@
+//! Server streams: an operation's progress, and the tenant-event log. Each stream re-reads
+//! the catalog when it changes (or every second at the latest) and ends when the client
+//! goes away, the operation is done, or the control plane shuts down.
+
+use std::{pin::Pin, time::Duration};
+
+use futures::Stream;
+use silo_proto::controlplane::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use uuid::Uuid;
+
+use super::convert;
+use crate::{catalog::Catalog, error::ControlPlaneError};
+
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+const RECHECK: Duration = Duration::from_secs(1);
+const EVENT_BATCH: i64 = 500;
+
+pub fn operation(
+    catalog: Catalog,
+    id: Uuid,
+    shutdown: CancellationToken,
+) -> ResponseStream<pb::Operation> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut last_sent: Option<pb::Operation> = None;
+        loop {
+            let wait = catalog.changes().wait(RECHECK);
+            tokio::pin!(wait);
+            let current = match catalog.get_operation(id).await {
+                Ok(record) => convert::operation(&record),
+                Err(error) => {
+                    let _ = tx.send(Err(ControlPlaneError::from(error).into())).await;
+                    return;
+                }
+            };
+            let changed = last_sent
+                .as_ref()
+                .is_none_or(|last| comparable(last) != comparable(&current));
+            if changed {
+                let done = current.done;
+                if tx.send(Ok(current.clone())).await.is_err() || done {
+                    return;
+                }
+                last_sent = Some(current);
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tx.closed() => return,
+                () = &mut wait => {}
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+/// An operation without the fields that change on every read (running steps' durations).
+fn comparable(operation: &pb::Operation) -> pb::Operation {
+    let mut copy = operation.clone();
+    for step in &mut copy.steps {
+        step.duration = None;
+    }
+    copy
+}
+
+pub fn tenant_events(
+    catalog: Catalog,
+    from: i64,
+    shutdown: CancellationToken,
+) -> ResponseStream<pb::TenantEvent> {
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        let mut last = from;
+        loop {
+            let wait = catalog.changes().wait(RECHECK);
+            tokio::pin!(wait);
+            let events = match catalog.events_after(last, EVENT_BATCH).await {
+                Ok(events) => events,
+                Err(error) => {
+                    let _ = tx.send(Err(ControlPlaneError::from(error).into())).await;
+                    return;
+                }
+            };
+            let full = events.len() as i64 == EVENT_BATCH;
+            for event in &events {
+                if tx.send(Ok(convert::event(event))).await.is_err() {
+                    return;
+                }
+                last = event.sequence;
+            }
+            if full {
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tx.closed() => return,
+                () = &mut wait => {}
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
