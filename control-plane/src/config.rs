@@ -103,7 +103,8 @@ pub struct ControlPlaneConfig {
     #[arg(long, env = "SILO_TIERS_FILE")]
     pub tiers_file: Option<PathBuf>,
 
-    /// Onboarding / deletion operations one replica runs at once.
+    /// Onboarding / deletion operations one replica runs at once (0: this replica only
+    /// serves the API).
     #[arg(long, env = "SILO_WORKERS", default_value_t = 4)]
     pub workers: usize,
 

@@ -141,7 +141,7 @@ pub async fn start(
         hooks,
         max_attempts: config.max_step_attempts.max(1),
     });
-    for worker in 0..config.workers.max(1) {
+    for worker in 0..config.workers {
         tasks.spawn(onboarding.clone().run_worker(worker, shutdown.clone()));
     }
 

@@ -57,6 +57,14 @@ fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
+/// The password as a SCRAM-SHA-256 verifier: the server stores it as is, and neither the
+/// server's statement log nor a client-side debug log ever holds the password itself.
+fn password_literal(password: &SecretString) -> String {
+    literal(&postgres_protocol::password::scram_sha_256(
+        password.expose_secret().as_bytes(),
+    ))
+}
+
 /// Creates (or adopts) the tenant's login role and database, owned by that role, closed to
 /// every other non-superuser role.
 pub async fn ensure_silo(
@@ -79,7 +87,7 @@ pub async fn ensure_silo(
         .batch_execute(&format!(
             "{verb} ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
              NOBYPASSRLS INHERIT PASSWORD {}",
-            literal(password.expose_secret())
+            password_literal(password)
         ))
         .await
         .map_err(run("creating the tenant role"))?;
@@ -162,7 +170,7 @@ pub async fn set_password(
         .batch_execute(&format!(
             "ALTER ROLE {} WITH PASSWORD {}",
             ident(&tenant.role),
-            literal(password.expose_secret())
+            password_literal(password)
         ))
         .await
         .map_err(|e| classify("changing the tenant password", &e))

@@ -1,0 +1,257 @@
+//! The end-to-end harness: real PostgreSQL servers started here, the control plane started
+//! in-process through the same `start` its binary calls, and gRPC over loopback.
+
+mod logs;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use silo_auth::{Algorithm, StandardClaims, TokenSigner};
+use silo_control_plane::{ControlPlaneConfig, Hooks, RunningControlPlane};
+use silo_pg_server::{PgServer, PgServerOptions};
+use silo_proto::controlplane::v1::{self as pb, control_plane_client::ControlPlaneClient};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, transport::Channel};
+
+pub use logs::LogCapture;
+
+pub const ISSUER: &str = "silo-tests";
+pub const AUDIENCE: &str = "silo-control-plane";
+/// A password put into the fleet DSNs: the servers trust loopback logins, so it is never
+/// checked, but it must never show up in a log line or an error message.
+pub const FLEET_PASSWORD: &str = "fleet-admin-pw-7f3a9c";
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/keys")
+        .join(name)
+}
+
+/// Signs tokens with the fixture RSA key the control plane under test trusts.
+pub fn signer() -> TokenSigner {
+    TokenSigner::from_pem_file(fixture("rsa_private.pem"), Algorithm::RS256)
+        .expect("fixture key loads")
+}
+
+pub fn token(role: &str) -> String {
+    let claims = StandardClaims::new(format!("test-{role}"), Duration::from_secs(600))
+        .issuer(ISSUER)
+        .audience(AUDIENCE)
+        .claim("role", role);
+    signer().sign(&claims).expect("token signs")
+}
+
+pub fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii header"),
+    );
+    request
+}
+
+/// Polls `check` until it returns Some, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// PostgreSQL servers for one test: the first also holds the catalog database; all of
+/// them form the `postgres` provisioner's fleet.
+pub struct TestEnv {
+    pub servers: Vec<Arc<PgServer>>,
+    pub catalog_database: String,
+    pub credentials_key: String,
+}
+
+impl TestEnv {
+    pub async fn start(fleet_size: usize) -> Self {
+        let servers = silo_pg_server::start_many(fleet_size.max(1), PgServerOptions::for_tests())
+            .await
+            .expect("PostgreSQL servers start");
+        let servers: Vec<Arc<PgServer>> = servers.into_iter().map(Arc::new).collect();
+        let catalog_database = servers[0]
+            .create_unique_database("catalog")
+            .await
+            .expect("catalog database");
+        Self {
+            servers,
+            catalog_database,
+            credentials_key: {
+                use secrecy::ExposeSecret;
+                silo_control_plane::crypto::CredentialCipher::generate_key()
+                    .expose_secret()
+                    .to_owned()
+            },
+        }
+    }
+
+    pub fn fleet_dsn(&self, index: usize) -> String {
+        let server = &self.servers[index];
+        format!(
+            "postgres://postgres:{FLEET_PASSWORD}@{}:{}/postgres?connect_timeout=2",
+            server.host(),
+            server.port()
+        )
+    }
+
+    /// The control plane's configuration, parsed from flags like the binary does.
+    pub fn config(&self, extra: &[&str]) -> ControlPlaneConfig {
+        let mut args: Vec<String> = vec![
+            "silo-control-plane".into(),
+            "--listen=127.0.0.1:0".into(),
+            format!(
+                "--catalog-url={}",
+                self.servers[0].dsn(&self.catalog_database)
+            ),
+            format!("--credentials-key={}", self.credentials_key),
+            "--jwt-algorithms=RS256".into(),
+            format!(
+                "--jwt-public-key-file={}",
+                fixture("rsa_public.pem").display()
+            ),
+            format!("--jwt-issuer={ISSUER}"),
+            format!("--jwt-audience={AUDIENCE}"),
+        ];
+        for (index, server) in self.servers.iter().enumerate() {
+            let _ = server;
+            args.push(format!(
+                "--postgres-server=pg{index}={}",
+                self.fleet_dsn(index)
+            ));
+        }
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        <ControlPlaneConfig as clap::Parser>::try_parse_from(args).expect("test config parses")
+    }
+
+    pub async fn control_plane(&self, hooks: Hooks) -> TestControlPlane {
+        self.control_plane_with(self.config(&[]), hooks).await
+    }
+
+    pub async fn control_plane_with(
+        &self,
+        config: ControlPlaneConfig,
+        hooks: Hooks,
+    ) -> TestControlPlane {
+        let running = silo_control_plane::start(config, hooks, CancellationToken::new())
+            .await
+            .expect("control plane starts");
+        let channel = Channel::from_shared(format!("http://{}", running.local_addr()))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("control plane reachable");
+        TestControlPlane {
+            running: Some(running),
+            client: ControlPlaneClient::new(channel),
+        }
+    }
+
+    /// Connects to a database of fleet server `index` as the superuser.
+    pub async fn admin_client(&self, index: usize, database: &str) -> tokio_postgres::Client {
+        self.servers[index]
+            .connect(database)
+            .await
+            .expect("admin connection")
+    }
+}
+
+pub struct TestControlPlane {
+    running: Option<RunningControlPlane>,
+    pub client: ControlPlaneClient<Channel>,
+}
+
+impl TestControlPlane {
+    pub fn client(&self) -> ControlPlaneClient<Channel> {
+        self.client.clone()
+    }
+
+    /// Ends the control plane as a crash would.
+    pub fn abort(mut self) {
+        if let Some(running) = self.running.take() {
+            running.abort();
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+    }
+
+    pub async fn create_tenant(
+        &self,
+        tenant: &str,
+        request_id: &str,
+    ) -> Result<pb::Operation, tonic::Status> {
+        let request = pb::CreateTenantRequest {
+            tenant_id: tenant.into(),
+            display_name: format!("{tenant} inc"),
+            tier: String::new(),
+            request_id: request_id.into(),
+        };
+        self.client()
+            .create_tenant(with_token(request, &token("admin")))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn get_tenant(&self, tenant: &str) -> Result<pb::Tenant, tonic::Status> {
+        let request = pb::GetTenantRequest {
+            tenant_id: tenant.into(),
+        };
+        self.client()
+            .get_tenant(with_token(request, &token("admin")))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn get_operation(&self, id: &str) -> Result<pb::Operation, tonic::Status> {
+        let request = pb::GetOperationRequest {
+            operation_id: id.into(),
+        };
+        self.client()
+            .get_operation(with_token(request, &token("admin")))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn resolve(&self, tenant: &str) -> Result<pb::TenantRoute, tonic::Status> {
+        let request = pb::ResolveTenantRequest {
+            tenant_id: tenant.into(),
+        };
+        self.client()
+            .resolve_tenant(with_token(request, &token("router")))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Waits until the operation is done and returns it.
+    pub async fn wait_done(&self, operation_id: &str, timeout: Duration) -> pb::Operation {
+        eventually(timeout, "the operation to finish", || async {
+            let operation = self.get_operation(operation_id).await.ok()?;
+            operation.done.then_some(operation)
+        })
+        .await
+    }
+}
+
+impl Drop for TestControlPlane {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.abort();
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! End-to-end suites: real PostgreSQL servers, the control plane over real gRPC.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod bad_input;
+mod crash_resume;
+mod lifecycle;
+mod onboarding;
+mod secrets;

@@ -1,0 +1,72 @@
+use std::time::Duration;
+
+use silo_control_plane::Hooks;
+use silo_proto::controlplane::v1::{self as pb};
+use silo_tests::{FLEET_PASSWORD, LogCapture, TestEnv, token, with_token};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_password_or_key_reaches_logs_or_error_messages() {
+    let logs = LogCapture::install();
+    let env = TestEnv::start(1).await;
+    let cp = env.control_plane(Hooks::default()).await;
+    let mut client = cp.client();
+    let admin = token("admin");
+
+    let operation = cp.create_tenant("stark", "req-1").await.unwrap();
+    cp.wait_done(&operation.operation_id, Duration::from_secs(60))
+        .await;
+    let before = cp.resolve("stark").await.unwrap();
+    let rotated = client
+        .rotate_credentials(with_token(
+            pb::RotateCredentialsRequest {
+                tenant_id: "stark".into(),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rotated.state(), pb::TenantState::Active);
+    let after = cp.resolve("stark").await.unwrap();
+    assert_ne!(before.password, after.password);
+    assert!(after.credentials_version > before.credentials_version);
+
+    // Provoke errors and collect what callers are told.
+    let mut messages = Vec::new();
+    for status in [
+        cp.create_tenant("stark", "another").await.unwrap_err(),
+        client
+            .create_tenant(tonic::Request::new(pb::CreateTenantRequest::default()))
+            .await
+            .unwrap_err(),
+        client
+            .rotate_credentials(with_token(
+                pb::RotateCredentialsRequest {
+                    tenant_id: "nobody".into(),
+                },
+                &admin,
+            ))
+            .await
+            .unwrap_err(),
+    ] {
+        messages.push(status.message().to_owned());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logged = logs.contents();
+    assert!(
+        logged.contains("tenant state changed"),
+        "the capture sees the control plane's logs"
+    );
+    for secret in [
+        before.password.as_str(),
+        after.password.as_str(),
+        env.credentials_key.as_str(),
+        FLEET_PASSWORD,
+    ] {
+        assert!(!logged.contains(secret), "a secret was logged");
+        assert!(
+            messages.iter().all(|m| !m.contains(secret)),
+            "a secret was in an error message"
+        );
+    }
+}
