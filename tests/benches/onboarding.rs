@@ -70,14 +70,20 @@ async fn main() {
     for i in 0..10 {
         let started = Instant::now();
         admin
-            .batch_execute(&format!(
-                "CREATE ROLE bench_{i} LOGIN; CREATE DATABASE bench_{i} OWNER bench_{i}"
-            ))
+            .batch_execute(&format!("CREATE ROLE bench_{i} LOGIN"))
             .await
-            .expect("baseline create");
+            .expect("baseline role");
+        admin
+            .batch_execute(&format!("CREATE DATABASE bench_{i} OWNER bench_{i}"))
+            .await
+            .expect("baseline database");
         baseline.push(started.elapsed());
         admin
-            .batch_execute(&format!("DROP DATABASE bench_{i}; DROP ROLE bench_{i}"))
+            .batch_execute(&format!("DROP DATABASE bench_{i}"))
+            .await
+            .expect("baseline drop");
+        admin
+            .batch_execute(&format!("DROP ROLE bench_{i}"))
             .await
             .expect("baseline drop");
     }
