@@ -1,0 +1,116 @@
+//! The template cluster: `initdb` runs once per machine, user and major version, every
+//! server starts from a copy of it.
+//!
+//! The template lives at `$TMPDIR/silo-pg-template-<major>-<euid>`. It is built in a
+//! sibling directory and renamed into place, so processes that race never see half of
+//! one; whoever loses the race throws its copy away and uses the winner's.
+
+use std::path::{Path, PathBuf};
+
+use nix::unistd::Uid;
+use tokio::process::Command;
+use tokio::sync::Mutex;
+
+use crate::binaries::PgBinaries;
+use crate::command::run;
+use crate::error::PgServerError;
+use crate::os_user::{RunAs, create_owned_dir, set_mode};
+
+/// Name of the cluster directory inside the template directory.
+const DATA: &str = "data";
+
+/// Returns the data directory of the template cluster, building it if needed.
+pub(crate) async fn template_data_dir(
+    binaries: &PgBinaries,
+    run_as: &RunAs,
+) -> Result<PathBuf, PgServerError> {
+    // One builder per process; other processes are handled by the atomic rename.
+    static BUILDING: Mutex<()> = Mutex::const_new(());
+    let _guard = BUILDING.lock().await;
+
+    let name = format!(
+        "silo-pg-template-{}-{}",
+        binaries.major(),
+        Uid::effective().as_raw()
+    );
+    let template = std::env::temp_dir().join(&name);
+    if is_cluster(&template.join(DATA)) {
+        return Ok(template.join(DATA));
+    }
+    discard_broken(&template);
+    let started = std::time::Instant::now();
+    let building = tempfile::Builder::new()
+        .prefix(&format!("{name}.building-"))
+        .tempdir()
+        .map_err(|e| PgServerError::io("create a temporary directory for initdb", e))?;
+    set_mode(building.path(), 0o755)?;
+    run_as.check_traversable(building.path())?;
+    let data = create_owned_dir(run_as, &building.path().join(DATA), 0o700)?;
+    initdb(binaries, run_as, &data).await?;
+    match std::fs::rename(building.path(), &template) {
+        Ok(()) => {
+            let _ = building.keep();
+            tracing::info!(
+                template = %template.display(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "built postgresql template cluster"
+            );
+        }
+        // Another process got there first; `building` is deleted on drop.
+        Err(_) if is_cluster(&template.join(DATA)) => {}
+        Err(e) => {
+            return Err(PgServerError::io(
+                format!(
+                    "rename {} to {}",
+                    building.path().display(),
+                    template.display()
+                ),
+                e,
+            ));
+        }
+    }
+    Ok(template.join(DATA))
+}
+
+/// Runs initdb into the empty directory `data`, with the C.UTF-8 locale if the system
+/// has it, else C.
+async fn initdb(binaries: &PgBinaries, run_as: &RunAs, data: &Path) -> Result<(), PgServerError> {
+    let mut result = Ok(());
+    for locale in ["C.UTF-8", "C"] {
+        let mut command = Command::new(binaries.program("initdb"));
+        command
+            .arg("-D")
+            .arg(data)
+            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+            .arg(format!("--locale={locale}"));
+        run_as.apply_tokio(&mut command);
+        result = run(&mut command).await.map(drop);
+        match &result {
+            Err(PgServerError::CommandFailed { output, .. }) if output.contains("locale") => {
+                tracing::debug!(locale, "initdb rejected the locale, trying the next one");
+            }
+            _ => break,
+        }
+    }
+    result
+}
+
+/// Whether `data` holds a complete cluster.
+pub(crate) fn is_cluster(data: &Path) -> bool {
+    data.join("PG_VERSION").is_file() && data.join("global").join("pg_control").is_file()
+}
+
+/// Moves a template that exists but is incomplete (e.g. partly cleaned by a tmp reaper)
+/// out of the way, then deletes it.
+fn discard_broken(template: &Path) {
+    if !template.exists() {
+        return;
+    }
+    let trash = template.with_extension(format!("broken-{}", std::process::id()));
+    if std::fs::rename(template, &trash).is_ok() {
+        tracing::warn!(template = %template.display(), "discarding incomplete postgresql template");
+        if let Err(e) = std::fs::remove_dir_all(&trash) {
+            tracing::warn!(path = %trash.display(), error = %e, "could not delete broken template");
+        }
+    }
+}
