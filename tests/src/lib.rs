@@ -68,6 +68,30 @@ where
     }
 }
 
+/// Client authentication of the test servers: the superuser is trusted on loopback (the
+/// harness and the fleet log in as it), every other role needs its password (SCRAM), as
+/// in production, so a wrong or rotated password is really refused.
+fn hba_file() -> PathBuf {
+    use std::{os::unix::fs::PermissionsExt, sync::OnceLock};
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let path =
+            std::env::temp_dir().join(format!("silo-tests-pg_hba-{}.conf", std::process::id()));
+        std::fs::write(
+            &path,
+            "local all postgres trust\n\
+             host all postgres 127.0.0.1/32 trust\n\
+             local all all scram-sha-256\n\
+             host all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("pg_hba file written");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .expect("pg_hba readable");
+        path
+    })
+    .clone()
+}
+
 /// PostgreSQL servers for one test: the first also holds the catalog database; all of
 /// them form the `postgres` provisioner's fleet.
 pub struct TestEnv {
@@ -78,7 +102,9 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn start(fleet_size: usize) -> Self {
-        let servers = silo_pg_server::start_many(fleet_size.max(1), PgServerOptions::for_tests())
+        let options =
+            PgServerOptions::for_tests().with_setting("hba_file", hba_file().display().to_string());
+        let servers = silo_pg_server::start_many(fleet_size.max(1), options)
             .await
             .expect("PostgreSQL servers start");
         let servers: Vec<Arc<PgServer>> = servers.into_iter().map(Arc::new).collect();

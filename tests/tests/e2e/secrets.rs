@@ -30,6 +30,33 @@ async fn no_password_or_key_reaches_logs_or_error_messages() {
     let after = cp.resolve("stark").await.unwrap();
     assert_ne!(before.password, after.password);
     assert!(after.credentials_version > before.credentials_version);
+    let login = |password: String| {
+        let route = after.clone();
+        async move {
+            let mut config = tokio_postgres::Config::new();
+            config
+                .host(&route.host)
+                .port(u16::try_from(route.port).unwrap())
+                .user(&route.user)
+                .password(password)
+                .dbname(&route.database);
+            config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map(|(client, connection)| {
+                    tokio::spawn(connection);
+                    client
+                })
+        }
+    };
+    let old = login(before.password.clone())
+        .await
+        .err()
+        .expect("the old password is refused");
+    assert_eq!(old.code().map(|c| c.code()), Some("28P01"), "{old}");
+    login(after.password.clone())
+        .await
+        .expect("the new password logs in");
 
     // Provoke errors and collect what callers are told.
     let mut messages = Vec::new();
