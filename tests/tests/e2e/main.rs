@@ -5,4 +5,5 @@ mod bad_input;
 mod crash_resume;
 mod lifecycle;
 mod onboarding;
+mod replicas;
 mod secrets;

@@ -1,0 +1,60 @@
+use std::time::Duration;
+
+use futures::future::join_all;
+use silo_control_plane::Hooks;
+use silo_proto::controlplane::v1 as pb;
+use silo_tests::TestEnv;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_start_on_one_catalog_and_share_the_work() {
+    let env = TestEnv::start(2).await;
+    // Both migrate the same fresh catalog at once: the advisory lock lets one apply it.
+    let (a, b) = tokio::join!(
+        env.control_plane(Hooks::default()),
+        env.control_plane(Hooks::default())
+    );
+
+    let tenants: Vec<String> = (0..10).map(|i| format!("shared-{i}")).collect();
+    let operations = join_all(tenants.iter().enumerate().map(|(i, tenant)| {
+        let cp = if i % 2 == 0 { &a } else { &b };
+        async move { cp.create_tenant(tenant, "r").await.unwrap() }
+    }))
+    .await;
+    for operation in &operations {
+        let done = a
+            .wait_done(&operation.operation_id, Duration::from_secs(60))
+            .await;
+        assert_eq!(
+            done.status(),
+            pb::OperationStatus::Succeeded,
+            "{}",
+            done.error
+        );
+        assert!(
+            done.steps.iter().all(|step| step.attempts == 1),
+            "no step ran twice: {:?}",
+            done.steps
+        );
+    }
+    let mut databases = 0;
+    for index in 0..env.servers.len() {
+        let admin = env.admin_client(index, "postgres").await;
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_database WHERE datname LIKE 't_shared_%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        databases += n;
+    }
+    assert_eq!(databases, 10);
+    let catalog = env.admin_client(0, &env.catalog_database).await;
+    let applied: i64 = catalog
+        .query_one("SELECT count(*) FROM silo_schema_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 1, "the catalog schema was applied once");
+}
