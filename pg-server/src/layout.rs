@@ -10,6 +10,7 @@ use crate::binaries::PgBinaries;
 use crate::command::run;
 use crate::error::PgServerError;
 use crate::os_user::{RunAs, create_owned_dir, set_mode};
+use crate::temp_base::temp_base;
 use crate::template::is_cluster;
 
 /// Where a server keeps its files.
@@ -27,14 +28,14 @@ pub(crate) struct Layout {
 }
 
 impl Layout {
-    /// `$TMPDIR/silo-pg-XXXXXX/{data,sock}`, the data a copy of the template.
+    /// `<temp base>/silo-pg-XXXXXX/{data,sock}`, the data a copy of the template.
     pub(crate) async fn temporary(
         template: &Path,
         run_as: &RunAs,
     ) -> Result<Layout, PgServerError> {
         let root = tempfile::Builder::new()
             .prefix("silo-pg-")
-            .tempdir()
+            .tempdir_in(temp_base())
             .map_err(|e| PgServerError::io("create a temporary directory for postgresql", e))?;
         run_as.check_traversable(root.path())?;
         let data_dir = root.path().join("data");
@@ -61,17 +62,20 @@ impl Layout {
             .map_err(|e| PgServerError::io(format!("resolve {}", dir.display()), e))?;
         if data_dir.join("PG_VERSION").is_file() {
             check_version(&data_dir, binaries)?;
+            run_as.check_traversable(&data_dir)?;
             run_as.take_ownership_recursive(&data_dir)?;
         } else if is_empty_or_missing(&data_dir)? {
+            std::fs::create_dir_all(&data_dir)
+                .map_err(|e| PgServerError::io(format!("create {}", data_dir.display()), e))?;
+            run_as.check_traversable(&data_dir)?;
             tracing::info!(data_dir = %data_dir.display(), "creating postgresql data directory");
             copy_cluster(template, &data_dir, run_as).await?;
         } else {
             return Err(PgServerError::NotADataDir { path: data_dir });
         }
-        run_as.check_traversable(&data_dir)?;
         let socket = tempfile::Builder::new()
             .prefix("silo-pg-sock-")
-            .tempdir()
+            .tempdir_in(temp_base())
             .map_err(|e| PgServerError::io("create a socket directory for postgresql", e))?;
         run_as.check_traversable(socket.path())?;
         run_as.take_ownership(socket.path())?;

@@ -18,7 +18,9 @@
 //!
 //! How it works: the binaries come from `SILO_PG_BIN`, else the newest
 //! `/usr/lib/postgresql/*/bin`, else `pg_config --bindir`. `initdb` runs once per machine
-//! into a shared template cluster; every server starts from a copy of it. As root, all
+//! into a shared template cluster; every server starts from a copy of it. Temporary
+//! servers and the template live in `/dev/shm` when it has room (copies are several times
+//! faster there), else in `$TMPDIR`; `SILO_PG_TMPDIR` chooses another place. As root, all
 //! PostgreSQL programs run as the OS user `postgres` (PostgreSQL refuses root).
 
 mod binaries;
@@ -31,6 +33,7 @@ mod options;
 mod os_user;
 mod pg_ctl;
 mod server;
+mod temp_base;
 mod template;
 mod watchdog;
 
@@ -39,6 +42,7 @@ pub use error::PgServerError;
 pub use fleet::{shared_servers, start_many};
 pub use options::PgServerOptions;
 pub use server::PgServer;
+pub use temp_base::PG_TMPDIR_ENV;
 
 /// The address every server listens on.
 const HOST: &str = "127.0.0.1";

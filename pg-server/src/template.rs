@@ -1,7 +1,8 @@
 //! The template cluster: `initdb` runs once per machine, user and major version, every
 //! server starts from a copy of it.
 //!
-//! The template lives at `$TMPDIR/silo-pg-template-<major>-<euid>`. It is built in a
+//! The template lives at `<temp base>/silo-pg-template-<major>-<euid>` (see
+//! [`crate::temp_base`]). It is built in a
 //! sibling directory and renamed into place, so processes that race never see half of
 //! one; whoever loses the race throws its copy away and uses the winner's.
 
@@ -15,6 +16,7 @@ use crate::binaries::PgBinaries;
 use crate::command::run;
 use crate::error::PgServerError;
 use crate::os_user::{RunAs, create_owned_dir, set_mode};
+use crate::temp_base::temp_base;
 
 /// Name of the cluster directory inside the template directory.
 const DATA: &str = "data";
@@ -33,7 +35,8 @@ pub(crate) async fn template_data_dir(
         binaries.major(),
         Uid::effective().as_raw()
     );
-    let template = std::env::temp_dir().join(&name);
+    let base = temp_base();
+    let template = base.join(&name);
     if is_cluster(&template.join(DATA)) {
         return Ok(template.join(DATA));
     }
@@ -41,7 +44,7 @@ pub(crate) async fn template_data_dir(
     let started = std::time::Instant::now();
     let building = tempfile::Builder::new()
         .prefix(&format!("{name}.building-"))
-        .tempdir()
+        .tempdir_in(&base)
         .map_err(|e| PgServerError::io("create a temporary directory for initdb", e))?;
     set_mode(building.path(), 0o755)?;
     run_as.check_traversable(building.path())?;

@@ -67,3 +67,21 @@ async fn a_directory_holding_something_else_is_refused() -> TestResult {
     assert!(dir.join("precious.txt").is_file());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_data_dir_the_postgres_user_cannot_reach_is_refused_when_root() -> TestResult {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Ok(()); // without root, PostgreSQL runs as us and reaches what we reach
+    }
+    let closed = tempfile::tempdir()?;
+    std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o700))?;
+    let dir = closed.path().join("pgdata");
+    match PgServer::start(PgServerOptions::persistent(&dir)).await {
+        Err(PgServerError::NotTraversable { blocking, user, .. }) => {
+            assert_eq!(blocking, closed.path());
+            assert_eq!(user, "postgres");
+        }
+        other => panic!("expected NotTraversable, got {other:?}"),
+    }
+    Ok(())
+}

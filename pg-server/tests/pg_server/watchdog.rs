@@ -2,7 +2,7 @@
 
 use std::io::BufRead;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use silo_pg_server::{PgServer, PgServerOptions, shared_servers};
@@ -32,6 +32,16 @@ async fn child_starts_servers_and_waits() -> TestResult {
     Ok(())
 }
 
+/// Kills (SIGKILL) and reaps the child when the test ends, however it ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_killed_process_leaves_no_server_behind() -> TestResult {
     let mut child = Command::new(std::env::current_exe()?)
@@ -46,6 +56,7 @@ fn a_killed_process_leaves_no_server_behind() -> TestResult {
         .stderr(Stdio::inherit())
         .spawn()?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
+    let child = KillOnDrop(child);
     let mut servers: Vec<(u16, PathBuf)> = Vec::new();
     for line in std::io::BufReader::new(stdout).lines() {
         let line = line?;
@@ -64,8 +75,7 @@ fn a_killed_process_leaves_no_server_behind() -> TestResult {
         pids.push(postmaster_pid(dir)?);
     }
 
-    child.kill()?; // SIGKILL: no destructor, no panic handler runs
-    child.wait()?;
+    drop(child); // SIGKILL: no destructor, no panic handler runs in the child
 
     for ((port, dir), pid) in servers.iter().zip(pids) {
         assert!(
