@@ -103,6 +103,11 @@ pub struct ControlPlaneConfig {
     #[arg(long, env = "SILO_TIERS_FILE")]
     pub tiers_file: Option<PathBuf>,
 
+    /// Directory of tenant migrations (`V<n>__<name>.sql`) to use instead of the ones
+    /// compiled into this binary.
+    #[arg(long, env = "SILO_TENANT_MIGRATIONS_DIR")]
+    pub tenant_migrations_dir: Option<PathBuf>,
+
     /// Onboarding / deletion operations one replica runs at once (0: this replica only
     /// serves the API).
     #[arg(long, env = "SILO_WORKERS", default_value_t = 4)]

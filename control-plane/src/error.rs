@@ -20,6 +20,8 @@ pub enum ControlPlaneError {
     #[error("tenant is {0}")]
     WrongState(TenantState),
     #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
     Internal(String),
@@ -34,6 +36,7 @@ impl From<CatalogError> for ControlPlaneError {
                 "tenant already exists (a retry must reuse the original request_id)",
             ),
             CatalogError::WrongState(state) => Self::WrongState(state),
+            CatalogError::Conflict(message) => Self::FailedPrecondition(message),
             CatalogError::Unreachable(_) => Self::Unavailable("catalog unavailable".into()),
             CatalogError::Database(ref db) if db.is_closed() || db.as_db_error().is_none() => {
                 Self::Unavailable("catalog unavailable".into())
@@ -62,7 +65,9 @@ impl From<ControlPlaneError> for Status {
             ControlPlaneError::PermissionDenied(_) => Code::PermissionDenied,
             ControlPlaneError::NotFound(_) => Code::NotFound,
             ControlPlaneError::AlreadyExists(_) => Code::AlreadyExists,
-            ControlPlaneError::WrongState(_) => Code::FailedPrecondition,
+            ControlPlaneError::WrongState(_) | ControlPlaneError::FailedPrecondition(_) => {
+                Code::FailedPrecondition
+            }
             ControlPlaneError::Unavailable(_) => Code::Unavailable,
             ControlPlaneError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");

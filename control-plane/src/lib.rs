@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod fleet_migration;
 pub mod migrations;
 pub mod onboarding;
 pub mod provisioner;

@@ -29,24 +29,40 @@ pub enum MigrationError {
     },
     #[error("the database is at schema version {0}, newer than this build knows ({1})")]
     DatabaseAhead(i64, i64),
-    #[error("migration {version} ({name}) failed: {source}")]
+    #[error("migration {version} ({name}) failed: {reason}")]
     Apply {
         version: i64,
         name: String,
-        #[source]
-        source: tokio_postgres::Error,
+        reason: String,
     },
     #[error("migration bookkeeping failed: {0}")]
     Database(#[from] tokio_postgres::Error),
+    #[error("migration {file}: {message}")]
+    BadMarker { file: String, message: String },
+    #[error("reading migrations from {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 #[derive(Clone, Debug)]
 pub struct Migration {
     pub version: i64,
     pub name: String,
-    pub sql: &'static str,
+    pub sql: String,
     pub checksum: String,
+    /// `-- silo:requires-all-tenants-at N`: a contract step that may only run once every
+    /// tenant is at version N or later (expand / contract).
+    pub requires_all_at: Option<i64>,
+    /// `-- silo:no-transaction`: run outside a transaction (e.g. CREATE INDEX CONCURRENTLY;
+    /// then the file must hold one statement).
+    pub no_transaction: bool,
 }
+
+const REQUIRES_MARKER: &str = "-- silo:requires-all-tenants-at";
+const NO_TRANSACTION_MARKER: &str = "-- silo:no-transaction";
 
 /// An ordered set of migrations.
 #[derive(Clone, Debug)]
@@ -70,16 +86,57 @@ impl MigrationSet {
         Self::from_files(TENANT_MIGRATIONS)
     }
 
-    pub fn from_files(files: &[(&str, &'static str)]) -> Result<Self, MigrationError> {
+    /// The `V<version>__<name>.sql` files of a directory (used instead of the compiled-in
+    /// tenant migrations when configured).
+    pub fn from_dir(dir: &std::path::Path) -> Result<Self, MigrationError> {
+        let read = |source| MigrationError::Read {
+            path: dir.to_owned(),
+            source,
+        };
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(read)? {
+            let path = entry.map_err(read)?.path();
+            if path.extension().is_some_and(|ext| ext == "sql") {
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| MigrationError::BadFileName(path.display().to_string()))?
+                    .to_owned();
+                let sql = std::fs::read_to_string(&path).map_err(read)?;
+                files.push((name, sql));
+            }
+        }
+        Self::from_owned(files)
+    }
+
+    pub fn from_files(files: &[(&str, &str)]) -> Result<Self, MigrationError> {
+        Self::from_owned(
+            files
+                .iter()
+                .map(|(name, sql)| ((*name).to_owned(), (*sql).to_owned()))
+                .collect(),
+        )
+    }
+
+    fn from_owned(files: Vec<(String, String)>) -> Result<Self, MigrationError> {
         let mut migrations = files
-            .iter()
+            .into_iter()
             .map(|(file, sql)| {
-                let (version, name) = parse_file_name(file)?;
+                let (version, name) = parse_file_name(&file)?;
+                let (requires_all_at, no_transaction) = parse_markers(&file, &sql)?;
+                if requires_all_at.is_some_and(|at| at >= version) {
+                    return Err(MigrationError::BadMarker {
+                        file,
+                        message: "a migration can only require an earlier version".into(),
+                    });
+                }
                 Ok(Migration {
                     version,
                     name,
+                    checksum: checksum(&sql),
                     sql,
-                    checksum: checksum(sql),
+                    requires_all_at,
+                    no_transaction,
                 })
             })
             .collect::<Result<Vec<_>, MigrationError>>()?;
@@ -94,14 +151,34 @@ impl MigrationSet {
         self.migrations.last().map_or(0, |m| m.version)
     }
 
+    pub fn contains_version(&self, version: i64) -> bool {
+        version == 0 || self.migrations.iter().any(|m| m.version == version)
+    }
+
+    /// The migrations a database at `from` gets on the way to `to`.
+    pub fn between(&self, from: i64, to: i64) -> impl Iterator<Item = &Migration> {
+        self.migrations
+            .iter()
+            .filter(move |m| m.version > from && m.version <= to)
+    }
+
     /// Applies what the database does not have yet, under a per-database advisory lock so two
     /// processes never migrate the same database at once. Refuses if an applied migration's
     /// file changed.
     pub async fn apply(&self, client: &mut Client) -> Result<Applied, MigrationError> {
+        self.apply_up_to(client, self.latest_version()).await
+    }
+
+    /// `apply`, stopping at version `target`.
+    pub async fn apply_up_to(
+        &self,
+        client: &mut Client,
+        target: i64,
+    ) -> Result<Applied, MigrationError> {
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
             .await?;
-        let result = self.apply_locked(client).await;
+        let result = self.apply_locked(client, target).await;
         let unlock = client
             .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
             .await;
@@ -110,7 +187,11 @@ impl MigrationSet {
         Ok(applied)
     }
 
-    async fn apply_locked(&self, client: &mut Client) -> Result<Applied, MigrationError> {
+    async fn apply_locked(
+        &self,
+        client: &mut Client,
+        target: i64,
+    ) -> Result<Applied, MigrationError> {
         client
             .batch_execute(
                 "CREATE TABLE IF NOT EXISTS silo_schema_migrations (
@@ -151,20 +232,25 @@ impl MigrationSet {
             }
         }
         let from = current;
-        for migration in self.migrations.iter().filter(|m| m.version > from) {
-            let tx = client.transaction().await?;
-            let wrap = |source| MigrationError::Apply {
+        for migration in self.between(from, target) {
+            let wrap = |source: tokio_postgres::Error| MigrationError::Apply {
                 version: migration.version,
                 name: migration.name.clone(),
-                source,
+                reason: describe(&source),
             };
-            tx.batch_execute(migration.sql).await.map_err(wrap)?;
-            tx.execute(
-                "INSERT INTO silo_schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                &[&migration.version, &migration.name, &migration.checksum],
-            )
-            .await?;
-            tx.commit().await.map_err(wrap)?;
+            const RECORD: &str =
+                "INSERT INTO silo_schema_migrations (version, name, checksum) VALUES ($1, $2, $3)";
+            let record: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                [&migration.version, &migration.name, &migration.checksum];
+            if migration.no_transaction {
+                client.batch_execute(&migration.sql).await.map_err(wrap)?;
+                client.execute(RECORD, &record).await?;
+            } else {
+                let tx = client.transaction().await?;
+                tx.batch_execute(&migration.sql).await.map_err(wrap)?;
+                tx.execute(RECORD, &record).await?;
+                tx.commit().await.map_err(wrap)?;
+            }
             current = migration.version;
         }
         Ok(Applied { from, to: current })
@@ -183,6 +269,31 @@ fn parse_file_name(file: &str) -> Result<(i64, String), MigrationError> {
         return Err(bad());
     }
     Ok((version, name.to_owned()))
+}
+
+/// PostgreSQL's own words for a failed statement (the driver's Display says only "db error").
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
+}
+
+fn parse_markers(file: &str, sql: &str) -> Result<(Option<i64>, bool), MigrationError> {
+    let mut requires = None;
+    let mut no_transaction = false;
+    for line in sql.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix(REQUIRES_MARKER) {
+            let version = rest.trim().parse().map_err(|_| MigrationError::BadMarker {
+                file: file.to_owned(),
+                message: format!("`{REQUIRES_MARKER} N` needs a version number"),
+            })?;
+            requires = Some(version);
+        } else if line == NO_TRANSACTION_MARKER {
+            no_transaction = true;
+        }
+    }
+    Ok((requires, no_transaction))
 }
 
 fn checksum(sql: &str) -> String {
@@ -226,5 +337,35 @@ mod tests {
             MigrationSet::from_files(&[("V1__a.sql", "SELECT 1"), ("V01__b.sql", "SELECT 2")]),
             Err(MigrationError::DuplicateVersion(1))
         ));
+    }
+
+    #[test]
+    fn markers_are_read() {
+        let set = MigrationSet::from_files(&[
+            ("V1__a.sql", "SELECT 1"),
+            (
+                "V2__b.sql",
+                "-- silo:no-transaction\nCREATE INDEX CONCURRENTLY i ON t (c)",
+            ),
+            (
+                "V3__c.sql",
+                "-- silo:requires-all-tenants-at 2\nALTER TABLE t DROP COLUMN old",
+            ),
+        ])
+        .unwrap();
+        let flags: Vec<_> = set
+            .between(0, 3)
+            .map(|m| (m.no_transaction, m.requires_all_at))
+            .collect();
+        assert_eq!(flags, [(false, None), (true, None), (false, Some(2))]);
+        assert_eq!(set.between(1, 2).count(), 1);
+        assert!(
+            MigrationSet::from_files(&[("V2__x.sql", "-- silo:requires-all-tenants-at 2")])
+                .is_err()
+        );
+        assert!(
+            MigrationSet::from_files(&[("V2__x.sql", "-- silo:requires-all-tenants-at two")])
+                .is_err()
+        );
     }
 }

@@ -38,14 +38,14 @@ pub struct Hooks {
     pub after_transition: Option<TransitionHook>,
 }
 
-enum Outcome {
+pub(crate) enum Outcome {
     Done,
     Failed(String),
     Retry(Duration, String),
 }
 
 #[derive(Debug)]
-struct Halted;
+pub(crate) struct Halted;
 
 pub struct Onboarding {
     pub(crate) catalog: Catalog,
@@ -120,12 +120,13 @@ impl Onboarding {
             "operation",
             operation_id = %operation.id,
             kind = operation.kind.as_str(),
-            tenant_id = %operation.tenant_id,
+            tenant_id = operation.tenant_id.as_ref().map(TenantId::as_str),
         );
         let _entered = span.enter();
         let outcome = match operation.kind {
             OperationKind::CreateTenant => self.onboard(&operation, attempts, shutdown).await,
             OperationKind::DeleteTenant => self.delete(&operation, attempts).await,
+            OperationKind::MigrateTenants => self.migrate_fleet(&operation, shutdown).await,
         };
         match outcome {
             Ok(Outcome::Done) => {
@@ -207,7 +208,7 @@ impl Onboarding {
                     "control plane stopping".into(),
                 ));
             }
-            let tenant = self.catalog.get_tenant(&operation.tenant_id).await?;
+            let tenant = self.catalog.get_tenant(operation.tenant()?).await?;
             let Some(provisioner) = self.provisioners.get(&tenant.provisioner) else {
                 let error = ProvisionError::Permanent(format!(
                     "provisioner {} is not configured",
@@ -356,7 +357,7 @@ impl Onboarding {
         operation: &OperationRecord,
         attempts: i32,
     ) -> Result<Outcome, StepError> {
-        let tenant = self.catalog.get_tenant(&operation.tenant_id).await?;
+        let tenant = self.catalog.get_tenant(operation.tenant()?).await?;
         match tenant.state {
             TenantState::Deleted => return Ok(Outcome::Done),
             TenantState::Deleting => {}
@@ -421,7 +422,7 @@ fn placement_of(tenant: &TenantRecord) -> Result<crate::catalog::Placement, Prov
 }
 
 #[derive(Debug, thiserror::Error)]
-enum StepError {
+pub(crate) enum StepError {
     #[error("halted by a test hook")]
     Halted(Halted),
     #[error(transparent)]

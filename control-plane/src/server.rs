@@ -113,7 +113,10 @@ pub async fn start(
     let tiers = Arc::new(Tiers::load(config.tiers_file.as_ref())?);
     let verifier = JwtVerifier::new(config.jwt.verifier_config()?)?;
     let provisioners = provisioners(&config, &tiers)?;
-    let migrations = MigrationSet::tenant()?;
+    let migrations = match &config.tenant_migrations_dir {
+        Some(dir) => MigrationSet::from_dir(dir)?,
+        None => MigrationSet::tenant()?,
+    };
     let catalog_config: tokio_postgres::Config = config
         .catalog_url
         .expose_secret()
@@ -137,7 +140,7 @@ pub async fn start(
         catalog: catalog.clone(),
         provisioners: provisioners.clone(),
         cipher: cipher.clone(),
-        migrations,
+        migrations: migrations.clone(),
         hooks,
         max_attempts: config.max_step_attempts.max(1),
     });
@@ -151,6 +154,7 @@ pub async fn start(
         tiers,
         provisioners,
         cipher,
+        migrations: Arc::new(migrations),
         shutdown: shutdown.clone(),
     };
     let stop = shutdown.clone();

@@ -68,6 +68,35 @@ where
     }
 }
 
+/// A tenant-migrations directory for one test: the repository's `migrations/tenant` plus
+/// whatever the test adds (a control plane started with `--tenant-migrations-dir` uses it).
+pub struct TenantMigrations {
+    dir: tempfile::TempDir,
+}
+
+impl TenantMigrations {
+    pub fn from_repository() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../migrations/tenant");
+        for entry in std::fs::read_dir(source).expect("migrations/tenant") {
+            let path = entry.expect("entry").path();
+            if let Some(name) = path.file_name() {
+                std::fs::copy(&path, dir.path().join(name)).expect("copy migration");
+            }
+        }
+        Self { dir }
+    }
+
+    /// Writes (or overwrites) `file` with `sql`.
+    pub fn write(&self, file: &str, sql: &str) {
+        std::fs::write(self.dir.path().join(file), sql).expect("write migration");
+    }
+
+    pub fn flag(&self) -> String {
+        format!("--tenant-migrations-dir={}", self.dir.path().display())
+    }
+}
+
 /// Client authentication of the test servers: the superuser is trusted on loopback (the
 /// harness and the fleet log in as it), every other role needs its password (SCRAM), as
 /// in production, so a wrong or rotated password is really refused.

@@ -2,6 +2,7 @@
 //! steps, and the tenant-event log. Every tenant state transition is one transaction here.
 
 mod events;
+mod migration_runs;
 mod notify;
 mod operations;
 mod records;
@@ -14,6 +15,9 @@ use thiserror::Error;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
+pub use migration_runs::{
+    FailurePolicy, MigrationParams, PlanTenant, TenantMigration, TenantMigrationState, WaveParams,
+};
 pub use notify::CatalogChanges;
 pub use operations::ClaimedOperation;
 pub use records::*;
@@ -36,6 +40,8 @@ pub enum CatalogError {
     OperationNotFound,
     #[error("tenant is {0}")]
     WrongState(TenantState),
+    #[error("{0}")]
+    Conflict(String),
     #[error("catalog database error: {0}")]
     Database(#[from] tokio_postgres::Error),
     #[error("catalog unreachable: {0}")]

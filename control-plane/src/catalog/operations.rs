@@ -14,7 +14,7 @@ use crate::tenant::TenantId;
 pub(super) async fn insert(
     tx: &Transaction<'_>,
     kind: OperationKind,
-    tenant: &TenantId,
+    tenant: Option<&TenantId>,
     request_id: &str,
     params: serde_json::Value,
 ) -> Result<Uuid, CatalogError> {
@@ -22,7 +22,13 @@ pub(super) async fn insert(
     tx.execute(
         "INSERT INTO operations (operation_id, kind, tenant_id, request_id, status, params)
          VALUES ($1, $2, $3, $4, 'pending', $5)",
-        &[&id, &kind.as_str(), &tenant.as_str(), &request_id, &params],
+        &[
+            &id,
+            &kind.as_str(),
+            &tenant.map(TenantId::as_str),
+            &request_id,
+            &params,
+        ],
     )
     .await?;
     Ok(id)

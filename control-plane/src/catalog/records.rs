@@ -82,6 +82,8 @@ impl TenantRecord {
 pub enum OperationKind {
     CreateTenant,
     DeleteTenant,
+    /// A schema migration over the fleet; no single tenant.
+    MigrateTenants,
 }
 
 impl OperationKind {
@@ -89,6 +91,7 @@ impl OperationKind {
         match self {
             Self::CreateTenant => "create_tenant",
             Self::DeleteTenant => "delete_tenant",
+            Self::MigrateTenants => "migrate_tenants",
         }
     }
 
@@ -96,6 +99,7 @@ impl OperationKind {
         match raw {
             "create_tenant" => Ok(Self::CreateTenant),
             "delete_tenant" => Ok(Self::DeleteTenant),
+            "migrate_tenants" => Ok(Self::MigrateTenants),
             other => Err(CatalogError::Corrupt(format!("operation kind {other:?}"))),
         }
     }
@@ -175,7 +179,8 @@ pub struct DeleteParams {
 pub struct OperationRecord {
     pub id: Uuid,
     pub kind: OperationKind,
-    pub tenant_id: TenantId,
+    /// None for fleet-wide operations.
+    pub tenant_id: Option<TenantId>,
     pub request_id: String,
     pub status: OperationStatus,
     pub error: String,
@@ -192,7 +197,7 @@ pub(crate) const OPERATION_COLUMNS: &str = "operation_id, kind, tenant_id, reque
 impl OperationRecord {
     pub(crate) fn from_row(row: &Row, steps: Vec<StepRecord>) -> Result<Self, CatalogError> {
         let kind: String = row.try_get("kind")?;
-        let tenant: String = row.try_get("tenant_id")?;
+        let tenant: Option<String> = row.try_get("tenant_id")?;
         let status: String = row.try_get("status")?;
         let status = match status.as_str() {
             "pending" if steps.is_empty() => OperationStatus::Pending,
@@ -209,8 +214,9 @@ impl OperationRecord {
         Ok(Self {
             id: row.try_get("operation_id")?,
             kind: OperationKind::parse(&kind)?,
-            tenant_id: TenantId::parse(&tenant)
-                .map_err(|e| CatalogError::Corrupt(e.to_string()))?,
+            tenant_id: tenant
+                .map(|t| TenantId::parse(&t).map_err(|e| CatalogError::Corrupt(e.to_string())))
+                .transpose()?,
             request_id: row.try_get("request_id")?,
             status,
             error: row.try_get("error")?,
@@ -220,6 +226,13 @@ impl OperationRecord {
             created_at: row.try_get("created_at")?,
             finished_at: row.try_get("finished_at")?,
         })
+    }
+
+    /// The tenant of a per-tenant operation.
+    pub fn tenant(&self) -> Result<&TenantId, CatalogError> {
+        self.tenant_id
+            .as_ref()
+            .ok_or_else(|| CatalogError::Corrupt(format!("operation {} has no tenant", self.id)))
     }
 
     pub fn delete_params(&self) -> DeleteParams {

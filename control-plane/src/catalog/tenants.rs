@@ -195,7 +195,7 @@ impl Catalog {
         let id = operations::insert(
             &tx,
             OperationKind::CreateTenant,
-            &new.id,
+            Some(&new.id),
             &new.request_id,
             serde_json::Value::Object(Default::default()),
         )
@@ -345,8 +345,14 @@ impl Catalog {
         }
         let params =
             serde_json::to_value(params).map_err(|e| CatalogError::Corrupt(e.to_string()))?;
-        let operation =
-            operations::insert(&tx, OperationKind::DeleteTenant, id, request_id, params).await?;
+        let operation = operations::insert(
+            &tx,
+            OperationKind::DeleteTenant,
+            Some(id),
+            request_id,
+            params,
+        )
+        .await?;
         let mut transition = Transition::new(id, state, TenantState::Deleting, EventKind::Deleting);
         transition.operation = Some(operation);
         transition.start_step = Some(TenantState::Deleting.as_str().to_owned());

@@ -150,9 +150,27 @@ pub async fn migrate_silo(
     password: &SecretString,
     migrations: &MigrationSet,
 ) -> Result<i64, ProvisionError> {
+    migrate_silo_to(
+        admin,
+        tenant,
+        password,
+        migrations,
+        migrations.latest_version(),
+    )
+    .await
+}
+
+/// `migrate_silo`, stopping at version `target`.
+pub async fn migrate_silo_to(
+    admin: &AdminAccess,
+    tenant: &TenantSpec,
+    password: &SecretString,
+    migrations: &MigrationSet,
+    target: i64,
+) -> Result<i64, ProvisionError> {
     let config = tenant_config(admin, tenant, password);
     let mut client = connect(&config, "connecting to the tenant database").await?;
-    match migrations.apply(&mut client).await {
+    match migrations.apply_up_to(&mut client, target).await {
         Ok(applied) => Ok(applied.to),
         Err(MigrationError::Database(e)) => Err(classify("migrating the tenant database", &e)),
         Err(other) => Err(ProvisionError::Permanent(other.to_string())),

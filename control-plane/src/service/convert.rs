@@ -100,6 +100,7 @@ pub fn operation(record: &OperationRecord) -> pb::Operation {
     let kind = match record.kind {
         OperationKind::CreateTenant => pb::OperationKind::CreateTenant,
         OperationKind::DeleteTenant => pb::OperationKind::DeleteTenant,
+        OperationKind::MigrateTenants => pb::OperationKind::MigrateTenants,
     };
     let status = match record.status {
         OperationStatus::Pending => pb::OperationStatus::Pending,
@@ -110,7 +111,11 @@ pub fn operation(record: &OperationRecord) -> pb::Operation {
     pb::Operation {
         operation_id: record.id.to_string(),
         kind: kind.into(),
-        tenant_id: record.tenant_id.to_string(),
+        tenant_id: record
+            .tenant_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         request_id: record.request_id.clone(),
         status: status.into(),
         done: record.status.is_done(),
@@ -123,6 +128,7 @@ pub fn operation(record: &OperationRecord) -> pb::Operation {
         created_at: Some(timestamp(record.created_at)),
         updated_at: Some(timestamp(record.updated_at)),
         finished_at: record.finished_at.map(timestamp),
+        migration: None,
     }
 }
 

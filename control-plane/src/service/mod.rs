@@ -4,6 +4,7 @@
 
 mod auth;
 mod convert;
+mod migrations;
 mod watch;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::{
     config::Tiers,
     crypto::{CredentialCipher, generate_password},
     error::ControlPlaneError,
+    migrations::MigrationSet,
     provisioner::{Provisioner, Provisioners, TenantSpec, bootstrap},
     tenant::{TenantId, TenantState},
 };
@@ -36,6 +38,7 @@ pub struct ControlPlaneService {
     pub(crate) tiers: Arc<Tiers>,
     pub(crate) provisioners: Provisioners,
     pub(crate) cipher: CredentialCipher,
+    pub(crate) migrations: Arc<MigrationSet>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -66,6 +69,19 @@ fn audit(
         Err(error) => tracing::info!(
             audit = true, subject = %caller.subject, role = %caller.role, action, tenant_id = %tenant,
             result = %error, "control-plane mutation"
+        ),
+    }
+}
+
+fn audit_fleet(caller: &Caller, action: &str, result: &Result<impl Sized, ControlPlaneError>) {
+    match result {
+        Ok(_) => tracing::info!(
+            audit = true, subject = %caller.subject, role = %caller.role, action, result = "ok",
+            "control-plane mutation"
+        ),
+        Err(error) => tracing::info!(
+            audit = true, subject = %caller.subject, role = %caller.role, action, result = %error,
+            "control-plane mutation"
         ),
     }
 }
@@ -366,6 +382,53 @@ impl ControlPlane for ControlPlaneService {
         let id = tenant_id(&request.get_ref().tenant_id)?;
         let result = self.rotate_credentials(&id).await;
         audit(&caller, "rotate_credentials", &id, &result);
+        Ok(Response::new(result?))
+    }
+
+    async fn start_migration(
+        &self,
+        request: Request<pb::StartMigrationRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let caller = self.authorize(&request, Permission::Mutate)?;
+        let result = self.start_migration(request.into_inner()).await;
+        audit_fleet(&caller, "start_migration", &result);
+        Ok(Response::new(result?))
+    }
+
+    async fn get_migration(
+        &self,
+        request: Request<pb::GetMigrationRequest>,
+    ) -> Result<Response<pb::MigrationRun>, Status> {
+        self.authorize(&request, Permission::Read)?;
+        let id = parse_operation_id(&request.get_ref().operation_id)?;
+        Ok(Response::new(self.migration_run(id).await?))
+    }
+
+    type WatchMigrationStream = watch::ResponseStream<pb::MigrationRun>;
+
+    async fn watch_migration(
+        &self,
+        request: Request<pb::GetMigrationRequest>,
+    ) -> Result<Response<Self::WatchMigrationStream>, Status> {
+        self.authorize(&request, Permission::Read)?;
+        let id = parse_operation_id(&request.get_ref().operation_id)?;
+        self.migration_run(id).await?;
+        Ok(Response::new(watch::migration(
+            self.catalog.clone(),
+            self.migrations.clone(),
+            id,
+            self.shutdown.clone(),
+        )))
+    }
+
+    async fn resume_migration(
+        &self,
+        request: Request<pb::ResumeMigrationRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let caller = self.authorize(&request, Permission::Mutate)?;
+        let id = parse_operation_id(&request.get_ref().operation_id)?;
+        let result = self.resume_migration(id).await;
+        audit_fleet(&caller, "resume_migration", &result);
         Ok(Response::new(result?))
     }
 

@@ -58,6 +58,51 @@ pub fn operation(
     Box::pin(ReceiverStream::new(rx))
 }
 
+pub fn migration(
+    catalog: Catalog,
+    migrations: std::sync::Arc<crate::migrations::MigrationSet>,
+    id: Uuid,
+    shutdown: CancellationToken,
+) -> ResponseStream<pb::MigrationRun> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut last_sent: Option<pb::MigrationRun> = None;
+        loop {
+            let wait = catalog.changes().wait(super::migrations::WATCH_RECHECK);
+            tokio::pin!(wait);
+            let run = match catalog.get_operation(id).await {
+                Ok(record) => {
+                    super::migrations::migration_run(&catalog, &migrations, &record).await
+                }
+                Err(error) => Err(error.into()),
+            };
+            let current = match run {
+                Ok(run) => run,
+                Err(error) => {
+                    let _ = tx.send(Err(error.into())).await;
+                    return;
+                }
+            };
+            let done = current.operation.as_ref().is_some_and(|op| op.done);
+            let changed = last_sent
+                .as_ref()
+                .is_none_or(|last| last.counts != current.counts || done);
+            if changed {
+                if tx.send(Ok(current.clone())).await.is_err() || done {
+                    return;
+                }
+                last_sent = Some(current);
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tx.closed() => return,
+                () = &mut wait => {}
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
 /// An operation without the fields that change on every read (running steps' durations).
 fn comparable(operation: &pb::Operation) -> pb::Operation {
     let mut copy = operation.clone();

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod crash_resume;
+mod fleet_migrations;
 mod lifecycle;
 mod onboarding;
 mod replicas;
