@@ -19,6 +19,7 @@ pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send
 
 const RECHECK: Duration = Duration::from_secs(1);
 const EVENT_BATCH: i64 = 500;
+const MIGRATION_UPDATE_INTERVAL: Duration = Duration::from_millis(250);
 
 pub fn operation(
     catalog: Catalog,
@@ -92,6 +93,9 @@ pub fn migration(
                     return;
                 }
                 last_sent = Some(current);
+                // A run changes with every tenant; a few updates a second are plenty, and
+                // reading the whole run on every change would cost as much as the run.
+                tokio::time::sleep(MIGRATION_UPDATE_INTERVAL).await;
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
