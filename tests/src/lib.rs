@@ -203,13 +203,15 @@ impl TestEnv {
         let running = silo_control_plane::start(config, hooks, CancellationToken::new())
             .await
             .expect("control plane starts");
-        let channel = Channel::from_shared(format!("http://{}", running.local_addr()))
+        let address = running.local_addr();
+        let channel = Channel::from_shared(format!("http://{address}"))
             .expect("uri")
             .connect()
             .await
             .expect("control plane reachable");
         TestControlPlane {
             running: Some(running),
+            address,
             client: ControlPlaneClient::new(channel),
         }
     }
@@ -225,10 +227,16 @@ impl TestEnv {
 
 pub struct TestControlPlane {
     running: Option<RunningControlPlane>,
+    address: std::net::SocketAddr,
     pub client: ControlPlaneClient<Channel>,
 }
 
 impl TestControlPlane {
+    /// The gRPC address the control plane listens on.
+    pub fn address(&self) -> std::net::SocketAddr {
+        self.address
+    }
+
     pub fn client(&self) -> ControlPlaneClient<Channel> {
         self.client.clone()
     }

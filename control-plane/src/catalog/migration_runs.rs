@@ -170,6 +170,7 @@ impl Catalog {
         if let Some(row) = earlier {
             let id: Uuid = row.try_get(0)?;
             drop(tx);
+            drop(conn);
             return self.get_operation(id).await;
         }
         if !params.dry_run {
@@ -199,6 +200,9 @@ impl Catalog {
         )
         .await?;
         tx.commit().await?;
+        // Give the connection back before taking another: holding one while waiting for a
+        // second can starve the pool under load.
+        drop(conn);
         self.changes.notify();
         self.get_operation(id).await
     }
@@ -234,6 +238,9 @@ impl Catalog {
         )
         .await?;
         tx.commit().await?;
+        // Give the connection back before taking another: holding one while waiting for a
+        // second can starve the pool under load.
+        drop(conn);
         self.changes.notify();
         self.get_operation(id).await
     }

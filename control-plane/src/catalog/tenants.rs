@@ -202,6 +202,9 @@ impl Catalog {
         .await?;
         events::append(&tx, &new.id, EventKind::Created, TenantState::Requested).await?;
         tx.commit().await?;
+        // Give the connection back before taking another: holding one while waiting for a
+        // second can starve the pool under load.
+        drop(conn);
         self.changes.notify();
         self.get_operation(id).await
     }
@@ -358,6 +361,9 @@ impl Catalog {
         transition.start_step = Some(TenantState::Deleting.as_str().to_owned());
         transition.apply_in(&tx).await?;
         tx.commit().await?;
+        // Give the connection back before taking another: holding one while waiting for a
+        // second can starve the pool under load.
+        drop(conn);
         self.changes.notify();
         self.get_operation(operation).await
     }

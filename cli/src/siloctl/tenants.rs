@@ -1,0 +1,282 @@
+//! `siloctl tenants ...`
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use silo_proto::controlplane::v1 as pb;
+use tokio_stream::StreamExt as _;
+
+use crate::{
+    client::Connection,
+    output::{self, Format},
+};
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// Onboard a tenant and follow its steps until it is ACTIVE.
+    Create {
+        tenant_id: String,
+        /// Display name (default: the id).
+        #[arg(long)]
+        name: Option<String>,
+        /// Tier (default: the control plane's default tier).
+        #[arg(long)]
+        tier: Option<String>,
+        /// Idempotency key; repeat a create with the same one to get the same operation.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Return at once instead of following the operation.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    Get {
+        tenant_id: String,
+    },
+    List {
+        /// Only tenants in this state (e.g. ACTIVE, SUSPENDED).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        tier: Option<String>,
+        /// Tenants per page asked of the server.
+        #[arg(long, default_value_t = 500)]
+        page_size: u32,
+    },
+    Suspend {
+        tenant_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    Resume {
+        tenant_id: String,
+    },
+    /// Delete a tenant's database and role, and follow the deletion.
+    Delete {
+        tenant_id: String,
+        /// Keep the database, renamed, instead of dropping it.
+        #[arg(long)]
+        keep_database: bool,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Give the tenant's role a new password; routers recycle its pool.
+    RotateCredentials {
+        tenant_id: String,
+    },
+}
+
+fn parse_state(raw: &str) -> anyhow::Result<pb::TenantState> {
+    let wanted = format!("TENANT_STATE_{}", raw.to_ascii_uppercase());
+    pb::TenantState::from_str_name(&wanted).with_context(|| format!("unknown state {raw}"))
+}
+
+fn print_tenant(tenant: &pb::Tenant, format: Format) {
+    match format {
+        Format::Json => output::print_json(&output::tenant_json(tenant)),
+        Format::Table => println!("{}", output::tenants_table(std::slice::from_ref(tenant))),
+    }
+}
+
+/// Follows an operation with a live display of its steps; returns it when done.
+pub async fn follow(
+    connection: &Connection,
+    operation: pb::Operation,
+    format: Format,
+) -> anyhow::Result<pb::Operation> {
+    let bar = if format == Format::Table {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(100));
+    let mut stream = connection
+        .client()
+        .watch_operation(connection.request(pb::WatchOperationRequest {
+            operation_id: operation.operation_id.clone(),
+        })?)
+        .await?
+        .into_inner();
+    let mut last = operation;
+    let mut reported = 0;
+    while let Some(update) = stream.next().await {
+        let update = update?;
+        for step in update.steps.iter().skip(reported) {
+            if step.status() == pb::StepStatus::Running {
+                break;
+            }
+            let took = step
+                .duration
+                .as_ref()
+                .map_or(0.0, |d| d.seconds as f64 * 1e3 + f64::from(d.nanos) / 1e6);
+            bar.println(format!(
+                "  {:<18} {:?} in {took:.0} ms {}",
+                step.name,
+                step.status(),
+                step.detail
+            ));
+            reported += 1;
+        }
+        if let Some(running) = update
+            .steps
+            .iter()
+            .find(|s| s.status() == pb::StepStatus::Running)
+        {
+            bar.set_message(format!("{} {}", running.name, running.detail));
+        }
+        let done = update.done;
+        last = update;
+        if done {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(last)
+}
+
+fn finish(operation: &pb::Operation, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json => output::print_json(&output::operation_json(operation)),
+        Format::Table => println!(
+            "{}\noperation {} {:?}{}",
+            output::operation_table(operation),
+            operation.operation_id,
+            operation.status(),
+            if operation.error.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", operation.error)
+            }
+        ),
+    }
+    anyhow::ensure!(
+        operation.status() != pb::OperationStatus::Failed,
+        "operation failed: {}",
+        operation.error
+    );
+    Ok(())
+}
+
+pub async fn run(
+    connection: &Connection,
+    command: TenantsCommand,
+    format: Format,
+) -> anyhow::Result<()> {
+    let mut client = connection.client();
+    match command {
+        TenantsCommand::Create {
+            tenant_id,
+            name,
+            tier,
+            request_id,
+            no_wait,
+        } => {
+            let operation = client
+                .create_tenant(connection.request(pb::CreateTenantRequest {
+                    tenant_id: tenant_id.clone(),
+                    display_name: name.unwrap_or_default(),
+                    tier: tier.unwrap_or_default(),
+                    request_id: request_id.unwrap_or_default(),
+                })?)
+                .await?
+                .into_inner();
+            let operation = if no_wait {
+                operation
+            } else {
+                follow(connection, operation, format).await?
+            };
+            finish(&operation, format)?;
+            if !no_wait && format == Format::Table {
+                let tenant = client
+                    .get_tenant(connection.request(pb::GetTenantRequest { tenant_id })?)
+                    .await?;
+                print_tenant(&tenant.into_inner(), format);
+            }
+        }
+        TenantsCommand::Get { tenant_id } => {
+            let tenant = client
+                .get_tenant(connection.request(pb::GetTenantRequest { tenant_id })?)
+                .await?;
+            print_tenant(&tenant.into_inner(), format);
+        }
+        TenantsCommand::List {
+            state,
+            tier,
+            page_size,
+        } => {
+            let state = state
+                .as_deref()
+                .map(parse_state)
+                .transpose()?
+                .unwrap_or(pb::TenantState::Unspecified);
+            let mut tenants = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_tenants(connection.request(pb::ListTenantsRequest {
+                        page_size,
+                        page_token: page_token.clone(),
+                        state: state.into(),
+                        tier: tier.clone().unwrap_or_default(),
+                    })?)
+                    .await?
+                    .into_inner();
+                tenants.extend(page.tenants);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            match format {
+                Format::Json => output::print_json(&serde_json::Value::Array(
+                    tenants.iter().map(output::tenant_json).collect(),
+                )),
+                Format::Table => println!("{}", output::tenants_table(&tenants)),
+            }
+        }
+        TenantsCommand::Suspend { tenant_id, reason } => {
+            let tenant = client
+                .suspend_tenant(connection.request(pb::SuspendTenantRequest { tenant_id, reason })?)
+                .await?;
+            print_tenant(&tenant.into_inner(), format);
+        }
+        TenantsCommand::Resume { tenant_id } => {
+            let tenant = client
+                .resume_tenant(connection.request(pb::ResumeTenantRequest { tenant_id })?)
+                .await?;
+            print_tenant(&tenant.into_inner(), format);
+        }
+        TenantsCommand::Delete {
+            tenant_id,
+            keep_database,
+            no_wait,
+        } => {
+            let operation = client
+                .delete_tenant(connection.request(pb::DeleteTenantRequest {
+                    tenant_id,
+                    keep_database,
+                    request_id: String::new(),
+                })?)
+                .await?
+                .into_inner();
+            let operation = if no_wait {
+                operation
+            } else {
+                follow(connection, operation, format).await?
+            };
+            finish(&operation, format)?;
+        }
+        TenantsCommand::RotateCredentials { tenant_id } => {
+            let tenant = client
+                .rotate_credentials(connection.request(pb::RotateCredentialsRequest { tenant_id })?)
+                .await?;
+            print_tenant(&tenant.into_inner(), format);
+        }
+    }
+    Ok(())
+}
