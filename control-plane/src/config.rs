@@ -120,6 +120,9 @@ pub struct ControlPlaneConfig {
     #[command(flatten)]
     pub jwt: JwtArgs,
 
+    #[command(flatten)]
+    pub rds: crate::provisioner::rds::RdsArgs,
+
     /// Log format: `human` or `json`.
     #[arg(long, env = "SILO_LOG_FORMAT", default_value = "human")]
     pub log_format: LogFormat,
@@ -213,6 +216,9 @@ pub struct Tier {
     pub max_concurrent_calls: u32,
     #[serde(default = "defaults::statement_timeout_ms")]
     pub statement_timeout_ms: u64,
+    /// Instance settings when the provisioner is `rds` (`[tiers.NAME.rds]`).
+    #[serde(default)]
+    pub rds: Option<crate::provisioner::rds::RdsTierSettings>,
 }
 
 mod defaults {
@@ -250,6 +256,7 @@ impl Tiers {
             burst: rate_per_second * 2,
             max_concurrent_calls,
             statement_timeout_ms: defaults::statement_timeout_ms(),
+            rds: None,
         };
         Self {
             default_tier: "standard".into(),
@@ -299,11 +306,17 @@ mod tests {
             max_connections = 5
             [tiers.enterprise]
             provisioner = "rds"
+            [tiers.enterprise.rds]
+            instance_class = "db.r6g.large"
+            manage_master_password = false
             "#,
         )
         .unwrap();
         assert_eq!(tiers.get("standard").unwrap().max_connections, 5);
         assert_eq!(tiers.get("enterprise").unwrap().provisioner, "rds");
+        let rds = tiers.get("enterprise").unwrap().rds.clone().unwrap();
+        assert_eq!(rds.instance_class, "db.r6g.large");
+        assert!(!rds.manage_master_password && rds.deletion_protection);
         assert!(
             toml::from_str::<Tiers>(
                 "default_tier = \"x\"\n[tiers.x]\nprovisioner = \"postgres\"\nmax_conections = 3\n"

@@ -48,6 +48,16 @@ impl From<CatalogError> for ControlPlaneError {
     }
 }
 
+impl From<crate::provisioner::rds::reconcile::ReconcileError> for ControlPlaneError {
+    fn from(error: crate::provisioner::rds::reconcile::ReconcileError) -> Self {
+        use crate::provisioner::rds::reconcile::ReconcileError;
+        match error {
+            ReconcileError::Aws(message) => Self::Unavailable(message),
+            ReconcileError::Catalog(error) => error.into(),
+        }
+    }
+}
+
 impl From<ProvisionError> for ControlPlaneError {
     fn from(error: ProvisionError) -> Self {
         match error {

@@ -15,7 +15,10 @@ use crate::{
     crypto::{CredentialCipher, CryptoError},
     migrations::{MigrationError, MigrationSet},
     onboarding::{Hooks, Onboarding},
-    provisioner::{AnyProvisioner, FleetServer, PostgresProvisioner, ProvisionError, Provisioners},
+    provisioner::{
+        AnyProvisioner, FleetServer, PostgresProvisioner, ProvisionError, Provisioners,
+        RdsProvisioner, rds,
+    },
     service::ControlPlaneService,
 };
 
@@ -71,7 +74,11 @@ impl RunningControlPlane {
     }
 }
 
-fn provisioners(config: &ControlPlaneConfig, tiers: &Tiers) -> Result<Provisioners, StartError> {
+async fn provisioners(
+    config: &ControlPlaneConfig,
+    tiers: &Tiers,
+    cipher: &CredentialCipher,
+) -> Result<Provisioners, StartError> {
     let mut provisioners = Provisioners::default();
     if !config.postgres_servers.is_empty() {
         let servers = config
@@ -88,6 +95,10 @@ fn provisioners(config: &ControlPlaneConfig, tiers: &Tiers) -> Result<Provisione
             "postgres",
             AnyProvisioner::Postgres(PostgresProvisioner::new(servers)?),
         );
+    }
+    if tiers.tiers.values().any(|tier| tier.provisioner == "rds") {
+        let rds = RdsProvisioner::from_args(&config.rds, tiers, cipher.clone()).await;
+        provisioners.insert("rds", AnyProvisioner::Rds(rds));
     }
     for (name, tier) in &tiers.tiers {
         if provisioners.get(&tier.provisioner).is_none() {
@@ -112,7 +123,7 @@ pub async fn start(
     let cipher = CredentialCipher::from_base64(&config.credentials_key)?;
     let tiers = Arc::new(Tiers::load(config.tiers_file.as_ref())?);
     let verifier = JwtVerifier::new(config.jwt.verifier_config()?)?;
-    let provisioners = provisioners(&config, &tiers)?;
+    let provisioners = provisioners(&config, &tiers, &cipher).await?;
     let migrations = match &config.tenant_migrations_dir {
         Some(dir) => MigrationSet::from_dir(dir)?,
         None => MigrationSet::tenant()?,
@@ -146,6 +157,16 @@ pub async fn start(
     });
     for worker in 0..config.workers {
         tasks.spawn(onboarding.clone().run_worker(worker, shutdown.clone()));
+    }
+    if let (Some(AnyProvisioner::Rds(rds)), 1..) =
+        (provisioners.get("rds"), config.rds.reconcile_interval_secs)
+    {
+        tasks.spawn(rds::reconcile::run_periodically(
+            rds.clone(),
+            catalog.clone(),
+            std::time::Duration::from_secs(config.rds.reconcile_interval_secs),
+            shutdown.clone(),
+        ));
     }
 
     let service = ControlPlaneService {

@@ -1,7 +1,10 @@
 //! The end-to-end harness: real PostgreSQL servers started here, the control plane started
 //! in-process through the same `start` its binary calls, and gRPC over loopback.
 
+pub mod fake_rds;
 mod logs;
+pub mod moto;
+pub mod rds;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 

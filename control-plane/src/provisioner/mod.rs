@@ -5,12 +5,14 @@
 
 pub mod bootstrap;
 mod postgres;
+pub mod rds;
 
 use std::{collections::BTreeMap, future::Future, time::Duration};
 
 use thiserror::Error;
 
 pub use postgres::{FleetServer, PostgresProvisioner};
+pub use rds::RdsProvisioner;
 
 use crate::{catalog::Placement, tenant::TenantId};
 
@@ -120,6 +122,7 @@ pub trait Provisioner: Send + Sync {
 #[derive(Clone, Debug)]
 pub enum AnyProvisioner {
     Postgres(PostgresProvisioner),
+    Rds(RdsProvisioner),
 }
 
 impl Provisioner for AnyProvisioner {
@@ -130,6 +133,7 @@ impl Provisioner for AnyProvisioner {
     ) -> Result<Placement, ProvisionError> {
         match self {
             Self::Postgres(p) => p.place(tenant, load),
+            Self::Rds(p) => p.place(tenant, load),
         }
     }
 
@@ -140,6 +144,7 @@ impl Provisioner for AnyProvisioner {
     ) -> Result<Placement, ProvisionError> {
         match self {
             Self::Postgres(p) => p.ensure_server(tenant, placement).await,
+            Self::Rds(p) => p.ensure_server(tenant, placement).await,
         }
     }
 
@@ -149,12 +154,14 @@ impl Provisioner for AnyProvisioner {
     ) -> Result<(Availability, Placement), ProvisionError> {
         match self {
             Self::Postgres(p) => p.poll_available(placement).await,
+            Self::Rds(p) => p.poll_available(placement).await,
         }
     }
 
     async fn admin_access(&self, placement: &Placement) -> Result<AdminAccess, ProvisionError> {
         match self {
             Self::Postgres(p) => p.admin_access(placement).await,
+            Self::Rds(p) => p.admin_access(placement).await,
         }
     }
 
@@ -166,6 +173,7 @@ impl Provisioner for AnyProvisioner {
     ) -> Result<Availability, ProvisionError> {
         match self {
             Self::Postgres(p) => p.retire(tenant, placement, keep_database).await,
+            Self::Rds(p) => p.retire(tenant, placement, keep_database).await,
         }
     }
 }

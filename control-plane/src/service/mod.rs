@@ -5,6 +5,7 @@
 mod auth;
 mod convert;
 mod migrations;
+mod reconcile;
 mod watch;
 
 use std::sync::Arc;
@@ -439,6 +440,22 @@ impl ControlPlane for ControlPlaneService {
         self.authorize(&request, Permission::Resolve)?;
         let id = tenant_id(&request.get_ref().tenant_id)?;
         Ok(Response::new(self.resolve(&id).await?))
+    }
+
+    async fn reconcile_rds_instances(
+        &self,
+        request: Request<pb::ReconcileRdsInstancesRequest>,
+    ) -> Result<Response<pb::ReconcileRdsInstancesResponse>, Status> {
+        let delete_orphans = request.get_ref().delete_orphans;
+        let permission = if delete_orphans {
+            Permission::Mutate
+        } else {
+            Permission::Read
+        };
+        let caller = self.authorize(&request, permission)?;
+        Ok(Response::new(
+            reconcile::rds_instances(self, &caller, delete_orphans).await?,
+        ))
     }
 
     type WatchTenantsStream = watch::ResponseStream<pb::TenantEvent>;

@@ -6,5 +6,8 @@ mod crash_resume;
 mod fleet_migrations;
 mod lifecycle;
 mod onboarding;
+mod provisioner_suite;
+mod rds_moto;
+mod rds_scripted;
 mod replicas;
 mod secrets;
