@@ -97,7 +97,7 @@ async fn provisioners(
         );
     }
     if tiers.tiers.values().any(|tier| tier.provisioner == "rds") {
-        let rds = RdsProvisioner::from_args(&config.rds, tiers, cipher.clone()).await;
+        let rds = RdsProvisioner::from_args(&config.rds, tiers, cipher.clone()).await?;
         provisioners.insert("rds", AnyProvisioner::Rds(rds));
     }
     for (name, tier) in &tiers.tiers {

@@ -37,6 +37,15 @@ impl Fault {
         }
     }
 
+    /// A fault RDS answers at once and retrying does not cure.
+    pub fn permanent(code: &'static str) -> Self {
+        Self {
+            code,
+            http_status: 400,
+            after_effect: false,
+        }
+    }
+
     pub fn internal_after_effect() -> Self {
         Self {
             code: "InternalFailure",
@@ -131,6 +140,11 @@ impl FakeRds {
                 instance.statuses = VecDeque::from([status.to_owned()]);
             }
         });
+    }
+
+    /// Makes an instance vanish, as if RDS lost it.
+    pub fn remove_instance(&self, id: &str) {
+        self.with(|s| s.instances.remove(id));
     }
 
     pub fn instance(&self, id: &str) -> Option<FakeInstance> {

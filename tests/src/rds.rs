@@ -60,13 +60,18 @@ impl TestEnv {
         ]
     }
 
+    /// The control plane's configuration for the `rds` provisioner; a flag in `extra`
+    /// replaces the default of the same name.
     pub fn rds_config(
         &self,
         endpoint_url: &str,
         tier: RdsTier,
         extra: &[&str],
     ) -> ControlPlaneConfig {
+        let name = |flag: &str| flag.split('=').next().unwrap_or(flag).to_owned();
+        let overridden: Vec<String> = extra.iter().map(|f| name(f)).collect();
         let mut flags = self.rds_flags(endpoint_url, tier);
+        flags.retain(|flag| !overridden.contains(&name(flag)));
         flags.extend(extra.iter().map(|f| (*f).to_owned()));
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         self.config(&flags)

@@ -161,7 +161,9 @@ async fn rds_provisioner_passes_the_suite() {
     );
     let tiers = Tiers::load(config.tiers_file.as_ref()).unwrap();
     let cipher = CredentialCipher::from_base64(&config.credentials_key).unwrap();
-    let provisioner = RdsProvisioner::from_args(&config.rds, &tiers, cipher).await;
+    let provisioner = RdsProvisioner::from_args(&config.rds, &tiers, cipher)
+        .await
+        .unwrap();
     let placement = provisioner_suite(&provisioner, "suite-rds", "enterprise").await;
     assert_eq!(placement.server, "silo-suite-rds");
     let rds = rds_client(&moto.endpoint_url()).await;

@@ -22,6 +22,10 @@ struct Setup {
 }
 
 async fn setup(prepare: impl FnOnce(&FakeRds)) -> Setup {
+    setup_with(&[], prepare).await
+}
+
+async fn setup_with(flags: &[&str], prepare: impl FnOnce(&FakeRds)) -> Setup {
     let env = TestEnv::start(1).await;
     let fake = FakeRds::start().await;
     prepare(&fake);
@@ -30,7 +34,7 @@ async fn setup(prepare: impl FnOnce(&FakeRds)) -> Setup {
         RdsTier {
             managed_password: false,
         },
-        &[],
+        flags,
     );
     let cp = env.control_plane_with(config, Hooks::default()).await;
     Setup { env, fake, cp }
@@ -260,4 +264,42 @@ async fn a_restarted_control_plane_keeps_polling_the_same_instance() {
     );
     assert_eq!(fake.instance_count(), 1);
     assert_serves(&second, "acme").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_and_kms_faults_fail_at_once_with_the_aws_reason() {
+    let s = setup(|fake| {
+        fake.fail_next(CREATE, Fault::permanent("InstanceQuotaExceeded"));
+        fake.fail_next(CREATE, Fault::permanent("KMSKeyNotAccessibleFault"));
+    })
+    .await;
+    let done = onboard(&s.cp, "acme").await;
+    assert_failed_with(&s.cp, "acme", &done, "InstanceQuotaExceeded").await;
+    let done = onboard(&s.cp, "globex").await;
+    assert_failed_with(&s.cp, "globex", &done, "KMSKeyNotAccessibleFault").await;
+    assert_eq!(s.fake.calls(CREATE), 2, "no retry of a permanent fault");
+    assert_eq!(s.fake.instance_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_lost_after_the_grace_window_is_created_again() {
+    let s = setup_with(&["--rds-not-found-grace-secs=0"], |fake| {
+        fake.script_create(&["creating"]);
+    })
+    .await;
+    let operation = s.cp.create_tenant("acme", "req-acme").await.unwrap();
+    eventually(DONE, "the instance to be polled", || async {
+        (s.fake.calls(DESCRIBE) >= 3).then_some(())
+    })
+    .await;
+    s.fake.remove_instance("silo-acme");
+    eventually(DONE, "the instance to be created again", || async {
+        (s.fake.calls(CREATE) == 2).then_some(())
+    })
+    .await;
+    s.fake.set_status("silo-acme", "available");
+    let done = s.cp.wait_done(&operation.operation_id, DONE).await;
+    assert_succeeded(&done);
+    assert_eq!(s.fake.calls(CREATE), 2);
+    assert_serves(&s.cp, "acme").await;
 }

@@ -43,7 +43,7 @@ impl AwsFault {
 
     pub fn from_sdk<E>(context: &str, error: &SdkError<E>) -> Self
     where
-        E: ProvideErrorMetadata + std::error::Error,
+        E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         match error {
             SdkError::ServiceError(service) => {
@@ -78,7 +78,10 @@ impl AwsFault {
             }
             SdkError::ConstructionFailure(_) => Self {
                 code: None,
-                message: format!("{context}: the request could not be built (configuration)"),
+                message: format!(
+                    "{context}: the request could not be built (configuration): {}",
+                    aws_sdk_rds::error::DisplayErrorContext(error)
+                ),
                 transient: false,
             },
             _ => Self::transient(format!("{context}: unexpected AWS client error")),

@@ -167,15 +167,26 @@ impl RdsProvisioner {
     }
 
     /// Builds the provisioner from the `SILO_RDS_*` flags and the tiers that name `rds`.
-    pub async fn from_args(args: &RdsArgs, tiers: &Tiers, cipher: CredentialCipher) -> Self {
+    pub async fn from_args(
+        args: &RdsArgs,
+        tiers: &Tiers,
+        cipher: CredentialCipher,
+    ) -> Result<Self, ProvisionError> {
         let sdk = args.sdk_config().await;
+        if sdk.region().is_none() {
+            return Err(ProvisionError::Permanent(
+                "the rds provisioner needs an AWS region: --rds-region (SILO_RDS_REGION) or the \
+                 AWS chain (AWS_REGION, profile)"
+                    .into(),
+            ));
+        }
         let settings = tiers
             .tiers
             .iter()
             .filter(|(_, tier)| tier.provisioner == "rds")
             .map(|(name, tier)| (name.clone(), tier.rds.clone().unwrap_or_default()))
             .collect();
-        Self::new(
+        Ok(Self::new(
             aws_sdk_rds::Client::new(&sdk),
             aws_sdk_secretsmanager::Client::new(&sdk),
             cipher,
@@ -186,7 +197,7 @@ impl RdsProvisioner {
                 max: args.poll_max(),
                 not_found_grace: args.not_found_grace(),
             },
-        )
+        ))
     }
 
     fn settings(&self, tier: &str) -> Result<&RdsTierSettings, ProvisionError> {
