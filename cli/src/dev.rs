@@ -7,9 +7,10 @@ use anyhow::Context as _;
 use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
 use silo_auth::{Algorithm, StandardClaims, TokenSigner};
-use silo_control_plane::{ControlPlaneConfig, Hooks, config::LogFormat, telemetry};
+use silo_control_plane::{ControlPlaneConfig, Hooks};
 use silo_pg_server::{PgServer, PgServerOptions};
 use silo_proto::controlplane::v1::{self as pb, control_plane_client::ControlPlaneClient};
+use silo_telemetry::LogFormat;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -52,7 +53,7 @@ fn dev_secret(
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    telemetry::init(args.log_format);
+    silo_telemetry::init_logs(args.log_format);
     std::fs::create_dir_all(&args.data_dir)?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let secrets_dir = data_dir.join("secrets");

@@ -123,16 +123,21 @@ pub struct ControlPlaneConfig {
     #[command(flatten)]
     pub rds: crate::provisioner::rds::RdsArgs,
 
+    /// Address of the Prometheus endpoint (`GET /metrics`).
+    #[arg(long, env = "SILO_METRICS_LISTEN", default_value = "127.0.0.1:9152")]
+    pub metrics_listen: SocketAddr,
+
+    /// On SIGTERM, how long calls and steps in flight may take to finish before the
+    /// process exits anyway.
+    #[arg(long, env = "SILO_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+
     /// Log format: `human` or `json`.
     #[arg(long, env = "SILO_LOG_FORMAT", default_value = "human")]
     pub log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
-}
+pub use silo_telemetry::LogFormat;
 
 /// Token verification: algorithms are pinned here, never taken from a token.
 #[derive(Clone, Debug, clap::Args)]

@@ -6,12 +6,12 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod fleet_migration;
+pub mod metrics;
 pub mod migrations;
 pub mod onboarding;
 pub mod provisioner;
 pub mod server;
 pub mod service;
-pub mod telemetry;
 pub mod tenant;
 
 pub use config::ControlPlaneConfig;

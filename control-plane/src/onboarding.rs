@@ -54,6 +54,7 @@ pub struct Onboarding {
     pub(crate) migrations: MigrationSet,
     pub(crate) hooks: Hooks,
     pub(crate) max_attempts: u32,
+    pub(crate) metrics: crate::metrics::ControlPlaneMetrics,
 }
 
 fn backoff(attempts: i32) -> Duration {
@@ -128,6 +129,11 @@ impl Onboarding {
             OperationKind::DeleteTenant => self.delete(&operation, attempts).await,
             OperationKind::MigrateTenants => self.migrate_fleet(&operation, shutdown).await,
         };
+        match &outcome {
+            Ok(Outcome::Done) => self.metrics.operation(operation.kind.as_str(), "succeeded"),
+            Ok(Outcome::Failed(_)) => self.metrics.operation(operation.kind.as_str(), "failed"),
+            _ => {}
+        }
         match outcome {
             Ok(Outcome::Done) => {
                 tracing::info!("operation succeeded");
@@ -217,9 +223,14 @@ impl Onboarding {
                 return self.step_failed(&tenant, operation, attempts, error).await;
             };
             let spec = TenantSpec::new(&tenant.id, &tenant.tier, &tenant.request_id);
+            let started = std::time::Instant::now();
             let step = self
                 .onboarding_step(&tenant, operation, provisioner, &spec)
                 .await;
+            if !matches!(tenant.state, TenantState::Active | TenantState::Suspended) {
+                self.metrics
+                    .step(tenant.state.as_str(), started.elapsed().as_secs_f64());
+            }
             match step {
                 Ok(Some(outcome)) => return Ok(outcome),
                 Ok(None) => {}

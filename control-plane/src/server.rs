@@ -1,9 +1,10 @@
 //! Starting and stopping the control plane: the catalog, the workers and the gRPC server.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use silo_auth::JwtVerifier;
 use silo_proto::controlplane::v1::control_plane_server::ControlPlaneServer;
+use silo_telemetry::Health;
 use thiserror::Error;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -13,6 +14,7 @@ use crate::{
     catalog::{Catalog, CatalogError},
     config::{ConfigError, ControlPlaneConfig, Tiers},
     crypto::{CredentialCipher, CryptoError},
+    metrics::ControlPlaneMetrics,
     migrations::{MigrationError, MigrationSet},
     onboarding::{Hooks, Onboarding},
     provisioner::{
@@ -36,6 +38,8 @@ pub enum StartError {
     Catalog(#[from] CatalogError),
     #[error("tenant migrations: {0}")]
     Migrations(#[from] MigrationError),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -47,6 +51,8 @@ pub enum StartError {
 /// A started control plane.
 pub struct RunningControlPlane {
     addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    grace: Duration,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -56,10 +62,26 @@ impl RunningControlPlane {
         self.addr
     }
 
-    /// Stops accepting calls, lets the calls and steps in flight finish, and waits for it.
+    /// Address of the Prometheus endpoint.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// Stops accepting calls and lets the calls and steps in flight finish, for at most the
+    /// configured grace period; what is still running then is stopped.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
-        while self.tasks.join_next().await.is_some() {}
+        let drained = tokio::time::timeout(self.grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                grace_secs = self.grace.as_secs(),
+                "grace period over; stopping what is left"
+            );
+            self.tasks.abort_all();
+        }
     }
 
     /// Waits until the control plane stops by itself (its shutdown token was cancelled).
@@ -133,7 +155,23 @@ pub async fn start(
         .expose_secret()
         .parse()
         .map_err(|_| ConfigError::Invalid("the catalog DSN does not parse".into()))?;
-    let catalog = Catalog::open(catalog_config, config.catalog_pool_size, shutdown.clone()).await?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ControlPlaneMetrics::register(&mut registry);
+    let grpc_metrics = silo_telemetry::GrpcMetrics::register(&mut registry, "silo_controlplane");
+    let catalog = Catalog::open(
+        catalog_config,
+        config.catalog_pool_size,
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    let metrics_addr =
+        silo_telemetry::serve_metrics(config.metrics_listen, Arc::new(registry), shutdown.clone())
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.metrics_listen,
+                source,
+            })?;
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -154,6 +192,7 @@ pub async fn start(
         migrations: migrations.clone(),
         hooks,
         max_attempts: config.max_step_attempts.max(1),
+        metrics,
     });
     for worker in 0..config.workers {
         tasks.spawn(onboarding.clone().run_worker(worker, shutdown.clone()));
@@ -178,20 +217,61 @@ pub async fn start(
         migrations: Arc::new(migrations),
         shutdown: shutdown.clone(),
     };
+    let (health, health_service) = Health::new(vec![SERVICE_NAME]).await;
+    tasks.spawn(follow_catalog_health(
+        service.catalog.clone(),
+        health,
+        shutdown.clone(),
+    ));
+    let (reflection_v1, reflection_v1alpha) = silo_telemetry::reflection()?;
     let stop = shutdown.clone();
     tasks.spawn(async move {
         let served = tonic::transport::Server::builder()
+            .layer(grpc_metrics.layer())
             .add_service(ControlPlaneServer::new(service))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
             .await;
         if let Err(error) = served {
             tracing::error!(error = %error, "control-plane server stopped");
         }
     });
-    tracing::info!(%addr, "control plane listening");
+    tracing::info!(%addr, %metrics_addr, "control plane listening");
     Ok(RunningControlPlane {
         addr,
+        metrics_addr,
+        grace: Duration::from_secs(config.shutdown_grace_secs),
         shutdown,
         tasks,
     })
+}
+
+const SERVICE_NAME: &str = "silo.controlplane.v1.ControlPlane";
+
+/// SERVING while the catalog answers, NOT_SERVING while it does not.
+async fn follow_catalog_health(catalog: Catalog, health: Health, shutdown: CancellationToken) {
+    let mut serving = None;
+    loop {
+        let ok = tokio::time::timeout(Duration::from_secs(2), catalog.ping())
+            .await
+            .is_ok_and(|pinged| pinged.is_ok());
+        if serving != Some(ok) {
+            if ok {
+                tracing::info!("catalog reachable: serving");
+            } else {
+                tracing::warn!("catalog unreachable: not serving");
+            }
+            health.set(ok).await;
+            serving = Some(ok);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                health.set(false).await;
+                return;
+            }
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
 }

@@ -52,6 +52,22 @@ pub fn with_token<T>(message: T, token: &str) -> Request<T> {
     request
 }
 
+/// `GET path` over plain HTTP/1.1; returns the body.
+pub async fn http_get(address: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
 /// Polls `check` until it returns Some, or panics after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
@@ -170,6 +186,7 @@ impl TestEnv {
         let mut args: Vec<String> = vec![
             "silo-control-plane".into(),
             "--listen=127.0.0.1:0".into(),
+            "--metrics-listen=127.0.0.1:0".into(),
             format!(
                 "--catalog-url={}",
                 self.servers[0].dsn(&self.catalog_database)
@@ -207,6 +224,7 @@ impl TestEnv {
             .await
             .expect("control plane starts");
         let address = running.local_addr();
+        let metrics_address = running.metrics_addr();
         let channel = Channel::from_shared(format!("http://{address}"))
             .expect("uri")
             .connect()
@@ -215,6 +233,7 @@ impl TestEnv {
         TestControlPlane {
             running: Some(running),
             address,
+            metrics_address,
             client: ControlPlaneClient::new(channel),
         }
     }
@@ -231,6 +250,7 @@ impl TestEnv {
 pub struct TestControlPlane {
     running: Option<RunningControlPlane>,
     address: std::net::SocketAddr,
+    metrics_address: std::net::SocketAddr,
     pub client: ControlPlaneClient<Channel>,
 }
 
@@ -238,6 +258,11 @@ impl TestControlPlane {
     /// The gRPC address the control plane listens on.
     pub fn address(&self) -> std::net::SocketAddr {
         self.address
+    }
+
+    /// The Prometheus endpoint's address.
+    pub fn metrics_address(&self) -> std::net::SocketAddr {
+        self.metrics_address
     }
 
     pub fn client(&self) -> ControlPlaneClient<Channel> {

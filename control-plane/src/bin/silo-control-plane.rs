@@ -1,12 +1,12 @@
 use clap::Parser;
-use silo_control_plane::{ControlPlaneConfig, Hooks, telemetry};
+use silo_control_plane::{ControlPlaneConfig, Hooks};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = ControlPlaneConfig::parse();
-    telemetry::init(config.log_format);
+    silo_telemetry::init_logs(config.log_format);
     let shutdown = CancellationToken::new();
     let running = silo_control_plane::start(config, Hooks::default(), shutdown.clone()).await?;
     let mut terminate = signal(SignalKind::terminate())?;

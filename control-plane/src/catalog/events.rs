@@ -39,7 +39,7 @@ impl Catalog {
         after: i64,
         limit: i64,
     ) -> Result<Vec<TenantEvent>, CatalogError> {
-        let conn = self.pool.get().await?;
+        let conn = self.conn().await?;
         let rows = conn
             .query(
                 "SELECT sequence, tenant_id, kind, state, occurred_at FROM tenant_events
@@ -70,7 +70,7 @@ impl Catalog {
 
     /// The newest sequence number (0 when the log is empty).
     pub async fn latest_sequence(&self) -> Result<i64, CatalogError> {
-        let conn = self.pool.get().await?;
+        let conn = self.conn().await?;
         let row = conn
             .query_one("SELECT coalesce(max(sequence), 0) FROM tenant_events", &[])
             .await?;

@@ -122,7 +122,7 @@ pub struct PlanTenant {
 impl Catalog {
     /// Every tenant that is not DELETED, by id.
     pub async fn plan_tenants(&self) -> Result<Vec<PlanTenant>, CatalogError> {
-        let conn = self.pool.get().await?;
+        let conn = self.conn().await?;
         let rows = conn
             .query(
                 "SELECT tenant_id, tier, state, schema_version FROM tenants
@@ -156,7 +156,7 @@ impl Catalog {
         params: &MigrationParams,
         planned: &[TenantMigration],
     ) -> Result<OperationRecord, CatalogError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&RUN_LOCK_KEY])
             .await?;
@@ -219,7 +219,7 @@ impl Catalog {
                 "a dry run cannot be resumed; start a real run".into(),
             ));
         }
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&RUN_LOCK_KEY])
             .await?;
@@ -246,7 +246,7 @@ impl Catalog {
     }
 
     pub async fn migration_tenants(&self, id: Uuid) -> Result<Vec<TenantMigration>, CatalogError> {
-        let conn = self.pool.get().await?;
+        let conn = self.conn().await?;
         let rows = conn
             .query(
                 "SELECT tenant_id, wave, state, from_version, version, detail, attempts, started_at, finished_at
@@ -267,7 +267,7 @@ impl Catalog {
         version: Option<i64>,
         detail: &str,
     ) -> Result<(), CatalogError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
         tx.execute(
             "UPDATE migration_tenants SET

@@ -24,6 +24,7 @@ pub use records::*;
 pub use tenants::{NewTenant, TenantFilter, TenantPage, Transition};
 
 use crate::{
+    metrics::ControlPlaneMetrics,
     migrations::{MigrationError, MigrationSet},
     tenant::TenantState,
 };
@@ -69,6 +70,7 @@ pub struct Catalog {
     pool: PgPool,
     config: tokio_postgres::Config,
     changes: Arc<CatalogChanges>,
+    metrics: ControlPlaneMetrics,
 }
 
 impl Catalog {
@@ -77,6 +79,7 @@ impl Catalog {
     pub async fn open(
         config: tokio_postgres::Config,
         pool_size: u32,
+        metrics: ControlPlaneMetrics,
         shutdown: CancellationToken,
     ) -> Result<Self, CatalogError> {
         let manager = PostgresConnectionManager::new(config.clone(), NoTls);
@@ -90,6 +93,7 @@ impl Catalog {
             pool,
             config: config.clone(),
             changes: Arc::new(CatalogChanges::default()),
+            metrics,
         };
         catalog.migrate().await?;
         notify::spawn_listener(config, catalog.changes.clone(), shutdown);
@@ -120,7 +124,16 @@ impl Catalog {
 
     /// The catalog answers a trivial query.
     pub async fn ping(&self) -> Result<(), CatalogError> {
-        self.pool.get().await?.simple_query("SELECT 1").await?;
+        self.conn().await?.simple_query("SELECT 1").await?;
         Ok(())
+    }
+
+    /// A pooled connection; every catalog call starts here, so it is counted here.
+    pub(crate) async fn conn(
+        &self,
+    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, CatalogError> {
+        let conn = self.pool.get().await;
+        self.metrics.catalog_call(conn.is_ok());
+        Ok(conn?)
     }
 }

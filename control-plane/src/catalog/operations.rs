@@ -147,7 +147,7 @@ pub struct ClaimedOperation<'a> {
 
 impl Catalog {
     pub async fn get_operation(&self, id: Uuid) -> Result<OperationRecord, CatalogError> {
-        let conn = self.pool.get().await?;
+        let conn = self.conn().await?;
         let row = conn
             .query_opt(
                 &format!("SELECT {OPERATION_COLUMNS} FROM operations WHERE operation_id = $1"),
@@ -165,7 +165,7 @@ impl Catalog {
         tenant: &TenantId,
         except: Uuid,
     ) -> Result<bool, CatalogError> {
-        let conn = self.pool.get().await?;
+        let conn = self.conn().await?;
         let row = conn
             .query_opt(
                 "SELECT 1 FROM operations
@@ -203,7 +203,7 @@ impl Catalog {
         let attempts: i32 = row.try_get("attempts")?;
         // Steps are read through the pool: they are committed rows, not part of the claim.
         let operation = {
-            let conn = self.pool.get().await?;
+            let conn = self.conn().await?;
             load(&*conn, &row).await?
         };
         Ok(Some(ClaimedOperation {

@@ -147,7 +147,7 @@ impl Catalog {
     /// operation an earlier call with the same request id made. A FAILED or DELETED tenant
     /// may be created again with a new request id.
     pub async fn create_tenant(&self, new: &NewTenant) -> Result<OperationRecord, CatalogError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
         let existing = tx
             .query_opt(
@@ -210,7 +210,7 @@ impl Catalog {
     }
 
     pub async fn get_tenant(&self, id: &TenantId) -> Result<TenantRecord, CatalogError> {
-        let conn = self.pool.get().await?;
+        let conn = self.conn().await?;
         let row = conn
             .query_opt(
                 &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE tenant_id = $1"),
@@ -222,7 +222,7 @@ impl Catalog {
     }
 
     pub async fn list_tenants(&self, filter: &TenantFilter) -> Result<TenantPage, CatalogError> {
-        let conn = self.pool.get().await?;
+        let conn = self.conn().await?;
         let state = filter.state.map(TenantState::as_str);
         let limit = i64::from(filter.limit.max(1));
         let rows = conn
@@ -256,7 +256,7 @@ impl Catalog {
     /// Applies a transition in its own transaction. False when the tenant was no longer in
     /// `from`.
     pub async fn transition(&self, transition: &Transition) -> Result<bool, CatalogError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
         let applied = transition.apply_in(&tx).await?;
         tx.commit().await?;
@@ -323,7 +323,7 @@ impl Catalog {
         request_id: &str,
         params: DeleteParams,
     ) -> Result<OperationRecord, CatalogError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
         let row = tx
             .query_opt(
@@ -417,7 +417,7 @@ impl Catalog {
         operation: Uuid,
         choose: impl FnOnce(&[(String, i64)]) -> Result<Placement, E>,
     ) -> Result<Result<Option<Placement>, E>, CatalogError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
         let load = Self::placement_load(&tx, provisioner).await?;
         let placement = match choose(&load) {

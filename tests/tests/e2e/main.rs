@@ -5,6 +5,7 @@ mod bad_input;
 mod crash_resume;
 mod fleet_migrations;
 mod lifecycle;
+mod observability;
 mod onboarding;
 mod provisioner_suite;
 mod rds_moto;

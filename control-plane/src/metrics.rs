@@ -1,0 +1,93 @@
+//! The control plane's own Prometheus metrics (request metrics come from silo-telemetry).
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub step: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub kind: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ControlPlaneMetrics {
+    step_duration: Family<StepLabels, Histogram>,
+    operations: Family<OperationLabels, Counter>,
+    catalog_calls: Family<OutcomeLabels, Counter>,
+}
+
+impl Default for ControlPlaneMetrics {
+    fn default() -> Self {
+        Self {
+            step_duration: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                    900.0,
+                ])
+            }),
+            operations: Family::default(),
+            catalog_calls: Family::default(),
+        }
+    }
+}
+
+impl ControlPlaneMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "silo_controlplane_step_duration_seconds",
+            "time one attempt of an onboarding or deletion step took, by step",
+            metrics.step_duration.clone(),
+        );
+        registry.register(
+            "silo_controlplane_operations",
+            "operations finished, by kind and result",
+            metrics.operations.clone(),
+        );
+        registry.register(
+            "silo_controlplane_catalog_calls",
+            "catalog connections taken from the pool, by outcome",
+            metrics.catalog_calls.clone(),
+        );
+        metrics
+    }
+
+    pub fn step(&self, step: &str, seconds: f64) {
+        self.step_duration
+            .get_or_create(&StepLabels {
+                step: step.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn operation(&self, kind: &str, result: &str) {
+        self.operations
+            .get_or_create(&OperationLabels {
+                kind: kind.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn catalog_call(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.catalog_calls
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,61 @@
+//! gRPC health (`grpc.health.v1`) and server reflection (v1 and v1alpha, so older clients
+//! such as grpcurl 1.8 work too).
+
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+/// The health service's handle: one status for the whole server ("") and one per service.
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+}
+
+impl Health {
+    /// The reporter and the service to add to the server. Everything starts NOT_SERVING.
+    pub async fn new(
+        services: Vec<&'static str>,
+    ) -> (
+        Self,
+        tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    ) {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        let health = Self { reporter, services };
+        health.set(false).await;
+        (health, service)
+    }
+
+    pub async fn set(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter.set_service_status("", status).await;
+        for service in &self.services {
+            self.reporter.set_service_status(*service, status).await;
+        }
+    }
+}
+
+/// Reflection services describing silo's APIs and the health service.
+pub fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    tonic_reflection::server::Error,
+> {
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(silo_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(silo_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    Ok((v1, v1alpha))
+}

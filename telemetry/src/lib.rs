@@ -1,0 +1,12 @@
+//! What both silo services share to be observed: log set-up, the Prometheus endpoint,
+//! gRPC health and reflection, and per-method request metrics.
+
+mod grpc;
+mod logs;
+mod metrics_http;
+mod request_metrics;
+
+pub use grpc::{Health, reflection};
+pub use logs::{LogFormat, init_logs};
+pub use metrics_http::serve_metrics;
+pub use request_metrics::{GrpcMetrics, GrpcMetricsLayer};
