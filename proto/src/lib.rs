@@ -9,3 +9,9 @@ pub mod controlplane {
         tonic::include_proto!("silo.controlplane.v1");
     }
 }
+
+pub mod router {
+    pub mod v1 {
+        tonic::include_proto!("silo.router.v1");
+    }
+}

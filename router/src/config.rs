@@ -1,0 +1,242 @@
+//! The router's configuration: every flag has a `SILO_*` environment variable; secrets are
+//! held in types that do not print them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use secrecy::SecretString;
+
+use crate::core::CallLimits;
+use crate::pool::PoolConfig;
+use crate::routes::RouteCacheConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn secret(raw: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(raw.to_owned()))
+}
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "silo-router",
+    version,
+    about = "silo router: SQL calls to each tenant's own database"
+)]
+pub struct RouterConfig {
+    /// Address the gRPC API listens on.
+    #[arg(long, env = "SILO_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// The control plane's gRPC endpoint.
+    #[arg(
+        long,
+        env = "SILO_CONTROL_PLANE_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub control_plane_url: String,
+
+    /// Service token (role `router`) for ResolveTenant and WatchTenants.
+    #[arg(long, env = "SILO_CONTROL_PLANE_TOKEN", value_parser = secret, hide_env_values = true)]
+    pub control_plane_token: SecretString,
+
+    /// Longest wait for a ResolveTenant answer, in milliseconds.
+    #[arg(long, env = "SILO_RESOLVE_TIMEOUT_MS", default_value_t = 2000)]
+    pub resolve_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+
+    /// Claim holding a token's tenant.
+    #[arg(long, env = "SILO_TENANT_CLAIM", default_value = crate::identity::DEFAULT_TENANT_CLAIM)]
+    pub tenant_claim: String,
+
+    /// Routes trusted without an event for this long (fallback only), in seconds.
+    #[arg(long, env = "SILO_ROUTE_TTL_SECS", default_value_t = 300)]
+    pub route_ttl_secs: u64,
+
+    /// "Unknown tenant" remembered for this long, in milliseconds.
+    #[arg(long, env = "SILO_ROUTE_NEGATIVE_TTL_MS", default_value_t = 2000)]
+    pub route_negative_ttl_ms: u64,
+
+    /// Most tenant pools open at once (least recently used closed first).
+    #[arg(long, env = "SILO_POOL_CAPACITY", default_value_t = 1000)]
+    pub pool_capacity: u64,
+
+    /// A tenant pool unused this long is closed, in seconds.
+    #[arg(long, env = "SILO_POOL_IDLE_SECS", default_value_t = 300)]
+    pub pool_idle_secs: u64,
+
+    /// Connect timeout to a tenant database, in milliseconds.
+    #[arg(long, env = "SILO_CONNECT_TIMEOUT_MS", default_value_t = 2000)]
+    pub connect_timeout_ms: u64,
+
+    /// Upper bound on any tenant's pool, whatever its tier says.
+    #[arg(long, env = "SILO_MAX_CONNECTIONS_PER_TENANT", default_value_t = 64)]
+    pub max_connections_per_tenant: u32,
+
+    /// Ping each connection before lending it (one extra round trip per call, about
+    /// 0.1 ms locally; connections are also checked by the reset after every call).
+    #[arg(long, env = "SILO_POOL_TEST_ON_CHECKOUT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pool_test_on_checkout: bool,
+
+    /// Most connections over all tenants (0: no global cap).
+    #[arg(long, env = "SILO_CONNECTION_BUDGET", default_value_t = 0)]
+    pub connection_budget: u32,
+
+    /// Rows a Query returns when the request sets no max_rows.
+    #[arg(long, env = "SILO_DEFAULT_MAX_ROWS", default_value_t = 1000)]
+    pub default_max_rows: usize,
+
+    /// An interactive transaction with no message for this long is rolled back, in seconds.
+    #[arg(long, env = "SILO_TRANSACTION_IDLE_SECS", default_value_t = 30)]
+    pub transaction_idle_secs: u64,
+
+    /// Log format: `human` or `json`.
+    #[arg(long, env = "SILO_LOG_FORMAT", default_value = "human")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+impl RouterConfig {
+    pub fn route_cache(&self) -> RouteCacheConfig {
+        RouteCacheConfig {
+            ttl: Duration::from_secs(self.route_ttl_secs),
+            negative_ttl: Duration::from_millis(self.route_negative_ttl_ms),
+            ..RouteCacheConfig::default()
+        }
+    }
+
+    pub fn pools(&self) -> PoolConfig {
+        PoolConfig {
+            capacity: self.pool_capacity,
+            time_to_idle: Duration::from_secs(self.pool_idle_secs),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            max_connections_per_tenant: self.max_connections_per_tenant,
+            test_on_check_out: self.pool_test_on_checkout,
+            connection_budget: self.connection_budget,
+        }
+    }
+
+    pub fn call_limits(&self) -> CallLimits {
+        CallLimits {
+            default_max_rows: self.default_max_rows,
+            ..CallLimits::default()
+        }
+    }
+}
+
+/// Token verification: algorithms are pinned here, never taken from a token.
+#[derive(Clone, Debug, clap::Args)]
+pub struct JwtArgs {
+    /// Accepted signing algorithms (e.g. RS256,ES256,EdDSA; HS256 only with a shared secret).
+    #[arg(
+        long = "jwt-algorithms",
+        env = "SILO_JWT_ALGORITHMS",
+        value_delimiter = ',',
+        default_value = "RS256"
+    )]
+    pub algorithms: Vec<String>,
+    /// PEM file with the public key tokens are signed with.
+    #[arg(long = "jwt-public-key-file", env = "SILO_JWT_PUBLIC_KEY_FILE")]
+    pub public_key_file: Option<PathBuf>,
+    /// JWKS file with the public keys tokens are signed with (chosen by `kid`).
+    #[arg(long = "jwt-jwks-file", env = "SILO_JWT_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Shared secret for HS256/384/512 tokens (only when no public key is given).
+    #[arg(long = "jwt-hmac-secret", env = "SILO_JWT_HMAC_SECRET", value_parser = secret, hide_env_values = true)]
+    pub hmac_secret: Option<SecretString>,
+    /// Required `iss` claim.
+    #[arg(long = "jwt-issuer", env = "SILO_JWT_ISSUER")]
+    pub issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long = "jwt-audience", env = "SILO_JWT_AUDIENCE")]
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[arg(
+        long = "jwt-leeway-secs",
+        env = "SILO_JWT_LEEWAY_SECS",
+        default_value_t = 30
+    )]
+    pub leeway_secs: u64,
+}
+
+impl JwtArgs {
+    pub fn verifier_config(&self) -> Result<silo_auth::VerifierConfig, ConfigError> {
+        let algorithms = self
+            .algorithms
+            .iter()
+            .map(|name| {
+                name.trim()
+                    .parse::<silo_auth::Algorithm>()
+                    .map_err(|_| ConfigError::Invalid(format!("unknown JWT algorithm {name:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = match (&self.public_key_file, &self.jwks_file, &self.hmac_secret) {
+            (Some(path), None, None) => silo_auth::KeySource::PemFile(path.clone()),
+            (None, Some(path), None) => silo_auth::KeySource::JwksFile(path.clone()),
+            (None, None, Some(secret)) => silo_auth::KeySource::HmacSecret(secret.clone()),
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "give exactly one of --jwt-public-key-file, --jwt-jwks-file, --jwt-hmac-secret"
+                        .into(),
+                ));
+            }
+        };
+        Ok(silo_auth::VerifierConfig {
+            algorithms,
+            keys,
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            leeway: Duration::from_secs(self.leeway_secs),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_secrets_do_not_print() {
+        let config = RouterConfig::try_parse_from([
+            "silo-router",
+            "--control-plane-token",
+            "very-secret-token",
+            "--jwt-hmac-secret",
+            "another-secret-value-of-32-bytes!!",
+            "--jwt-algorithms",
+            "HS256",
+        ])
+        .expect("parses");
+        assert!(config.pools().test_on_check_out);
+        assert_eq!(config.tenant_claim, "tenant_id");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("very-secret-token"));
+        assert!(!printed.contains("another-secret"));
+        config.jwt.verifier_config().expect("valid jwt config");
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        RouterConfig::command().debug_assert();
+    }
+
+    #[test]
+    fn exactly_one_key_source() {
+        let config = RouterConfig::try_parse_from(["silo-router", "--control-plane-token", "t"])
+            .expect("parses");
+        assert!(config.jwt.verifier_config().is_err());
+    }
+}

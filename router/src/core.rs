@@ -1,0 +1,113 @@
+//! [`RouterCore`]: from an authenticated tenant to a leased connection of its database,
+//! and the invalidation loop that keeps routes and pools current.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::call::Lease;
+use crate::error::RouterError;
+use crate::identity::Authenticator;
+use crate::pool::{PoolConfig, PoolRegistry};
+use crate::routes::{Invalidation, RouteCache, RouteCacheConfig, RouteSource};
+use crate::tenant::{TenantId, TenantState};
+
+/// Limits on what one call may ask for.
+#[derive(Debug, Clone)]
+pub struct CallLimits {
+    /// Rows a unary Query returns when the request sets no `max_rows`.
+    pub default_max_rows: usize,
+    /// The most rows a unary Query may return, whatever the request says.
+    pub max_rows: usize,
+    /// Rows per streamed batch when the request sets none.
+    pub default_batch_size: usize,
+    /// The largest streamed batch.
+    pub max_batch_size: usize,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self {
+            default_max_rows: 1000,
+            max_rows: 100_000,
+            default_batch_size: 500,
+            max_batch_size: 10_000,
+        }
+    }
+}
+
+pub struct RouterCore<S> {
+    pub auth: Authenticator,
+    pub routes: RouteCache<S>,
+    pub pools: PoolRegistry,
+    pub limits: CallLimits,
+}
+
+impl<S: RouteSource> RouterCore<S> {
+    pub fn new(
+        auth: Authenticator,
+        source: Arc<S>,
+        routes: &RouteCacheConfig,
+        pools: PoolConfig,
+        limits: CallLimits,
+    ) -> Self {
+        Self {
+            auth,
+            routes: RouteCache::new(source, routes),
+            pools: PoolRegistry::new(pools),
+            limits,
+        }
+    }
+
+    /// A connection to the tenant's database, within the tenant's limits.
+    pub async fn lease(&self, tenant: &TenantId) -> Result<Lease, RouterError> {
+        let route = self.routes.get(tenant).await?;
+        if route.state != TenantState::Active {
+            return Err(RouterError::NotActive(route.state));
+        }
+        let pool = self.pools.get(&route).await;
+        let permit = pool.limiter.admit()?;
+        let conn = self.pools.connection(&pool).await?;
+        Ok(Lease::new(conn, pool, permit))
+    }
+
+    /// Drops what an event makes stale: the route, and with it the pool.
+    pub async fn apply(&self, invalidation: &Invalidation) {
+        if self
+            .routes
+            .invalidate(&invalidation.tenant_id, invalidation.sequence)
+            .await
+        {
+            tracing::info!(tenant_id = %invalidation.tenant_id, sequence = invalidation.sequence, "tenant changed; dropping its route and pool");
+            self.pools.invalidate(&invalidation.tenant_id).await;
+        }
+    }
+
+    /// Follows the source's invalidations until `shutdown`.
+    pub fn spawn_invalidations(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let core = Arc::clone(self);
+        let pools = self.pools.clone();
+        let housekeeping_stop = shutdown.clone();
+        tokio::spawn(async move {
+            pools
+                .housekeeping(std::time::Duration::from_millis(500), housekeeping_stop)
+                .await;
+        });
+        tokio::spawn(async move {
+            let mut events = core.routes.source().invalidations(shutdown.clone());
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    event = events.next() => match event {
+                        Some(event) => core.apply(&event).await,
+                        None => return,
+                    },
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,358 @@
+//! Per-tenant connection pools: bb8 pools of tokio-postgres connections in a moka cache.
+//!
+//! The connection manager is our own (not bb8-postgres) because each pooled connection
+//! carries its prepared-statement cache and its cancel token, and is reset before reuse.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use secrecy::ExposeSecret;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::{CancelToken, Client, NoTls, Statement};
+
+use crate::limits::TenantLimiter;
+use crate::tenant::{PoolKey, Route, TenantId};
+
+/// Statements prepared per connection before the cache starts over.
+const STATEMENT_CACHE_SIZE: usize = 256;
+
+/// Undoes everything a caller may have done to its session without deallocating our
+/// prepared statements (which `DISCARD ALL` would do): an open transaction, `SET`s
+/// (back to the connection's startup values), cursors, `LISTEN`s, advisory locks, temp
+/// tables, sequence state.
+pub const SESSION_RESET: &str = "ROLLBACK; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
+    CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Most tenant pools alive at once; the least recently used is closed first.
+    pub capacity: u64,
+    /// A pool unused this long is closed.
+    pub time_to_idle: Duration,
+    /// Longest wait for a connection (connecting included): after it, UNAVAILABLE.
+    pub connect_timeout: Duration,
+    /// Upper bound on any tenant's pool, whatever its tier says.
+    pub max_connections_per_tenant: u32,
+    /// Ping a connection before handing it out.
+    pub test_on_check_out: bool,
+    /// Most connections over all tenant pools; 0 means no global cap. When it is reached,
+    /// a pool whose connections are all idle is closed to make room, else the call is
+    /// RESOURCE_EXHAUSTED.
+    pub connection_budget: u32,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 1000,
+            time_to_idle: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(2),
+            max_connections_per_tenant: 64,
+            test_on_check_out: true,
+            connection_budget: 0,
+        }
+    }
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The tenant's database did not accept a connection within the connect timeout.
+    #[error("tenant database unreachable")]
+    Unreachable,
+    /// Every connection of the tenant's pool stayed busy for the whole timeout.
+    #[error("all connections of the tenant are busy")]
+    Exhausted,
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("the global connection budget is used up")]
+    Budget,
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+/// One pooled connection.
+pub struct PgConnection {
+    pub client: Client,
+    pub cancel: CancelToken,
+    statements: HashMap<String, Statement>,
+    /// Set when the session could not be reset: the pool drops the connection.
+    pub broken: bool,
+    /// This connection's share of the global budget, returned when it closes.
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+impl PgConnection {
+    /// The statement for `sql`, prepared once per connection.
+    pub async fn prepare_cached(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        if self.statements.len() >= STATEMENT_CACHE_SIZE {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+}
+
+pub struct PgManager {
+    config: tokio_postgres::Config,
+    budget: Option<Arc<Semaphore>>,
+}
+
+impl bb8::ManageConnection for PgManager {
+    type Connection = PgConnection;
+    type Error = ConnectError;
+
+    async fn connect(&self) -> Result<PgConnection, ConnectError> {
+        let budget = match &self.budget {
+            Some(budget) => Some(
+                budget
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| ConnectError::Budget)?,
+            ),
+            None => None,
+        };
+        let (client, connection) = self.config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "tenant connection ended with an error");
+            }
+        });
+        let cancel = client.cancel_token();
+        Ok(PgConnection {
+            client,
+            cancel,
+            statements: HashMap::new(),
+            broken: false,
+            _budget: budget,
+        })
+    }
+
+    async fn is_valid(&self, conn: &mut PgConnection) -> Result<(), ConnectError> {
+        conn.client.simple_query("").await?;
+        Ok(())
+    }
+
+    fn has_broken(&self, conn: &mut PgConnection) -> bool {
+        conn.broken || conn.client.is_closed()
+    }
+}
+
+pub type PooledConnection = bb8::PooledConnection<'static, PgManager>;
+
+/// A tenant's pool and call limits, built from one version of its route.
+pub struct TenantPool {
+    key: PoolKey,
+    pool: bb8::Pool<PgManager>,
+    max_size: u32,
+    pub limiter: TenantLimiter,
+}
+
+impl TenantPool {
+    fn new(route: &Route, config: &PoolConfig, budget: Option<Arc<Semaphore>>) -> Self {
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&route.host)
+            .port(route.port)
+            .dbname(&route.database)
+            .user(&route.user)
+            .application_name("silo-router")
+            .connect_timeout(config.connect_timeout)
+            // The session default that RESET ALL returns to.
+            .options(format!(
+                "-c statement_timeout={}",
+                route.limits.statement_timeout.as_millis()
+            ));
+        let password = route.password.expose_secret();
+        if !password.is_empty() {
+            pg.password(password);
+        }
+        let max_size = route
+            .limits
+            .max_connections
+            .clamp(1, config.max_connections_per_tenant.max(1));
+        let pool = bb8::Pool::builder()
+            .max_size(max_size)
+            .min_idle(None)
+            .connection_timeout(config.connect_timeout)
+            .test_on_check_out(config.test_on_check_out)
+            .idle_timeout(Some(config.time_to_idle))
+            .build_unchecked(PgManager { config: pg, budget });
+        Self {
+            key: route.pool_key(),
+            pool,
+            max_size,
+            limiter: TenantLimiter::new(&route.limits),
+        }
+    }
+
+    async fn get(&self) -> Result<PooledConnection, PoolError> {
+        match self.pool.get_owned().await {
+            Ok(conn) => Ok(conn),
+            Err(bb8::RunError::User(_)) => Err(PoolError::Unreachable),
+            Err(bb8::RunError::TimedOut) => {
+                let state = self.pool.state();
+                if state.connections >= self.max_size && state.idle_connections == 0 {
+                    Err(PoolError::Exhausted)
+                } else {
+                    Err(PoolError::Unreachable)
+                }
+            }
+        }
+    }
+
+    /// Connections currently open (idle or in use).
+    pub fn connections(&self) -> u32 {
+        self.pool.state().connections
+    }
+
+    /// Has connections and none of them is lent out.
+    fn is_idle(&self) -> bool {
+        let state = self.pool.state();
+        state.connections > 0 && state.idle_connections == state.connections
+    }
+
+    /// Would lending a connection now need a new one?
+    fn needs_new_connection(&self) -> bool {
+        let state = self.pool.state();
+        state.idle_connections == 0 && state.connections < self.max_size
+    }
+}
+
+/// Every tenant's pool.
+#[derive(Clone)]
+pub struct PoolRegistry {
+    pools: Cache<TenantId, Arc<TenantPool>>,
+    config: Arc<PoolConfig>,
+    budget: Option<Arc<Semaphore>>,
+}
+
+impl PoolRegistry {
+    pub fn new(config: PoolConfig) -> Self {
+        let pools = Cache::builder()
+            .max_capacity(config.capacity)
+            .time_to_idle(config.time_to_idle)
+            .eviction_listener(|tenant: Arc<TenantId>, pool: Arc<TenantPool>, cause| {
+                // Dropping the last reference closes the pool's idle connections; connections
+                // lent to calls in flight close when those calls return them.
+                let reason = match cause {
+                    RemovalCause::Expired => "idle",
+                    RemovalCause::Explicit => "invalidated",
+                    RemovalCause::Replaced => "replaced",
+                    RemovalCause::Size => "capacity",
+                };
+                tracing::info!(tenant_id = %tenant, reason, connections = pool.connections(), "closing tenant pool");
+            })
+            .build();
+        let budget = (config.connection_budget > 0)
+            .then(|| Arc::new(Semaphore::new(config.connection_budget as usize)));
+        Self {
+            pools,
+            config: Arc::new(config),
+            budget,
+        }
+    }
+
+    /// The tenant's pool for this route, created once (single-flight) and rebuilt when the
+    /// route's endpoint, credentials or limits changed.
+    pub async fn get(&self, route: &Route) -> Arc<TenantPool> {
+        let tenant = &route.tenant_id;
+        let pool = self
+            .pools
+            .get_with_by_ref(tenant, async {
+                Arc::new(TenantPool::new(route, &self.config, self.budget.clone()))
+            })
+            .await;
+        if pool.key.matches(route) {
+            return pool;
+        }
+        let stale = pool;
+        self.pools
+            .entry_by_ref(tenant)
+            .and_compute_with(|current| {
+                let op = match current {
+                    Some(entry) if !Arc::ptr_eq(entry.value(), &stale) => {
+                        moka::ops::compute::Op::Nop
+                    }
+                    _ => moka::ops::compute::Op::Put(Arc::new(TenantPool::new(
+                        route,
+                        &self.config,
+                        self.budget.clone(),
+                    ))),
+                };
+                std::future::ready(op)
+            })
+            .await;
+        self.pools
+            .get_with_by_ref(tenant, async {
+                Arc::new(TenantPool::new(route, &self.config, self.budget.clone()))
+            })
+            .await
+    }
+
+    /// A connection from the tenant's pool, within the global budget: when the budget is
+    /// used up, one pool whose connections are all idle is closed to make room; when there
+    /// is none, [`PoolError::Exhausted`].
+    pub async fn connection(&self, pool: &Arc<TenantPool>) -> Result<PooledConnection, PoolError> {
+        if let Some(budget) = &self.budget
+            && budget.available_permits() == 0
+            && pool.needs_new_connection()
+        {
+            let victim = self
+                .pools
+                .iter()
+                .find(|(_, other)| !Arc::ptr_eq(other, pool) && other.is_idle())
+                .map(|(tenant, _)| tenant);
+            let Some(victim) = victim else {
+                return Err(PoolError::Exhausted);
+            };
+            tracing::info!(tenant_id = %victim, "connection budget full; closing an idle pool");
+            self.pools.invalidate(victim.as_ref()).await;
+            // Moka drops removed values when its pending tasks run: the pool's idle
+            // connections (and their budget) are released here.
+            self.pools.run_pending_tasks().await;
+        }
+        pool.get().await
+    }
+
+    /// Closes the tenant's pool (calls in flight finish on their connections).
+    pub async fn invalidate(&self, tenant: &TenantId) {
+        self.pools.invalidate(tenant).await;
+        self.pools.run_pending_tasks().await;
+    }
+
+    /// Runs the cache's pending work every `every` until `shutdown`: moka evicts (and so
+    /// closes pools) only while the cache is used, so a router that goes quiet would keep
+    /// evicted and idle-expired pools' connections open without this.
+    pub async fn housekeeping(
+        &self,
+        every: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => self.pools.run_pending_tasks().await,
+            }
+        }
+    }
+
+    /// Pools alive, after pending evictions ran.
+    pub async fn len(&self) -> u64 {
+        self.pools.run_pending_tasks().await;
+        self.pools.entry_count()
+    }
+
+    pub async fn is_empty(&self) -> bool {
+        self.len().await == 0
+    }
+}

@@ -1,0 +1,134 @@
+//! What a call asks for, validated from the proto messages on receipt.
+
+use silo_proto::router::v1 as pb;
+
+use crate::value::{SqlValue, ValueError};
+
+/// A request the router cannot run, before it reaches the database.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("statement is required")]
+    MissingStatement,
+    #[error("statement sql is empty")]
+    EmptySql,
+    #[error("parameter ${index}: {source}")]
+    Param { index: usize, source: ValueError },
+    #[error("a batch needs at least one statement")]
+    EmptyBatch,
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// One SQL statement and its parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqlStatement {
+    pub sql: String,
+    pub params: Vec<SqlValue>,
+}
+
+impl TryFrom<Option<pb::Statement>> for SqlStatement {
+    type Error = RequestError;
+
+    fn try_from(statement: Option<pb::Statement>) -> Result<Self, RequestError> {
+        let statement = statement.ok_or(RequestError::MissingStatement)?;
+        if statement.sql.trim().is_empty() {
+            return Err(RequestError::EmptySql);
+        }
+        let params = statement
+            .params
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| {
+                SqlValue::try_from(value).map_err(|source| RequestError::Param {
+                    index: i + 1,
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            sql: statement.sql,
+            params,
+        })
+    }
+}
+
+/// A result column: its name and PostgreSQL type name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub type_name: String,
+}
+
+/// Columns and rows of a query (or one batch of a streamed query).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Rows {
+    pub columns: Vec<Column>,
+    pub rows: Vec<Vec<SqlValue>>,
+}
+
+impl From<Column> for pb::Column {
+    fn from(column: Column) -> Self {
+        Self {
+            name: column.name,
+            type_name: column.type_name,
+        }
+    }
+}
+
+fn pb_rows(rows: Vec<Vec<SqlValue>>) -> Vec<pb::Row> {
+    rows.into_iter()
+        .map(|row| pb::Row {
+            values: row.into_iter().map(pb::Value::from).collect(),
+        })
+        .collect()
+}
+
+impl From<Rows> for pb::QueryResponse {
+    fn from(rows: Rows) -> Self {
+        Self {
+            columns: rows.columns.into_iter().map(Into::into).collect(),
+            rows: pb_rows(rows.rows),
+        }
+    }
+}
+
+impl From<Rows> for pb::RowBatch {
+    fn from(rows: Rows) -> Self {
+        Self {
+            columns: rows.columns.into_iter().map(Into::into).collect(),
+            rows: pb_rows(rows.rows),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_validated() {
+        assert_eq!(
+            SqlStatement::try_from(None),
+            Err(RequestError::MissingStatement)
+        );
+        let empty = pb::Statement {
+            sql: "  ".into(),
+            params: vec![],
+        };
+        assert_eq!(
+            SqlStatement::try_from(Some(empty)),
+            Err(RequestError::EmptySql)
+        );
+        let bad_param = pb::Statement {
+            sql: "SELECT $1".into(),
+            params: vec![pb::Value { kind: None }],
+        };
+        assert_eq!(
+            SqlStatement::try_from(Some(bad_param)),
+            Err(RequestError::Param {
+                index: 1,
+                source: ValueError::Empty
+            })
+        );
+    }
+}

@@ -1,0 +1,221 @@
+//! The real [`RouteSource`]: the control plane's `ResolveTenant` and `WatchTenants`, called
+//! with the router's service token.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use secrecy::{ExposeSecret, SecretString};
+use silo_proto::controlplane::v1 as pb;
+use silo_proto::controlplane::v1::control_plane_client::ControlPlaneClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use super::{Invalidation, RouteError, RouteSource};
+use crate::tenant::{Route, TenantId, TenantState, TierLimits};
+
+/// How `WatchTenants` reconnects after the stream fails.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchBackoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Routes from the control plane.
+#[derive(Clone)]
+pub struct ControlPlaneRoutes {
+    client: ControlPlaneClient<Channel>,
+    token: SecretString,
+    call_timeout: Duration,
+    backoff: WatchBackoff,
+}
+
+impl ControlPlaneRoutes {
+    /// `channel` may be lazy (`Endpoint::connect_lazy`): the router starts even when the
+    /// control plane is down.
+    pub fn new(channel: Channel, token: SecretString, call_timeout: Duration) -> Self {
+        Self {
+            client: ControlPlaneClient::new(channel),
+            token,
+            call_timeout,
+            backoff: WatchBackoff::default(),
+        }
+    }
+
+    #[must_use]
+    pub fn with_backoff(mut self, backoff: WatchBackoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    fn request<T>(&self, message: T) -> Result<tonic::Request<T>, RouteError> {
+        let mut request = tonic::Request::new(message);
+        let value = format!("Bearer {}", self.token.expose_secret())
+            .parse()
+            .map_err(|_| RouteError::Invalid("the service token is not a valid header".into()))?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+
+    /// Follows `WatchTenants` from `from_sequence`, reconnecting with backoff, until
+    /// `shutdown`.
+    async fn watch(
+        self,
+        mut from_sequence: u64,
+        out: mpsc::Sender<Invalidation>,
+        shutdown: CancellationToken,
+    ) {
+        let mut delay = self.backoff.initial;
+        loop {
+            let Ok(request) = self.request(pb::WatchTenantsRequest { from_sequence }) else {
+                tracing::error!("the control plane token is not a valid header; not watching");
+                return;
+            };
+            let mut client = self.client.clone();
+            let stream = tokio::select! {
+                () = shutdown.cancelled() => return,
+                result = client.watch_tenants(request) => result,
+            };
+            match stream {
+                Ok(response) => {
+                    let mut events = response.into_inner();
+                    loop {
+                        let next = tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            next = events.message() => next,
+                        };
+                        match next {
+                            Ok(Some(event)) => {
+                                delay = self.backoff.initial;
+                                from_sequence = from_sequence.max(event.sequence);
+                                let Some(tenant_id) = TenantId::parse(&event.tenant_id) else {
+                                    continue;
+                                };
+                                let invalidation = Invalidation {
+                                    tenant_id,
+                                    sequence: event.sequence,
+                                };
+                                if out.send(invalidation).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => {
+                                tracing::warn!(from_sequence, "tenant event stream ended");
+                                break;
+                            }
+                            Err(status) => {
+                                tracing::warn!(from_sequence, code = ?status.code(), error = %status.message(), "tenant event stream failed");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(status) => {
+                    tracing::warn!(from_sequence, code = ?status.code(), error = %status.message(), "cannot watch tenant events");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(self.backoff.max);
+        }
+    }
+}
+
+impl RouteSource for ControlPlaneRoutes {
+    async fn resolve(&self, tenant: &TenantId) -> Result<Route, RouteError> {
+        let request = self.request(pb::ResolveTenantRequest {
+            tenant_id: tenant.to_string(),
+        })?;
+        let mut client = self.client.clone();
+        let response = tokio::time::timeout(self.call_timeout, client.resolve_tenant(request))
+            .await
+            .map_err(|_| RouteError::Unavailable("ResolveTenant timed out".into()))?;
+        match response {
+            Ok(route) => Route::try_from(route.into_inner()),
+            Err(status) if status.code() == tonic::Code::NotFound => Err(RouteError::NotFound),
+            Err(status) => Err(RouteError::Unavailable(format!(
+                "ResolveTenant: {:?}: {}",
+                status.code(),
+                status.message()
+            ))),
+        }
+    }
+
+    fn invalidations(&self, shutdown: CancellationToken) -> BoxStream<'static, Invalidation> {
+        let (tx, rx) = mpsc::channel(1024);
+        // From 0: the whole log is replayed once at startup; the cache ignores events older
+        // than the routes it holds.
+        tokio::spawn(self.clone().watch(0, tx, shutdown));
+        ReceiverStream::new(rx).boxed()
+    }
+}
+
+fn state(raw: i32) -> Result<TenantState, RouteError> {
+    use pb::TenantState as Pb;
+    Ok(
+        match Pb::try_from(raw).map_err(|_| RouteError::Invalid(format!("unknown state {raw}")))? {
+            Pb::Active => TenantState::Active,
+            Pb::Requested | Pb::Provisioning | Pb::WaitingAvailable | Pb::Migrating => {
+                TenantState::Onboarding
+            }
+            Pb::Suspended => TenantState::Suspended,
+            Pb::Deleting => TenantState::Deleting,
+            Pb::Deleted => TenantState::Deleted,
+            Pb::Failed => TenantState::Failed,
+            Pb::Unspecified => return Err(RouteError::Invalid("state unspecified".into())),
+        },
+    )
+}
+
+impl TryFrom<pb::TenantRoute> for Route {
+    type Error = RouteError;
+
+    fn try_from(route: pb::TenantRoute) -> Result<Self, RouteError> {
+        let invalid = |what: &str| RouteError::Invalid(what.to_owned());
+        let tenant_id = TenantId::parse(&route.tenant_id).ok_or_else(|| invalid("tenant id"))?;
+        let state = state(route.state)?;
+        let port = u16::try_from(route.port).map_err(|_| invalid("port"))?;
+        if state == TenantState::Active && (route.host.is_empty() || port == 0) {
+            return Err(invalid("an active tenant without an endpoint"));
+        }
+        let limits = match route.limits {
+            Some(limits) => TierLimits {
+                max_connections: limits.max_connections.max(1),
+                rate_per_second: limits.rate_per_second,
+                burst: limits.burst,
+                max_concurrent_calls: limits.max_concurrent_calls,
+                statement_timeout: limits
+                    .statement_timeout
+                    .and_then(|d| Duration::try_from(d).ok())
+                    .unwrap_or(TierLimits::default().statement_timeout),
+            },
+            None => TierLimits::default(),
+        };
+        Ok(Self {
+            tenant_id,
+            state,
+            tier: route.tier,
+            host: route.host,
+            port,
+            database: route.database,
+            user: route.user,
+            password: SecretString::from(route.password),
+            credentials_version: route.credentials_version,
+            limits,
+            sequence: route.sequence,
+        })
+    }
+}

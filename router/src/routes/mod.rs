@@ -1,0 +1,47 @@
+//! Where each tenant's database is: a [`RouteSource`] (the control plane, or a fake in
+//! tests) behind a [`RouteCache`].
+
+mod cache;
+mod control_plane;
+
+use std::future::Future;
+
+use futures::stream::BoxStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::tenant::{Route, TenantId};
+
+pub use cache::{RouteCache, RouteCacheConfig};
+pub use control_plane::{ControlPlaneRoutes, WatchBackoff};
+
+/// Why a route could not be found.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RouteError {
+    /// The control plane does not know the tenant.
+    #[error("tenant not found")]
+    NotFound,
+    /// The control plane cannot be reached or failed; the detail is for logs only.
+    #[error("control plane unavailable: {0}")]
+    Unavailable(String),
+    /// The control plane answered with a route the router cannot use (logs only).
+    #[error("invalid route from the control plane: {0}")]
+    Invalid(String),
+}
+
+/// Something changed for a tenant (state, credentials, tier): drop what is cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalidation {
+    pub tenant_id: TenantId,
+    /// The event's sequence number; routes read at or after it are current.
+    pub sequence: u64,
+}
+
+/// The source of truth for tenant routes.
+pub trait RouteSource: Send + Sync + 'static {
+    /// The tenant's current route.
+    fn resolve(&self, tenant: &TenantId) -> impl Future<Output = Result<Route, RouteError>> + Send;
+
+    /// Every change from now on, until `shutdown` is cancelled. Implementations reconnect
+    /// on their own; the stream ends only at shutdown.
+    fn invalidations(&self, shutdown: CancellationToken) -> BoxStream<'static, Invalidation>;
+}

@@ -1,0 +1,315 @@
+//! The `silo.router.v1.Router` gRPC service: proto in, domain types through, `Status` out
+//! (built only by `From<RouterError>`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use silo_proto::router::v1 as pb;
+use silo_proto::router::v1::router_server::Router;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::call::{CallError, Lease};
+use crate::core::RouterCore;
+use crate::error::RouterError;
+use crate::identity::TENANT_HEADER;
+use crate::request::{RequestError, SqlStatement};
+use crate::routes::RouteSource;
+use crate::tenant::TenantId;
+
+/// Answer before the caller's own deadline fires, so it sees DEADLINE_EXCEEDED from us.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+pub struct RouterService<S> {
+    core: Arc<RouterCore<S>>,
+    transaction_idle_timeout: Duration,
+}
+
+impl<S: RouteSource> RouterService<S> {
+    pub fn new(core: Arc<RouterCore<S>>, transaction_idle_timeout: Duration) -> Self {
+        Self {
+            core,
+            transaction_idle_timeout,
+        }
+    }
+
+    /// The call's tenant, recorded on the request span.
+    fn tenant<T>(&self, request: &Request<T>) -> Result<TenantId, RouterError> {
+        let metadata = request.metadata();
+        let header = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+        let tenant = self
+            .core
+            .auth
+            .authenticate(header("authorization"), header(TENANT_HEADER))?;
+        tracing::Span::current().record("tenant_id", tracing::field::display(&tenant));
+        Ok(tenant)
+    }
+
+    async fn lease<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(Lease, Option<Instant>), RouterError> {
+        let deadline = deadline(request);
+        let tenant = self.tenant(request)?;
+        let lease = self.core.lease(&tenant).await?;
+        Ok((lease, deadline))
+    }
+}
+
+/// The gRPC deadline (`grpc-timeout`), less a small margin.
+fn deadline<T>(request: &Request<T>) -> Option<Instant> {
+    let raw = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let timeout = parse_grpc_timeout(raw)?;
+    let margin = DEADLINE_MARGIN.max(timeout / 20);
+    Some(Instant::now() + timeout.saturating_sub(margin))
+}
+
+/// `grpc-timeout`: at most 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
+    if raw.len() < 2 || raw.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = raw.split_at(raw.len() - 1);
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value * 3600),
+        "M" => Duration::from_secs(value * 60),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+fn clamp_rows(requested: u32, default: usize, max: usize) -> usize {
+    match requested {
+        0 => default,
+        n => (n as usize).min(max),
+    }
+}
+
+#[tonic::async_trait]
+impl<S: RouteSource> Router for RouterService<S> {
+    async fn query(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<pb::QueryResponse>, Status> {
+        let (mut lease, deadline) = self.lease(&request).await?;
+        let message = request.into_inner();
+        let statement = SqlStatement::try_from(message.statement).map_err(RouterError::from)?;
+        let limits = &self.core.limits;
+        let max_rows = clamp_rows(message.max_rows, limits.default_max_rows, limits.max_rows);
+        let rows = lease
+            .query(&statement, max_rows, deadline)
+            .await
+            .map_err(RouterError::from)?;
+        Ok(Response::new(rows.into()))
+    }
+
+    type QueryStreamStream = ResponseStream<pb::RowBatch>;
+
+    async fn query_stream(
+        &self,
+        request: Request<pb::QueryStreamRequest>,
+    ) -> Result<Response<Self::QueryStreamStream>, Status> {
+        let (lease, deadline) = self.lease(&request).await?;
+        let message = request.into_inner();
+        let statement = SqlStatement::try_from(message.statement).map_err(RouterError::from)?;
+        let limits = &self.core.limits;
+        let batch_size = clamp_rows(
+            message.batch_size,
+            limits.default_batch_size,
+            limits.max_batch_size,
+        );
+        let batches = lease.stream(statement, batch_size, deadline);
+        let stream = ReceiverStream::new(batches).map(|batch| {
+            batch
+                .map(pb::RowBatch::from)
+                .map_err(|e| Status::from(RouterError::from(e)))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn execute(
+        &self,
+        request: Request<pb::ExecuteRequest>,
+    ) -> Result<Response<pb::ExecuteResponse>, Status> {
+        let (mut lease, deadline) = self.lease(&request).await?;
+        let statement =
+            SqlStatement::try_from(request.into_inner().statement).map_err(RouterError::from)?;
+        let rows_affected = lease
+            .execute(&statement, deadline)
+            .await
+            .map_err(RouterError::from)?;
+        Ok(Response::new(pb::ExecuteResponse { rows_affected }))
+    }
+
+    async fn batch(
+        &self,
+        request: Request<pb::BatchRequest>,
+    ) -> Result<Response<pb::BatchResponse>, Status> {
+        let (mut lease, deadline) = self.lease(&request).await?;
+        let statements = request
+            .into_inner()
+            .statements
+            .into_iter()
+            .map(|statement| SqlStatement::try_from(Some(statement)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(RouterError::from)?;
+        if statements.is_empty() {
+            return Err(RouterError::from(RequestError::EmptyBatch).into());
+        }
+        let rows_affected = lease
+            .batch(&statements, deadline)
+            .await
+            .map_err(RouterError::from)?;
+        Ok(Response::new(pb::BatchResponse { rows_affected }))
+    }
+
+    type TransactionStream = ResponseStream<pb::TransactionResponse>;
+
+    async fn transaction(
+        &self,
+        request: Request<Streaming<pb::TransactionRequest>>,
+    ) -> Result<Response<Self::TransactionStream>, Status> {
+        let deadline = deadline(&request);
+        let tenant = self.tenant(&request)?;
+        let mut incoming = request.into_inner();
+        let idle = self.transaction_idle_timeout;
+        let first = next_message(&mut incoming, idle).await?;
+        let Some(pb::transaction_request::Kind::Begin(begin)) = first else {
+            return Err(RouterError::from(RequestError::Invalid(
+                "a transaction starts with begin",
+            ))
+            .into());
+        };
+        let mut lease = self.core.lease(&tenant).await?;
+        lease
+            .simple(begin_sql(&begin), deadline)
+            .await
+            .map_err(RouterError::from)?;
+        let (tx, rx) = mpsc::channel(4);
+        let limits = self.core.limits.clone();
+        tokio::spawn(async move {
+            use pb::transaction_request::Kind as In;
+            use pb::transaction_response::Kind as Out;
+            let send = |kind| pb::TransactionResponse { kind: Some(kind) };
+            if tx.send(Ok(send(Out::Begun(begin)))).await.is_err() {
+                return;
+            }
+            // Any return without COMMIT drops the lease, whose reset rolls back.
+            loop {
+                let message = match next_message(&mut incoming, idle).await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let result: Result<Option<Out>, RouterError> = async {
+                    Ok(match message {
+                        In::Begin(_) => {
+                            return Err(RequestError::Invalid("the transaction has begun").into());
+                        }
+                        In::Query(query) => {
+                            let statement = SqlStatement::try_from(query.statement)?;
+                            let max_rows = clamp_rows(
+                                query.max_rows,
+                                limits.default_max_rows,
+                                limits.max_rows,
+                            );
+                            let rows = lease.query(&statement, max_rows, deadline).await?;
+                            Some(Out::Query(rows.into()))
+                        }
+                        In::Execute(execute) => {
+                            let statement = SqlStatement::try_from(execute.statement)?;
+                            let rows_affected = lease.execute(&statement, deadline).await?;
+                            Some(Out::Execute(pb::ExecuteResponse { rows_affected }))
+                        }
+                        In::Commit(commit) => {
+                            lease.simple("COMMIT", deadline).await?;
+                            Some(Out::Committed(commit))
+                        }
+                        In::Rollback(rollback) => {
+                            lease.simple("ROLLBACK", deadline).await?;
+                            Some(Out::RolledBack(rollback))
+                        }
+                    })
+                }
+                .await;
+                match result {
+                    Ok(Some(out)) => {
+                        let done = matches!(out, Out::Committed(_) | Out::RolledBack(_));
+                        if tx.send(Ok(send(out))).await.is_err() || done {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        let _ = tx.send(Err(error.into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// The next message of a transaction stream, or an error after `idle` without one.
+async fn next_message(
+    incoming: &mut Streaming<pb::TransactionRequest>,
+    idle: Duration,
+) -> Result<Option<pb::transaction_request::Kind>, Status> {
+    match tokio::time::timeout(idle, incoming.message()).await {
+        Err(_) => Err(RouterError::from(CallError::DeadlineExceeded).into()),
+        Ok(Ok(Some(message))) => match message.kind {
+            Some(kind) => Ok(Some(kind)),
+            None => {
+                Err(RouterError::from(RequestError::Invalid("empty transaction message")).into())
+            }
+        },
+        Ok(Ok(None)) => Ok(None),
+        Ok(Err(status)) => Err(status),
+    }
+}
+
+fn begin_sql(begin: &pb::Begin) -> &'static str {
+    use pb::IsolationLevel as Level;
+    let level = Level::try_from(begin.isolation_level).unwrap_or(Level::Unspecified);
+    match (level, begin.read_only) {
+        (Level::Unspecified | Level::ReadCommitted, false) => {
+            "BEGIN ISOLATION LEVEL READ COMMITTED"
+        }
+        (Level::Unspecified | Level::ReadCommitted, true) => {
+            "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY"
+        }
+        (Level::RepeatableRead, false) => "BEGIN ISOLATION LEVEL REPEATABLE READ",
+        (Level::RepeatableRead, true) => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        (Level::Serializable, false) => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        (Level::Serializable, true) => "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("200m"), Some(Duration::from_millis(200)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout("12x"), None);
+        assert_eq!(parse_grpc_timeout("123456789m"), None);
+    }
+}

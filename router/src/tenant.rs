@@ -1,0 +1,188 @@
+//! Tenants as the router sees them: ids, routes and tier limits.
+
+use std::fmt;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+/// A tenant id (the control plane's slug).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(String);
+
+impl TenantId {
+    /// Longest tenant id accepted from a token or header.
+    const MAX_LEN: usize = 63;
+
+    /// A tenant id as it appears in a claim or header: non-empty, at most 63 bytes of
+    /// lower-case letters, digits, `-` and `_`. Anything else cannot name a tenant.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let valid = !raw.is_empty()
+            && raw.len() <= Self::MAX_LEN
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        valid.then(|| Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Lifecycle state of a tenant; only [`TenantState::Active`] tenants are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantState {
+    Active,
+    /// Not yet active (requested, provisioning, migrating).
+    Onboarding,
+    Suspended,
+    Deleting,
+    Deleted,
+    Failed,
+}
+
+/// What the tier allows one tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierLimits {
+    pub max_connections: u32,
+    pub rate_per_second: u32,
+    pub burst: u32,
+    pub max_concurrent_calls: u32,
+    pub statement_timeout: Duration,
+}
+
+impl Default for TierLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            rate_per_second: 1000,
+            burst: 2000,
+            max_concurrent_calls: 32,
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where a tenant's database is and how to log in to it.
+#[derive(Clone)]
+pub struct Route {
+    pub tenant_id: TenantId,
+    pub state: TenantState,
+    pub tier: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub password: SecretString,
+    pub credentials_version: u32,
+    pub limits: TierLimits,
+    /// The control plane's event sequence when the route was read.
+    pub sequence: u64,
+}
+
+impl Route {
+    /// What a pool is built from: when any of it changes, the pool must be rebuilt.
+    pub fn pool_key(&self) -> PoolKey {
+        PoolKey {
+            host: self.host.clone(),
+            port: self.port,
+            database: self.database.clone(),
+            user: self.user.clone(),
+            credentials_version: self.credentials_version,
+            max_connections: self.limits.max_connections,
+            statement_timeout: self.limits.statement_timeout,
+        }
+    }
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("tenant_id", &self.tenant_id)
+            .field("state", &self.state)
+            .field("tier", &self.tier)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("credentials_version", &self.credentials_version)
+            .field("limits", &self.limits)
+            .field("sequence", &self.sequence)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The parts of a route a pool depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolKey {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub credentials_version: u32,
+    pub max_connections: u32,
+    pub statement_timeout: Duration,
+}
+
+impl PoolKey {
+    /// Whether a pool built with this key still fits `route` (no allocation: on every call).
+    pub fn matches(&self, route: &Route) -> bool {
+        self.host == route.host
+            && self.port == route.port
+            && self.database == route.database
+            && self.user == route.user
+            && self.credentials_version == route.credentials_version
+            && self.max_connections == route.limits.max_connections
+            && self.statement_timeout == route.limits.statement_timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_key_notices_credential_and_limit_changes() {
+        let route = Route {
+            tenant_id: TenantId::parse("acme").expect("valid"),
+            state: TenantState::Active,
+            tier: "standard".into(),
+            host: "db".into(),
+            port: 5432,
+            database: "acme".into(),
+            user: "acme".into(),
+            password: SecretString::from("pw"),
+            credentials_version: 1,
+            limits: TierLimits::default(),
+            sequence: 1,
+        };
+        let key = route.pool_key();
+        assert!(key.matches(&route));
+        let mut rotated = route.clone();
+        rotated.credentials_version = 2;
+        assert!(!key.matches(&rotated));
+        let mut bigger = route.clone();
+        bigger.limits.max_connections += 1;
+        assert!(!key.matches(&bigger));
+        let mut later = route;
+        later.sequence = 9;
+        assert!(
+            key.matches(&later),
+            "the sequence alone does not rebuild a pool"
+        );
+    }
+
+    #[test]
+    fn tenant_ids_are_slugs() {
+        assert!(TenantId::parse("acme-1_x").is_some());
+        for bad in ["", "Acme", "a b", "a/b", "é", &"a".repeat(64)] {
+            assert!(TenantId::parse(bad).is_none(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! [`ControlPlaneRoutes`] against a real gRPC peer: a scripted ControlPlane server that
+//! answers ResolveTenant and WatchTenants and can drop the watch stream.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use secrecy::SecretString;
+use silo_proto::controlplane::v1 as pb;
+use silo_router::routes::{ControlPlaneRoutes, WatchBackoff};
+use silo_router::tenant::TenantState;
+use silo_router::{RouteError, RouteSource};
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use tonic::body::Body;
+use tonic::codegen::{Service, http};
+use tonic::server::{Grpc, NamedService};
+use tonic::{Request, Response, Status};
+use tonic_prost::ProstCodec;
+
+use crate::harness::tenant_id;
+
+type Stream<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
+
+type EventSender = mpsc::Sender<Result<pb::TenantEvent, Status>>;
+
+#[derive(Default)]
+struct Scripted {
+    /// Each WatchTenants call: its from_sequence, and the sender feeding its stream.
+    watches: Mutex<Vec<(u64, EventSender)>>,
+    tokens: Mutex<Vec<String>>,
+}
+
+/// The served side of [`Scripted`]: only ResolveTenant and WatchTenants, routed by hand so
+/// that new ControlPlane RPCs do not need stubs here.
+#[derive(Clone)]
+struct Peer(Arc<Scripted>);
+
+impl NamedService for Peer {
+    const NAME: &'static str = "silo.controlplane.v1.ControlPlane";
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl Service<http::Request<Body>> for Peer {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let scripted = self.0.clone();
+        Box::pin(async move {
+            Ok(match request.uri().path() {
+                "/silo.controlplane.v1.ControlPlane/ResolveTenant" => {
+                    Grpc::new(ProstCodec::default())
+                        .unary(Resolve(scripted), request)
+                        .await
+                }
+                "/silo.controlplane.v1.ControlPlane/WatchTenants" => {
+                    Grpc::new(ProstCodec::default())
+                        .server_streaming(Watch(scripted), request)
+                        .await
+                }
+                _ => Status::unimplemented("not scripted").into_http(),
+            })
+        })
+    }
+}
+
+struct Resolve(Arc<Scripted>);
+
+impl Service<Request<pb::ResolveTenantRequest>> for Resolve {
+    type Response = Response<pb::TenantRoute>;
+    type Error = Status;
+    type Future = BoxFuture<Result<Self::Response, Status>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<pb::ResolveTenantRequest>) -> Self::Future {
+        let scripted = self.0.clone();
+        Box::pin(async move { scripted.resolve_tenant(request) })
+    }
+}
+
+struct Watch(Arc<Scripted>);
+
+impl Service<Request<pb::WatchTenantsRequest>> for Watch {
+    type Response = Response<Stream<pb::TenantEvent>>;
+    type Error = Status;
+    type Future = BoxFuture<Result<Self::Response, Status>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<pb::WatchTenantsRequest>) -> Self::Future {
+        let scripted = self.0.clone();
+        Box::pin(async move { scripted.watch_tenants(request) })
+    }
+}
+
+impl Scripted {
+    fn resolve_tenant(
+        &self,
+        request: Request<pb::ResolveTenantRequest>,
+    ) -> Result<Response<pb::TenantRoute>, Status> {
+        if let Some(token) = request.metadata().get("authorization") {
+            self.tokens
+                .lock()
+                .expect("lock")
+                .push(token.to_str().unwrap_or_default().to_owned());
+        }
+        match request.get_ref().tenant_id.as_str() {
+            "acme" => Ok(Response::new(pb::TenantRoute {
+                tenant_id: "acme".into(),
+                state: pb::TenantState::Active.into(),
+                tier: "standard".into(),
+                host: "127.0.0.1".into(),
+                port: 5432,
+                database: "silo_acme".into(),
+                user: "acme".into(),
+                password: "pw".into(),
+                credentials_version: 3,
+                limits: Some(pb::TierLimits {
+                    max_connections: 4,
+                    rate_per_second: 10,
+                    burst: 20,
+                    max_concurrent_calls: 2,
+                    statement_timeout: Some(prost_types::Duration {
+                        seconds: 5,
+                        nanos: 0,
+                    }),
+                }),
+                sequence: 17,
+            })),
+            "sleepy" => Ok(Response::new(pb::TenantRoute {
+                tenant_id: "sleepy".into(),
+                state: pb::TenantState::Suspended.into(),
+                sequence: 17,
+                ..Default::default()
+            })),
+            _ => Err(Status::not_found("tenant not found")),
+        }
+    }
+
+    fn watch_tenants(
+        &self,
+        request: Request<pb::WatchTenantsRequest>,
+    ) -> Result<Response<Stream<pb::TenantEvent>>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        self.watches
+            .lock()
+            .expect("lock")
+            .push((request.get_ref().from_sequence, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn event(sequence: u64, tenant: &str) -> pb::TenantEvent {
+    pb::TenantEvent {
+        sequence,
+        tenant_id: tenant.into(),
+        kind: pb::TenantEventKind::Suspended.into(),
+        state: pb::TenantState::Suspended.into(),
+        occurred_at: None,
+    }
+}
+
+#[tokio::test]
+async fn resolves_routes_and_follows_events_across_reconnects() {
+    let scripted = Arc::new(Scripted::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(Peer(scripted.clone()))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            ),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("endpoint")
+        .connect_lazy();
+    let routes = ControlPlaneRoutes::new(
+        channel,
+        SecretString::from("svc-token"),
+        Duration::from_secs(2),
+    )
+    .with_backoff(WatchBackoff {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+    });
+
+    let route = routes.resolve(&tenant_id("acme")).await.expect("route");
+    assert_eq!(route.state, TenantState::Active);
+    assert_eq!(
+        (route.host.as_str(), route.port, route.credentials_version),
+        ("127.0.0.1", 5432, 3)
+    );
+    assert_eq!(route.limits.max_concurrent_calls, 2);
+    assert_eq!(route.limits.statement_timeout, Duration::from_secs(5));
+    assert_eq!(route.sequence, 17);
+    assert_eq!(
+        scripted.tokens.lock().expect("lock").as_slice(),
+        ["Bearer svc-token"]
+    );
+    let sleepy = routes.resolve(&tenant_id("sleepy")).await.expect("route");
+    assert_eq!(sleepy.state, TenantState::Suspended);
+    assert!(matches!(
+        routes.resolve(&tenant_id("nobody")).await,
+        Err(RouteError::NotFound)
+    ));
+
+    let mut events = routes.invalidations(shutdown.clone());
+    let first = crate::harness::eventually(Duration::from_secs(2), || async {
+        !scripted.watches.lock().expect("lock").is_empty()
+    })
+    .await;
+    assert!(first, "the router watches");
+    let sender = scripted.watches.lock().expect("lock")[0].1.clone();
+    assert_eq!(scripted.watches.lock().expect("lock")[0].0, 0);
+    sender.send(Ok(event(18, "acme"))).await.expect("send");
+    let got = tokio::time::timeout(Duration::from_secs(2), events.next())
+        .await
+        .expect("in time")
+        .expect("an event");
+    assert_eq!((got.tenant_id, got.sequence), (tenant_id("acme"), 18));
+
+    // The stream fails: the router reconnects and resumes after the last event it saw.
+    sender
+        .send(Err(Status::unavailable("control plane restarting")))
+        .await
+        .expect("send");
+    drop(sender);
+    scripted.watches.lock().expect("lock").remove(0);
+    let resumed = crate::harness::eventually(Duration::from_secs(2), || async {
+        !scripted.watches.lock().expect("lock").is_empty()
+    })
+    .await;
+    assert!(resumed, "the router reconnects");
+    let (from, sender) = scripted.watches.lock().expect("lock")[0].clone();
+    assert_eq!(from, 18);
+    sender.send(Ok(event(19, "globex"))).await.expect("send");
+    let got = tokio::time::timeout(Duration::from_secs(2), events.next())
+        .await
+        .expect("in time")
+        .expect("an event");
+    assert_eq!((got.tenant_id, got.sequence), (tenant_id("globex"), 19));
+
+    // The control plane goes away entirely: resolution fails as unavailable, fast.
+    shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let down = routes.resolve(&tenant_id("acme")).await;
+    assert!(matches!(down, Err(RouteError::Unavailable(_))), "{down:?}");
+}

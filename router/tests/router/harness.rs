@@ -1,0 +1,259 @@
+//! A real PostgreSQL server, the router over real gRPC on 127.0.0.1:0, and a fake route
+//! source the test controls (the control plane is not what these tests are about).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use silo_auth::{
+    Algorithm, JwtVerifier, KeySource, SecretString, StandardClaims, TokenSigner, VerifierConfig,
+};
+use silo_pg_server::{PgServer, PgServerOptions};
+use silo_proto::router::v1 as pb;
+use silo_proto::router::v1::router_client::RouterClient;
+use silo_router::pool::PoolConfig;
+use silo_router::routes::RouteCacheConfig;
+use silo_router::tenant::{Route, TenantId, TenantState, TierLimits};
+use silo_router::{Authenticator, CallLimits, Invalidation, RouteError, RouteSource, RouterCore};
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+const SECRET: &str = "router-tests-hmac-secret-of-at-least-32-bytes";
+
+/// Routes the test sets by hand; `publish` plays the control plane's event stream.
+#[derive(Default)]
+pub struct FakeRoutes {
+    routes: Mutex<HashMap<TenantId, Route>>,
+    sequence: Mutex<u64>,
+    events: Mutex<Option<broadcast::Sender<Invalidation>>>,
+    pub resolves: Mutex<u64>,
+}
+
+impl FakeRoutes {
+    pub fn set(&self, mut route: Route) {
+        let sequence = {
+            let mut sequence = self.sequence.lock().expect("lock");
+            *sequence += 1;
+            *sequence
+        };
+        route.sequence = sequence;
+        let tenant_id = route.tenant_id.clone();
+        self.routes
+            .lock()
+            .expect("lock")
+            .insert(tenant_id.clone(), route);
+        if let Some(events) = self.events.lock().expect("lock").as_ref() {
+            let _ = events.send(Invalidation {
+                tenant_id,
+                sequence,
+            });
+        }
+    }
+
+    pub fn set_state(&self, tenant: &str, state: TenantState) {
+        let mut route = self
+            .routes
+            .lock()
+            .expect("lock")
+            .get(&tenant_id(tenant))
+            .cloned()
+            .expect("known tenant");
+        route.state = state;
+        self.set(route);
+    }
+}
+
+impl RouteSource for FakeRoutes {
+    async fn resolve(&self, tenant: &TenantId) -> Result<Route, RouteError> {
+        *self.resolves.lock().expect("lock") += 1;
+        self.routes
+            .lock()
+            .expect("lock")
+            .get(tenant)
+            .cloned()
+            .ok_or(RouteError::NotFound)
+    }
+
+    fn invalidations(&self, _shutdown: CancellationToken) -> BoxStream<'static, Invalidation> {
+        let (tx, rx) = broadcast::channel(1024);
+        *self.events.lock().expect("lock") = Some(tx);
+        BroadcastStream::new(rx)
+            .filter_map(|e| async move { e.ok() })
+            .boxed()
+    }
+}
+
+pub fn tenant_id(id: &str) -> TenantId {
+    TenantId::parse(id).expect("valid tenant id")
+}
+
+pub struct Harness {
+    pub servers: Vec<PgServer>,
+    pub routes: Arc<FakeRoutes>,
+    pub core: Arc<RouterCore<FakeRoutes>>,
+    pub client: RouterClient<Channel>,
+    signer: TokenSigner,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Harness {
+    pub async fn start(pools: PoolConfig) -> Self {
+        Self::start_with(1, pools).await
+    }
+
+    pub async fn start_with(server_count: usize, pools: PoolConfig) -> Self {
+        let mut servers = Vec::new();
+        for _ in 0..server_count {
+            servers.push(
+                PgServer::start(PgServerOptions::for_tests())
+                    .await
+                    .expect("postgres starts"),
+            );
+        }
+        let secret = SecretString::from(SECRET);
+        let verifier = JwtVerifier::new(VerifierConfig::new(
+            vec![Algorithm::HS256],
+            KeySource::HmacSecret(secret.clone()),
+        ))
+        .expect("verifier");
+        let signer = TokenSigner::from_hmac_secret(&secret, Algorithm::HS256).expect("signer");
+        let routes = Arc::new(FakeRoutes::default());
+        let core = Arc::new(RouterCore::new(
+            Authenticator::new(verifier, "tenant_id"),
+            routes.clone(),
+            &RouteCacheConfig::default(),
+            pools,
+            CallLimits::default(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(silo_router::serve(
+            listener,
+            core.clone(),
+            Duration::from_secs(5),
+            shutdown.clone(),
+        ));
+        let client = RouterClient::connect(format!("http://{address}"))
+            .await
+            .expect("connects");
+        // The invalidation stream is subscribed when `serve` starts.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Self {
+            servers,
+            routes,
+            core,
+            client,
+            signer,
+            shutdown,
+        }
+    }
+
+    /// A tenant with its own fresh database on server `server`.
+    pub async fn add_tenant(&self, id: &str, server: usize, limits: TierLimits) -> String {
+        let pg = &self.servers[server];
+        let database = pg.create_unique_database(id).await.expect("database");
+        self.routes.set(Route {
+            tenant_id: tenant_id(id),
+            state: TenantState::Active,
+            tier: "standard".into(),
+            host: pg.host().to_owned(),
+            port: pg.port(),
+            database: database.clone(),
+            user: pg.superuser().to_owned(),
+            password: SecretString::from(""),
+            credentials_version: 1,
+            limits,
+            sequence: 0,
+        });
+        database
+    }
+
+    pub fn token(&self, claims: StandardClaims) -> String {
+        self.signer.sign(&claims).expect("signs")
+    }
+
+    pub fn tenant_token(&self, tenant: &str) -> String {
+        self.token(StandardClaims::new("svc", Duration::from_secs(600)).claim("tenant_id", tenant))
+    }
+
+    pub fn request<T>(&self, tenant: &str, message: T) -> tonic::Request<T> {
+        authorized(message, &self.tenant_token(tenant), None)
+    }
+}
+
+pub fn authorized<T>(message: T, token: &str, tenant_header: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    if let Some(tenant) = tenant_header {
+        request
+            .metadata_mut()
+            .insert("x-tenant-id", tenant.parse().expect("header"));
+    }
+    request
+}
+
+pub fn statement(sql: &str, params: Vec<pb::Value>) -> Option<pb::Statement> {
+    Some(pb::Statement {
+        sql: sql.to_owned(),
+        params,
+    })
+}
+
+pub fn query(sql: &str, params: Vec<pb::Value>) -> pb::QueryRequest {
+    pb::QueryRequest {
+        statement: statement(sql, params),
+        max_rows: 0,
+    }
+}
+
+pub fn execute(sql: &str, params: Vec<pb::Value>) -> pb::ExecuteRequest {
+    pb::ExecuteRequest {
+        statement: statement(sql, params),
+    }
+}
+
+pub fn int(v: i64) -> pb::Value {
+    pb::Value {
+        kind: Some(pb::value::Kind::Int64Value(v)),
+    }
+}
+
+pub fn text(v: &str) -> pb::Value {
+    pb::Value {
+        kind: Some(pb::value::Kind::StringValue(v.to_owned())),
+    }
+}
+
+/// Polls `check` until it holds or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,178 @@
+//! Pools: single-flight creation, capacity eviction that closes backends, unreachable
+//! servers.
+
+use std::time::{Duration, Instant};
+
+use silo_router::pool::PoolConfig;
+use silo_router::tenant::TierLimits;
+use tonic::Code;
+
+use crate::harness::{Harness, query};
+
+#[tokio::test]
+async fn concurrent_first_calls_make_one_pool() {
+    let harness = Harness::start(PoolConfig::default()).await;
+    harness.add_tenant("acme", 0, TierLimits::default()).await;
+    let calls = (0..200).map(|_| {
+        let mut client = harness.client.clone();
+        let request = harness.request("acme", query("SELECT 1", vec![]));
+        async move { client.query(request).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    // The tier allows 32 concurrent calls: the rest may be refused, never mis-routed.
+    assert!(
+        failed.iter().all(|s| s.code() == Code::ResourceExhausted),
+        "{failed:?}"
+    );
+    assert!(failed.len() < 200);
+    assert_eq!(harness.core.pools.len().await, 1);
+    assert_eq!(
+        *harness.routes.resolves.lock().expect("lock"),
+        1,
+        "one resolution"
+    );
+}
+
+#[tokio::test]
+async fn evicted_pools_close_their_backends() {
+    let pools = PoolConfig {
+        capacity: 2,
+        ..PoolConfig::default()
+    };
+    let harness = Harness::start(pools).await;
+    let mut databases = Vec::new();
+    for i in 0..5 {
+        let tenant = format!("tenant-{i}");
+        databases.push(harness.add_tenant(&tenant, 0, TierLimits::default()).await);
+    }
+    let mut client = harness.client.clone();
+    for i in 0..5 {
+        let tenant = format!("tenant-{i}");
+        client
+            .query(harness.request(&tenant, query("SELECT 1", vec![])))
+            .await
+            .expect("query");
+        assert!(harness.core.pools.len().await <= 2);
+    }
+    let admin = harness.servers[0].connect("postgres").await.expect("admin");
+    let closed = crate::harness::eventually(Duration::from_secs(3), || {
+        let admin = &admin;
+        let databases = &databases;
+        async move {
+            let open: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY($1) \
+                     AND application_name = 'silo-router'",
+                    &[databases],
+                )
+                .await
+                .expect("pg_stat_activity")
+                .get(0);
+            open <= 2
+        }
+    })
+    .await;
+    assert!(closed, "backends of evicted pools are gone");
+}
+
+#[tokio::test]
+async fn a_stopped_server_is_unavailable_fast_and_recovers() {
+    let pools = PoolConfig {
+        connect_timeout: Duration::from_millis(500),
+        ..PoolConfig::default()
+    };
+    let harness = Harness::start_with(2, pools).await;
+    harness.add_tenant("down", 0, TierLimits::default()).await;
+    harness.add_tenant("up", 1, TierLimits::default()).await;
+    let mut client = harness.client.clone();
+    for tenant in ["down", "up"] {
+        client
+            .query(harness.request(tenant, query("SELECT 1", vec![])))
+            .await
+            .expect("both work");
+    }
+
+    harness.servers[0].stop().await.expect("stop");
+    let started = Instant::now();
+    let status = client
+        .query(harness.request("down", query("SELECT 1", vec![])))
+        .await
+        .expect_err("server down");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!status.message().contains("127.0.0.1"));
+    client
+        .query(harness.request("up", query("SELECT 1", vec![])))
+        .await
+        .expect("the other server's tenant is unaffected");
+
+    harness.servers[0].restart().await.expect("restart");
+    let recovered = crate::harness::eventually(Duration::from_secs(5), || {
+        let mut client = client.clone();
+        let request = harness.request("down", query("SELECT 1", vec![]));
+        async move { client.query(request).await.is_ok() }
+    })
+    .await;
+    assert!(
+        recovered,
+        "the tenant recovers without restarting the router"
+    );
+}
+
+#[tokio::test]
+async fn the_connection_budget_closes_idle_pools_first_then_refuses() {
+    use silo_proto::router::v1 as pb;
+
+    let pools = PoolConfig {
+        connection_budget: 2,
+        ..PoolConfig::default()
+    };
+    let harness = Harness::start(pools).await;
+    for tenant in ["a", "b", "c"] {
+        harness.add_tenant(tenant, 0, TierLimits::default()).await;
+    }
+    let mut client = harness.client.clone();
+    for tenant in ["a", "b", "c"] {
+        client
+            .query(harness.request(tenant, query("SELECT 1", vec![])))
+            .await
+            .unwrap_or_else(|e| panic!("{tenant}: an idle pool makes room: {e}"));
+    }
+    assert!(harness.core.pools.len().await <= 2);
+
+    // Two open transactions hold both connections: a third tenant is refused at once.
+    let mut held = Vec::new();
+    for tenant in ["a", "b"] {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(pb::TransactionRequest {
+            kind: Some(pb::transaction_request::Kind::Begin(pb::Begin::default())),
+        })
+        .await
+        .expect("send");
+        let mut responses = client
+            .transaction(harness.request(tenant, tokio_stream::wrappers::ReceiverStream::new(rx)))
+            .await
+            .expect("transaction")
+            .into_inner();
+        responses
+            .message()
+            .await
+            .expect("begun")
+            .expect("a response");
+        held.push((tx, responses));
+    }
+    let started = Instant::now();
+    let status = client
+        .query(harness.request("c", query("SELECT 1", vec![])))
+        .await
+        .expect_err("budget used up");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.metadata().get("retry-after-ms").is_some());
+    assert!(started.elapsed() < Duration::from_secs(1));
+    drop(held);
+}
