@@ -28,6 +28,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod args;
 mod bearer;
 mod claims;
 mod config;
@@ -36,6 +37,7 @@ mod keys;
 mod signer;
 mod verifier;
 
+pub use args::{InvalidJwtArgs, JwtArgs};
 pub use bearer::bearer_token;
 pub use claims::{Audience, StandardClaims, unix_now};
 pub use config::{DEFAULT_LEEWAY, KeySource, MAX_LEEWAY, VerifierConfig};

@@ -32,6 +32,8 @@ pub enum StartError {
     Crypto(#[from] CryptoError),
     #[error("token verification: {0}")]
     Auth(#[from] silo_auth::AuthConfigError),
+    #[error("token verification: {0}")]
+    AuthArgs(#[from] silo_auth::InvalidJwtArgs),
     #[error("provisioner: {0}")]
     Provisioner(#[from] ProvisionError),
     #[error("catalog: {0}")]
@@ -157,7 +159,7 @@ pub async fn start(
         .map_err(|_| ConfigError::Invalid("the catalog DSN does not parse".into()))?;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ControlPlaneMetrics::register(&mut registry);
-    let grpc_metrics = silo_telemetry::GrpcMetrics::register(&mut registry, "silo_controlplane");
+    let grpc_metrics = silo_telemetry::GrpcMetrics::register(&mut registry, "silo_controlplane", 0);
     let catalog = Catalog::open(
         catalog_config,
         config.catalog_pool_size,

@@ -2,7 +2,6 @@
 //! held in types that do not print them.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -97,16 +96,25 @@ pub struct RouterConfig {
     #[arg(long, env = "SILO_TRANSACTION_IDLE_SECS", default_value_t = 30)]
     pub transaction_idle_secs: u64,
 
+    /// Address of the Prometheus endpoint (`GET /metrics`).
+    #[arg(long, env = "SILO_METRICS_LISTEN", default_value = "127.0.0.1:9151")]
+    pub metrics_listen: SocketAddr,
+
+    /// Tenants that get their own label value in call metrics; calls of later tenants are
+    /// counted under `_other`, so a large fleet cannot blow up a scrape.
+    #[arg(long, env = "SILO_MAX_TENANT_LABELS", default_value_t = 1000)]
+    pub max_tenant_labels: usize,
+
+    /// On SIGTERM, how long calls in flight may take to finish before the router exits.
+    #[arg(long, env = "SILO_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+
     /// Log format: `human` or `json`.
     #[arg(long, env = "SILO_LOG_FORMAT", default_value = "human")]
     pub log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
-}
+pub use silo_telemetry::LogFormat;
 
 impl RouterConfig {
     pub fn route_cache(&self) -> RouteCacheConfig {
@@ -136,72 +144,7 @@ impl RouterConfig {
     }
 }
 
-/// Token verification: algorithms are pinned here, never taken from a token.
-#[derive(Clone, Debug, clap::Args)]
-pub struct JwtArgs {
-    /// Accepted signing algorithms (e.g. RS256,ES256,EdDSA; HS256 only with a shared secret).
-    #[arg(
-        long = "jwt-algorithms",
-        env = "SILO_JWT_ALGORITHMS",
-        value_delimiter = ',',
-        default_value = "RS256"
-    )]
-    pub algorithms: Vec<String>,
-    /// PEM file with the public key tokens are signed with.
-    #[arg(long = "jwt-public-key-file", env = "SILO_JWT_PUBLIC_KEY_FILE")]
-    pub public_key_file: Option<PathBuf>,
-    /// JWKS file with the public keys tokens are signed with (chosen by `kid`).
-    #[arg(long = "jwt-jwks-file", env = "SILO_JWT_JWKS_FILE")]
-    pub jwks_file: Option<PathBuf>,
-    /// Shared secret for HS256/384/512 tokens (only when no public key is given).
-    #[arg(long = "jwt-hmac-secret", env = "SILO_JWT_HMAC_SECRET", value_parser = secret, hide_env_values = true)]
-    pub hmac_secret: Option<SecretString>,
-    /// Required `iss` claim.
-    #[arg(long = "jwt-issuer", env = "SILO_JWT_ISSUER")]
-    pub issuer: Option<String>,
-    /// Required `aud` claim.
-    #[arg(long = "jwt-audience", env = "SILO_JWT_AUDIENCE")]
-    pub audience: Option<String>,
-    /// Clock skew allowed on `exp` and `nbf`, in seconds.
-    #[arg(
-        long = "jwt-leeway-secs",
-        env = "SILO_JWT_LEEWAY_SECS",
-        default_value_t = 30
-    )]
-    pub leeway_secs: u64,
-}
-
-impl JwtArgs {
-    pub fn verifier_config(&self) -> Result<silo_auth::VerifierConfig, ConfigError> {
-        let algorithms = self
-            .algorithms
-            .iter()
-            .map(|name| {
-                name.trim()
-                    .parse::<silo_auth::Algorithm>()
-                    .map_err(|_| ConfigError::Invalid(format!("unknown JWT algorithm {name:?}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let keys = match (&self.public_key_file, &self.jwks_file, &self.hmac_secret) {
-            (Some(path), None, None) => silo_auth::KeySource::PemFile(path.clone()),
-            (None, Some(path), None) => silo_auth::KeySource::JwksFile(path.clone()),
-            (None, None, Some(secret)) => silo_auth::KeySource::HmacSecret(secret.clone()),
-            _ => {
-                return Err(ConfigError::Invalid(
-                    "give exactly one of --jwt-public-key-file, --jwt-jwks-file, --jwt-hmac-secret"
-                        .into(),
-                ));
-            }
-        };
-        Ok(silo_auth::VerifierConfig {
-            algorithms,
-            keys,
-            issuer: self.issuer.clone(),
-            audience: self.audience.clone(),
-            leeway: Duration::from_secs(self.leeway_secs),
-        })
-    }
-}
+pub use silo_auth::JwtArgs;
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::call::Lease;
 use crate::error::RouterError;
 use crate::identity::Authenticator;
+use crate::metrics::RouterMetrics;
 use crate::pool::{PoolConfig, PoolRegistry};
 use crate::routes::{Invalidation, RouteCache, RouteCacheConfig, RouteSource};
 use crate::tenant::{TenantId, TenantState};
@@ -52,10 +53,29 @@ impl<S: RouteSource> RouterCore<S> {
         pools: PoolConfig,
         limits: CallLimits,
     ) -> Self {
+        Self::with_metrics(
+            auth,
+            source,
+            routes,
+            pools,
+            limits,
+            RouterMetrics::default(),
+        )
+    }
+
+    /// `new`, reporting to `metrics`.
+    pub fn with_metrics(
+        auth: Authenticator,
+        source: Arc<S>,
+        routes: &RouteCacheConfig,
+        pools: PoolConfig,
+        limits: CallLimits,
+        metrics: RouterMetrics,
+    ) -> Self {
         Self {
             auth,
-            routes: RouteCache::new(source, routes),
-            pools: PoolRegistry::new(pools),
+            routes: RouteCache::with_metrics(source, routes, metrics.clone()),
+            pools: PoolRegistry::with_metrics(pools, metrics),
             limits,
         }
     }

@@ -10,6 +10,7 @@ pub mod core;
 pub mod error;
 pub mod identity;
 pub mod limits;
+pub mod metrics;
 pub mod pool;
 pub mod request;
 pub mod routes;
@@ -31,32 +32,90 @@ pub use crate::identity::Authenticator;
 pub use crate::routes::{ControlPlaneRoutes, Invalidation, RouteError, RouteSource};
 pub use crate::service::RouterService;
 
+/// What `serve` reports to: request metrics, and whether the router may call itself
+/// healthy (a working control-plane connection, for the real route source).
+#[derive(Clone)]
+pub struct ServeTelemetry {
+    pub grpc: silo_telemetry::GrpcMetrics,
+    pub serving: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl ServeTelemetry {
+    /// Metrics nobody scrapes and a router that is always healthy (tests).
+    pub fn unobserved() -> Self {
+        let mut registry = prometheus_client::registry::Registry::default();
+        Self {
+            grpc: silo_telemetry::GrpcMetrics::register(&mut registry, "silo_router", 0),
+            serving: Arc::new(|| true),
+        }
+    }
+}
+
+const SERVICE_NAME: &str = "silo.router.v1.Router";
+
 /// Serves `core` on `listener` until `shutdown`, following the route source's
-/// invalidations meanwhile.
+/// invalidations meanwhile, with gRPC health and reflection beside the Router service.
 pub async fn serve<S: RouteSource>(
     listener: TcpListener,
     core: Arc<RouterCore<S>>,
     transaction_idle_timeout: Duration,
+    telemetry: ServeTelemetry,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let watcher = core.spawn_invalidations(shutdown.clone());
     let service = RouterService::new(core, transaction_idle_timeout);
-    let served = tonic::transport::Server::builder()
-        .trace_fn(|request| {
-            tracing::info_span!(
-                "call",
-                method = %request.uri().path(),
-                tenant_id = tracing::field::Empty
-            )
-        })
+    let (health, health_service) = silo_telemetry::Health::new(vec![SERVICE_NAME]).await;
+    let health_loop = tokio::spawn(follow_health(
+        health,
+        telemetry.serving.clone(),
+        shutdown.clone(),
+    ));
+    let reflection = silo_telemetry::reflection();
+    let mut server = tonic::transport::Server::builder().layer(telemetry.grpc.layer());
+    let mut router = server
         .add_service(RouterServer::new(service))
+        .add_service(health_service);
+    match reflection {
+        Ok((v1, v1alpha)) => router = router.add_service(v1).add_service(v1alpha),
+        Err(error) => tracing::warn!(error = %error, "reflection unavailable"),
+    }
+    let served = router
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await;
     watcher.abort();
+    health_loop.abort();
     served
 }
 
-/// Runs the router as configured until `shutdown`.
+async fn follow_health(
+    health: silo_telemetry::Health,
+    serving: Arc<dyn Fn() -> bool + Send + Sync>,
+    shutdown: CancellationToken,
+) {
+    let mut last = None;
+    loop {
+        let now = serving();
+        if last != Some(now) {
+            if now {
+                tracing::info!("control plane connected: serving");
+            } else {
+                tracing::warn!("no working control-plane connection: not serving");
+            }
+            health.set(now).await;
+            last = Some(now);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                health.set(false).await;
+                return;
+            }
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+/// Runs the router as configured until `shutdown`; on shutdown, calls in flight get the
+/// configured grace period to finish.
 pub async fn run(config: RouterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let verifier = silo_auth::JwtVerifier::new(config.jwt.verifier_config()?)?;
     let auth = Authenticator::new(verifier, config.tenant_claim.clone());
@@ -68,21 +127,59 @@ pub async fn run(config: RouterConfig, shutdown: CancellationToken) -> anyhow::R
         config.control_plane_token.clone(),
         Duration::from_millis(config.resolve_timeout_ms),
     );
-    let core = Arc::new(RouterCore::new(
+    let connected = source.connected();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = metrics::RouterMetrics::register(&mut registry);
+    let grpc = silo_telemetry::GrpcMetrics::register(
+        &mut registry,
+        "silo_router",
+        config.max_tenant_labels,
+    );
+    let core = Arc::new(RouterCore::with_metrics(
         auth,
         Arc::new(source),
         &config.route_cache(),
         config.pools(),
         config.call_limits(),
+        metrics,
     ));
+    // The endpoint outlives the gRPC server by the grace period, so it is stopped apart.
+    let metrics_stop = CancellationToken::new();
+    let metrics_addr = silo_telemetry::serve_metrics(
+        config.metrics_listen,
+        Arc::new(registry),
+        metrics_stop.clone(),
+    )
+    .await?;
     let listener = TcpListener::bind(config.listen).await?;
-    tracing::info!(address = %listener.local_addr()?, "router listening");
-    serve(
+    tracing::info!(address = %listener.local_addr()?, %metrics_addr, "router listening");
+    let telemetry = ServeTelemetry {
+        grpc,
+        serving: Arc::new(move || connected.load(std::sync::atomic::Ordering::Relaxed)),
+    };
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let server_stop = CancellationToken::new();
+    let server = tokio::spawn(serve(
         listener,
         core,
         Duration::from_secs(config.transaction_idle_secs),
-        shutdown,
-    )
-    .await?;
+        telemetry,
+        server_stop.clone(),
+    ));
+    shutdown.cancelled().await;
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "router stopping: draining calls in flight"
+    );
+    server_stop.cancel();
+    let abort = server.abort_handle();
+    match tokio::time::timeout(grace, server).await {
+        Ok(joined) => joined??,
+        Err(_) => {
+            tracing::warn!("grace period over; ending the calls still running");
+            abort.abort();
+        }
+    }
+    metrics_stop.cancel();
     Ok(())
 }

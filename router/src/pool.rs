@@ -232,16 +232,22 @@ impl TenantPool {
 #[derive(Clone)]
 pub struct PoolRegistry {
     pools: Cache<TenantId, Arc<TenantPool>>,
+    metrics: crate::metrics::RouterMetrics,
     config: Arc<PoolConfig>,
     budget: Option<Arc<Semaphore>>,
 }
 
 impl PoolRegistry {
     pub fn new(config: PoolConfig) -> Self {
+        Self::with_metrics(config, crate::metrics::RouterMetrics::default())
+    }
+
+    pub fn with_metrics(config: PoolConfig, metrics: crate::metrics::RouterMetrics) -> Self {
+        let evictions = metrics.pool_evictions.clone();
         let pools = Cache::builder()
             .max_capacity(config.capacity)
             .time_to_idle(config.time_to_idle)
-            .eviction_listener(|tenant: Arc<TenantId>, pool: Arc<TenantPool>, cause| {
+            .eviction_listener(move |tenant: Arc<TenantId>, pool: Arc<TenantPool>, cause| {
                 // Dropping the last reference closes the pool's idle connections; connections
                 // lent to calls in flight close when those calls return them.
                 let reason = match cause {
@@ -250,6 +256,9 @@ impl PoolRegistry {
                     RemovalCause::Replaced => "replaced",
                     RemovalCause::Size => "capacity",
                 };
+                evictions
+                    .get_or_create(&crate::metrics::ReasonLabels { reason: reason.to_owned() })
+                    .inc();
                 tracing::info!(tenant_id = %tenant, reason, connections = pool.connections(), "closing tenant pool");
             })
             .build();
@@ -257,6 +266,7 @@ impl PoolRegistry {
             .then(|| Arc::new(Semaphore::new(config.connection_budget as usize)));
         Self {
             pools,
+            metrics,
             config: Arc::new(config),
             budget,
         }
@@ -269,6 +279,7 @@ impl PoolRegistry {
         let pool = self
             .pools
             .get_with_by_ref(tenant, async {
+                self.metrics.pool_creations.inc();
                 Arc::new(TenantPool::new(route, &self.config, self.budget.clone()))
             })
             .await;
@@ -341,9 +352,29 @@ impl PoolRegistry {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(every) => self.pools.run_pending_tasks().await,
+                () = tokio::time::sleep(every) => {
+                    self.pools.run_pending_tasks().await;
+                    self.observe();
+                }
             }
         }
+    }
+
+    /// Updates the pool gauges.
+    fn observe(&self) {
+        let (mut connections, mut idle, mut waits) = (0i64, 0i64, 0i64);
+        for (_, pool) in self.pools.iter() {
+            let state = pool.pool.state();
+            connections += i64::from(state.connections);
+            idle += i64::from(state.idle_connections);
+            waits += i64::try_from(state.statistics.get_waited).unwrap_or(i64::MAX);
+        }
+        self.metrics
+            .pools_open
+            .set(i64::try_from(self.pools.entry_count()).unwrap_or(i64::MAX));
+        self.metrics.pool_connections.set(connections);
+        self.metrics.pool_idle_connections.set(idle);
+        self.metrics.pool_waits.set(waits);
     }
 
     /// Pools alive, after pending evictions ran.

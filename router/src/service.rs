@@ -48,6 +48,9 @@ impl<S: RouteSource> RouterService<S> {
             .auth
             .authenticate(header("authorization"), header(TENANT_HEADER))?;
         tracing::Span::current().record("tenant_id", tracing::field::display(&tenant));
+        if let Some(slot) = request.extensions().get::<silo_telemetry::CallTenant>() {
+            slot.set(tenant.as_str());
+        }
         Ok(tenant)
     }
 

@@ -9,4 +9,4 @@ mod request_metrics;
 pub use grpc::{Health, reflection};
 pub use logs::{LogFormat, init_logs};
 pub use metrics_http::serve_metrics;
-pub use request_metrics::{GrpcMetrics, GrpcMetricsLayer};
+pub use request_metrics::{CallTenant, GrpcMetrics, GrpcMetricsLayer};

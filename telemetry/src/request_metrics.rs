@@ -2,9 +2,10 @@
 //! gRPC server, plus the request span every call's log lines carry.
 
 use std::{
+    collections::HashSet,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, OnceLock},
     task::{Context, Poll},
     time::Instant,
 };
@@ -21,18 +22,57 @@ use tracing::Instrument as _;
 struct CallLabels {
     method: String,
     code: String,
+    tenant_id: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
     method: String,
+    tenant_id: String,
 }
+
+/// The tenant a call acted for, set by the handler once it authenticated the call; the
+/// request layer puts an empty one into every request's extensions and reads it back.
+#[derive(Clone, Debug, Default)]
+pub struct CallTenant(Arc<OnceLock<String>>);
+
+impl CallTenant {
+    pub fn set(&self, tenant: &str) {
+        let _ = self.0.set(tenant.to_owned());
+    }
+}
+
+/// The label value for a tenant: its id for the first `max` tenants seen, then `_other`,
+/// so a hundred thousand tenants cannot blow up a scrape.
+struct TenantLabels {
+    max: usize,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl TenantLabels {
+    fn label(&self, tenant: Option<&String>) -> String {
+        let Some(tenant) = tenant else {
+            return String::new();
+        };
+        let Ok(mut seen) = self.seen.lock() else {
+            return OTHER_TENANTS.to_owned();
+        };
+        if seen.contains(tenant) || (seen.len() < self.max && seen.insert(tenant.clone())) {
+            tenant.clone()
+        } else {
+            OTHER_TENANTS.to_owned()
+        }
+    }
+}
+
+const OTHER_TENANTS: &str = "_other";
 
 /// The request metrics of one server.
 #[derive(Clone)]
 pub struct GrpcMetrics {
     calls: Family<CallLabels, Counter>,
     latency: Family<MethodLabels, Histogram>,
+    tenants: Arc<TenantLabels>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -42,11 +82,16 @@ fn latency_histogram() -> Histogram {
 }
 
 impl GrpcMetrics {
-    /// Registers `<prefix>_grpc_calls` and `<prefix>_grpc_call_duration_seconds`.
-    pub fn register(registry: &mut Registry, prefix: &str) -> Self {
+    /// Registers `<prefix>_grpc_calls` and `<prefix>_grpc_call_duration_seconds`, labelled
+    /// by method, code and tenant (at most `max_tenant_labels` distinct tenants).
+    pub fn register(registry: &mut Registry, prefix: &str, max_tenant_labels: usize) -> Self {
         let metrics = Self {
             calls: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            tenants: Arc::new(TenantLabels {
+                max: max_tenant_labels,
+                seen: Mutex::new(HashSet::new()),
+            }),
         };
         registry.register(
             format!("{prefix}_grpc_calls"),
@@ -115,8 +160,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let method = request.uri().path().to_owned();
+        let tenant = CallTenant::default();
+        request.extensions_mut().insert(tenant.clone());
         let metrics = self.metrics.clone();
         // The request span: handlers and the auth step add fields (tenant_id) to it.
         let span = tracing::info_span!("grpc", method = %method, tenant_id = tracing::field::Empty);
@@ -129,15 +176,21 @@ where
                     Ok(response) => code_name(response.headers()),
                     Err(_) => "Unknown".to_owned(),
                 };
+                let tenant_id = metrics.tenants.label(tenant.0.get());
                 metrics
                     .latency
                     .get_or_create(&MethodLabels {
                         method: method.clone(),
+                        tenant_id: tenant_id.clone(),
                     })
                     .observe(started.elapsed().as_secs_f64());
                 metrics
                     .calls
-                    .get_or_create(&CallLabels { method, code })
+                    .get_or_create(&CallLabels {
+                        method,
+                        code,
+                        tenant_id,
+                    })
                     .inc();
                 result
             }

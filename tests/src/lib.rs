@@ -5,6 +5,7 @@ pub mod fake_rds;
 mod logs;
 pub mod moto;
 pub mod rds;
+pub mod router;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 

@@ -59,6 +59,7 @@ impl Expiry<TenantId, Lookup> for LookupExpiry {
 /// Cached routes in front of a [`RouteSource`].
 pub struct RouteCache<S> {
     source: Arc<S>,
+    metrics: crate::metrics::RouterMetrics,
     fresh: Cache<TenantId, Lookup>,
     /// The last route resolved per tenant, served when the source is unavailable; dropped
     /// by events like `fresh`.
@@ -67,8 +68,17 @@ pub struct RouteCache<S> {
 
 impl<S: RouteSource> RouteCache<S> {
     pub fn new(source: Arc<S>, config: &RouteCacheConfig) -> Self {
+        Self::with_metrics(source, config, crate::metrics::RouterMetrics::default())
+    }
+
+    pub fn with_metrics(
+        source: Arc<S>,
+        config: &RouteCacheConfig,
+        metrics: crate::metrics::RouterMetrics,
+    ) -> Self {
         Self {
             source,
+            metrics,
             fresh: Cache::builder()
                 .max_capacity(config.capacity)
                 .expire_after(LookupExpiry {
@@ -86,9 +96,11 @@ impl<S: RouteSource> RouteCache<S> {
 
     /// The tenant's route: cached, else resolved (one resolution per tenant at a time).
     pub async fn get(&self, tenant: &TenantId) -> Result<Arc<Route>, RouteError> {
+        let mut missed = false;
         let resolved = self
             .fresh
             .try_get_with_by_ref(tenant, async {
+                missed = true;
                 match self.source.resolve(tenant).await {
                     Ok(route) => {
                         let route = Arc::new(route);
@@ -100,6 +112,7 @@ impl<S: RouteSource> RouteCache<S> {
                 }
             })
             .await;
+        self.metrics.route_lookup(!missed);
         match resolved {
             Ok(Lookup::Found(route)) => Ok(route),
             Ok(Lookup::NotFound) => Err(RouteError::NotFound),

@@ -1,6 +1,8 @@
 //! The real [`RouteSource`]: the control plane's `ResolveTenant` and `WatchTenants`, called
 //! with the router's service token.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -36,6 +38,8 @@ impl Default for WatchBackoff {
 #[derive(Clone)]
 pub struct ControlPlaneRoutes {
     client: ControlPlaneClient<Channel>,
+    /// The WatchTenants stream is open (the router's health follows it).
+    connected: Arc<AtomicBool>,
     token: SecretString,
     call_timeout: Duration,
     backoff: WatchBackoff,
@@ -44,9 +48,15 @@ pub struct ControlPlaneRoutes {
 impl ControlPlaneRoutes {
     /// `channel` may be lazy (`Endpoint::connect_lazy`): the router starts even when the
     /// control plane is down.
+    /// Whether the tenant-event stream is open right now.
+    pub fn connected(&self) -> Arc<AtomicBool> {
+        self.connected.clone()
+    }
+
     pub fn new(channel: Channel, token: SecretString, call_timeout: Duration) -> Self {
         Self {
             client: ControlPlaneClient::new(channel),
+            connected: Arc::new(AtomicBool::new(false)),
             token,
             call_timeout,
             backoff: WatchBackoff::default(),
@@ -89,6 +99,7 @@ impl ControlPlaneRoutes {
             };
             match stream {
                 Ok(response) => {
+                    self.connected.store(true, Ordering::Relaxed);
                     let mut events = response.into_inner();
                     loop {
                         let next = tokio::select! {
@@ -125,6 +136,7 @@ impl ControlPlaneRoutes {
                     tracing::warn!(from_sequence, code = ?status.code(), error = %status.message(), "cannot watch tenant events");
                 }
             }
+            self.connected.store(false, Ordering::Relaxed);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}

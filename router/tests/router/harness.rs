@@ -144,6 +144,7 @@ impl Harness {
             listener,
             core.clone(),
             Duration::from_secs(5),
+            silo_router::ServeTelemetry::unobserved(),
             shutdown.clone(),
         ));
         let client = RouterClient::connect(format!("http://{address}"))

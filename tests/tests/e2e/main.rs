@@ -11,4 +11,5 @@ mod provisioner_suite;
 mod rds_moto;
 mod rds_scripted;
 mod replicas;
+mod routing;
 mod secrets;

@@ -59,6 +59,26 @@ async fn moto_onboards_a_served_tenant_and_deletes_it_with_a_final_snapshot() {
     let cp = env.control_plane_with(config, Hooks::default()).await;
     onboard(&cp, "acme").await;
     assert_serves(&cp, "acme").await;
+    // The router serves it: ResolveTenant's route (rewritten to the harness server) works.
+    let router = silo_tests::router::TestRouter::start(&cp, Default::default()).await;
+    let answer = router
+        .client
+        .clone()
+        .query(silo_tests::router::call(
+            silo_proto::router::v1::QueryRequest {
+                statement: silo_tests::router::statement(
+                    "SELECT value FROM silo_tenant_info",
+                    vec![],
+                ),
+                max_rows: 0,
+            },
+            &silo_tests::router::tenant_token("acme"),
+            None,
+        ))
+        .await
+        .expect("the router serves the rds tenant")
+        .into_inner();
+    assert_eq!(answer.rows.len(), 1);
     let tenant = cp.get_tenant("acme").await.unwrap();
     assert_eq!(
         (tenant.provisioner.as_str(), tenant.placement.as_str()),

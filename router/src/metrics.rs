@@ -1,0 +1,81 @@
+//! The router's own Prometheus metrics: pools and the route cache. Per-tenant call counts
+//! and latencies come from silo-telemetry's request layer.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RouterMetrics {
+    pub route_lookups: Family<ResultLabels, Counter>,
+    pub pool_creations: Counter,
+    pub pool_evictions: Family<ReasonLabels, Counter>,
+    pub pools_open: Gauge,
+    pub pool_connections: Gauge,
+    pub pool_idle_connections: Gauge,
+    /// Calls that had to wait for a connection, summed over the pools alive.
+    pub pool_waits: Gauge,
+}
+
+impl RouterMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "silo_router_route_lookups",
+            "route cache lookups, by result (hit: cached; miss: resolved by the control plane)",
+            metrics.route_lookups.clone(),
+        );
+        registry.register(
+            "silo_router_pool_creations",
+            "tenant pools created",
+            metrics.pool_creations.clone(),
+        );
+        registry.register(
+            "silo_router_pool_evictions",
+            "tenant pools closed, by reason (capacity, idle, invalidated, replaced)",
+            metrics.pool_evictions.clone(),
+        );
+        registry.register(
+            "silo_router_pools",
+            "tenant pools open",
+            metrics.pools_open.clone(),
+        );
+        registry.register(
+            "silo_router_pool_connections",
+            "connections open over all tenant pools",
+            metrics.pool_connections.clone(),
+        );
+        registry.register(
+            "silo_router_pool_idle_connections",
+            "idle connections over all tenant pools",
+            metrics.pool_idle_connections.clone(),
+        );
+        registry.register(
+            "silo_router_pool_waits",
+            "calls that waited for a connection, over the pools open now",
+            metrics.pool_waits.clone(),
+        );
+        metrics
+    }
+
+    pub fn route_lookup(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.route_lookups
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,114 @@
+//! A router in-process, on loopback, following a test control plane: real
+//! ResolveTenant / WatchTenants, real tenant databases.
+
+use std::{sync::Arc, time::Duration};
+
+use silo_auth::{Algorithm, JwtVerifier, KeySource, StandardClaims, VerifierConfig};
+use silo_proto::router::v1::{self as rpb, router_client::RouterClient};
+use silo_router::{
+    Authenticator, CallLimits, ControlPlaneRoutes, RouterCore, ServeTelemetry, pool::PoolConfig,
+    routes::RouteCacheConfig,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::{ISSUER, TestControlPlane, fixture, signer, token};
+
+pub const ROUTER_AUDIENCE: &str = "silo-router";
+
+pub struct TestRouter {
+    pub address: std::net::SocketAddr,
+    pub client: RouterClient<Channel>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestRouter {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A token for one tenant (`tenant_id` claim), as internal services carry.
+pub fn tenant_token(tenant: &str) -> String {
+    let claims = StandardClaims::new(format!("svc-{tenant}"), Duration::from_secs(600))
+        .issuer(ISSUER)
+        .audience(ROUTER_AUDIENCE)
+        .claim("tenant_id", tenant);
+    signer().sign(&claims).expect("token signs")
+}
+
+/// A request with a bearer token and, optionally, `x-tenant-id`.
+pub fn call<T>(message: T, token: &str, tenant_header: Option<&str>) -> tonic::Request<T> {
+    let mut request = crate::with_token(message, token);
+    if let Some(tenant) = tenant_header {
+        request
+            .metadata_mut()
+            .insert("x-tenant-id", tenant.parse().expect("ascii tenant"));
+    }
+    request
+}
+
+pub fn statement(sql: &str, params: Vec<rpb::Value>) -> Option<rpb::Statement> {
+    Some(rpb::Statement {
+        sql: sql.into(),
+        params,
+    })
+}
+
+pub fn text(value: &str) -> rpb::Value {
+    rpb::Value {
+        kind: Some(rpb::value::Kind::StringValue(value.into())),
+    }
+}
+
+pub fn int(value: i64) -> rpb::Value {
+    rpb::Value {
+        kind: Some(rpb::value::Kind::Int64Value(value)),
+    }
+}
+
+impl TestRouter {
+    /// A router whose route source is `control_plane`, with `pools` for its pool settings.
+    pub async fn start(control_plane: &TestControlPlane, pools: PoolConfig) -> Self {
+        let verifier = JwtVerifier::new(VerifierConfig {
+            algorithms: vec![Algorithm::RS256],
+            keys: KeySource::PemFile(fixture("rsa_public.pem")),
+            issuer: Some(ISSUER.into()),
+            audience: Some(ROUTER_AUDIENCE.into()),
+            leeway: Duration::from_secs(5),
+        })
+        .expect("verifier");
+        let channel = Channel::from_shared(format!("http://{}", control_plane.address()))
+            .expect("uri")
+            .connect_lazy();
+        let source =
+            ControlPlaneRoutes::new(channel, token("router").into(), Duration::from_secs(2));
+        let core = Arc::new(RouterCore::new(
+            Authenticator::new(verifier, "tenant_id"),
+            Arc::new(source),
+            &RouteCacheConfig::default(),
+            pools,
+            CallLimits::default(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(silo_router::serve(
+            listener,
+            core,
+            Duration::from_secs(10),
+            ServeTelemetry::unobserved(),
+            shutdown.clone(),
+        ));
+        let client = RouterClient::connect(format!("http://{address}"))
+            .await
+            .expect("router reachable");
+        Self {
+            address,
+            client,
+            shutdown,
+        }
+    }
+}
