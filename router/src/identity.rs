@@ -28,11 +28,18 @@ pub enum IdentityError {
     TenantNotChosen,
 }
 
+/// Tokens verified recently, by their exact text: a service sends the same token with
+/// every call, and checking an RS256 signature costs more than the rest of a call's routing.
+/// An entry is used only until the token's `exp`, and for at most a minute.
+const VERIFIED_TOKENS: u64 = 10_000;
+const VERIFIED_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Turns a bearer token (and `x-tenant-id`) into the one tenant the call acts for.
 #[derive(Clone)]
 pub struct Authenticator {
     verifier: JwtVerifier,
     tenant_claim: String,
+    verified: moka::sync::Cache<String, std::sync::Arc<StandardClaims>>,
 }
 
 impl Authenticator {
@@ -40,7 +47,28 @@ impl Authenticator {
         Self {
             verifier,
             tenant_claim: tenant_claim.into(),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_TOKENS)
+                .time_to_live(VERIFIED_TOKEN_TTL)
+                .build(),
         }
+    }
+
+    /// The token's claims: from the cache while the token is unexpired, else verified.
+    fn claims(&self, token: &str) -> Result<std::sync::Arc<StandardClaims>, IdentityError> {
+        if let Some(claims) = self.verified.get(token) {
+            if claims.exp.is_some_and(|exp| exp > silo_auth::unix_now()) {
+                return Ok(claims);
+            }
+            self.verified.invalidate(token);
+        }
+        let claims: StandardClaims = self
+            .verifier
+            .verify(token)
+            .map_err(IdentityError::Unauthenticated)?;
+        let claims = std::sync::Arc::new(claims);
+        self.verified.insert(token.to_owned(), claims.clone());
+        Ok(claims)
     }
 
     /// `authorization` and `x-tenant-id` as received (`None` when absent or not ASCII).
@@ -51,10 +79,7 @@ impl Authenticator {
     ) -> Result<TenantId, IdentityError> {
         let token =
             silo_auth::bearer_token(authorization).map_err(IdentityError::Unauthenticated)?;
-        let claims: StandardClaims = self
-            .verifier
-            .verify(token)
-            .map_err(IdentityError::Unauthenticated)?;
+        let claims = self.claims(token)?;
         let requested = match tenant_header.map(str::trim) {
             None | Some("") => None,
             // A header that cannot be a tenant id is treated like any tenant the token may
@@ -177,6 +202,28 @@ mod tests {
             auth.authenticate(Some(&bearer), Some("NOT A TENANT")),
             Err(IdentityError::PermissionDenied)
         );
+    }
+
+    #[test]
+    fn a_cached_token_is_trusted_only_until_it_expires() {
+        let mut config = VerifierConfig::new(
+            vec![Algorithm::HS256],
+            KeySource::HmacSecret(SecretString::from(SECRET)),
+        );
+        config.leeway = Duration::ZERO;
+        let auth = Authenticator::new(JwtVerifier::new(config).expect("verifier"), "tenant_id");
+        let bearer = token(
+            claims()
+                .expires_at(silo_auth::unix_now() + 1)
+                .claim("tenant_id", "acme"),
+        );
+        assert_eq!(auth.authenticate(Some(&bearer), None), Ok(tenant("acme")));
+        assert_eq!(auth.authenticate(Some(&bearer), None), Ok(tenant("acme")));
+        std::thread::sleep(Duration::from_millis(2100));
+        assert!(matches!(
+            auth.authenticate(Some(&bearer), None),
+            Err(IdentityError::Unauthenticated(_))
+        ));
     }
 
     #[test]

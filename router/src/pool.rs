@@ -51,7 +51,7 @@ impl Default for PoolConfig {
             time_to_idle: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(2),
             max_connections_per_tenant: 64,
-            test_on_check_out: true,
+            test_on_check_out: false,
             connection_budget: 0,
         }
     }
