@@ -24,15 +24,7 @@ async fn onboard(cp: &TestControlPlane, count: usize) {
         .collect()
         .await;
     for operation in operations {
-        let done = cp
-            .wait_done(&operation.operation_id, Duration::from_secs(1800))
-            .await;
-        assert_eq!(
-            done.status(),
-            pb::OperationStatus::Succeeded,
-            "{}",
-            done.error
-        );
+        cp.wait_succeeded(&operation.operation_id).await;
     }
     println!(
         "onboarded {count} tenants in {:.1} s",

@@ -330,6 +330,32 @@ impl TestControlPlane {
             .map(tonic::Response::into_inner)
     }
 
+    /// Waits until the operation is done, asserts it succeeded, and returns it.
+    pub async fn wait_succeeded(&self, operation_id: &str) -> pb::Operation {
+        let done = self.wait_done(operation_id, Duration::from_secs(120)).await;
+        assert_eq!(
+            done.status(),
+            pb::OperationStatus::Succeeded,
+            "{}",
+            done.error
+        );
+        done
+    }
+
+    /// Onboards these tenants concurrently and waits until every one is ACTIVE.
+    pub async fn onboard(&self, tenants: &[&str]) {
+        let operations = futures::future::join_all(
+            tenants
+                .iter()
+                .map(|tenant| self.create_tenant(tenant, "onboard")),
+        )
+        .await;
+        for operation in operations {
+            self.wait_succeeded(&operation.expect("create accepted").operation_id)
+                .await;
+        }
+    }
+
     /// Waits until the operation is done and returns it.
     pub async fn wait_done(&self, operation_id: &str, timeout: Duration) -> pb::Operation {
         eventually(timeout, "the operation to finish", || async {

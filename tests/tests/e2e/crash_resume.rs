@@ -62,15 +62,7 @@ async fn crash_and_resume(state: TenantState, tenant: &str) {
     );
 
     let second = env.control_plane(Hooks::default()).await;
-    let done = second
-        .wait_done(&operation.operation_id, Duration::from_secs(60))
-        .await;
-    assert_eq!(
-        done.status(),
-        pb::OperationStatus::Succeeded,
-        "{}",
-        done.error
-    );
+    second.wait_succeeded(&operation.operation_id).await;
     assert_eq!(
         second.get_tenant(tenant).await.unwrap().state(),
         pb::TenantState::Active

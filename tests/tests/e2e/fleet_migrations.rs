@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use futures::{StreamExt, future::join_all};
+use futures::StreamExt;
 use silo_control_plane::Hooks;
 use silo_proto::controlplane::v1::{self as pb};
 use silo_tests::{TenantMigrations, TestControlPlane, TestEnv, eventually, token, with_token};
@@ -17,23 +17,8 @@ INSERT INTO migration_log (version) VALUES (2);
 
 async fn onboard_many(cp: &TestControlPlane, prefix: &str, count: usize) -> Vec<String> {
     let names: Vec<String> = (0..count).map(|i| format!("{prefix}-{i:02}")).collect();
-    let operations = join_all(
-        names
-            .iter()
-            .map(|name| async move { cp.create_tenant(name, "r").await.unwrap() }),
-    )
-    .await;
-    for operation in operations {
-        let done = cp
-            .wait_done(&operation.operation_id, Duration::from_secs(120))
-            .await;
-        assert_eq!(
-            done.status(),
-            pb::OperationStatus::Succeeded,
-            "{}",
-            done.error
-        );
-    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    cp.onboard(&refs).await;
     names
 }
 

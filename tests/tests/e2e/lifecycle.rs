@@ -111,15 +111,7 @@ async fn suspend_resume_delete_show_in_the_catalog_and_as_ordered_events() {
         .await
         .unwrap()
         .into_inner();
-    let deleted = cp
-        .wait_done(&deletion.operation_id, Duration::from_secs(60))
-        .await;
-    assert_eq!(
-        deleted.status(),
-        pb::OperationStatus::Succeeded,
-        "{}",
-        deleted.error
-    );
+    cp.wait_succeeded(&deletion.operation_id).await;
     assert_eq!(
         cp.get_tenant("umbrella").await.unwrap().state(),
         pb::TenantState::Deleted
@@ -197,15 +189,7 @@ async fn delete_can_keep_the_database_renamed() {
         .await
         .unwrap()
         .into_inner();
-    let done = cp
-        .wait_done(&deletion.operation_id, Duration::from_secs(60))
-        .await;
-    assert_eq!(
-        done.status(),
-        pb::OperationStatus::Succeeded,
-        "{}",
-        done.error
-    );
+    cp.wait_succeeded(&deletion.operation_id).await;
 
     let admin = env.admin_client(0, "postgres").await;
     let kept: Vec<String> = admin

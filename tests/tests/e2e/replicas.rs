@@ -1,8 +1,5 @@
-use std::time::Duration;
-
 use futures::future::join_all;
 use silo_control_plane::Hooks;
-use silo_proto::controlplane::v1 as pb;
 use silo_tests::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,15 +18,7 @@ async fn two_replicas_start_on_one_catalog_and_share_the_work() {
     }))
     .await;
     for operation in &operations {
-        let done = a
-            .wait_done(&operation.operation_id, Duration::from_secs(60))
-            .await;
-        assert_eq!(
-            done.status(),
-            pb::OperationStatus::Succeeded,
-            "{}",
-            done.error
-        );
+        let done = a.wait_succeeded(&operation.operation_id).await;
         assert!(
             done.steps.iter().all(|step| step.attempts == 1),
             "no step ran twice: {:?}",

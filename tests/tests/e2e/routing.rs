@@ -10,32 +10,12 @@ use silo_proto::controlplane::v1 as cpb;
 use silo_proto::router::v1::{self as rpb, router_client::RouterClient};
 use silo_router::pool::PoolConfig;
 use silo_tests::{
-    AUDIENCE, ISSUER, TestControlPlane, TestEnv, eventually, fixture,
+    AUDIENCE, ISSUER, TestEnv, eventually, fixture,
     router::{ROUTER_AUDIENCE, TestRouter, call, int, statement, tenant_token, text},
     token, with_token,
 };
 use tokio_stream::StreamExt as _;
 use tonic::{Code, transport::Channel};
-
-async fn onboard(cp: &TestControlPlane, tenants: &[&str]) {
-    let operations = join_all(
-        tenants
-            .iter()
-            .map(|t| async move { cp.create_tenant(t, "r").await.unwrap() }),
-    )
-    .await;
-    for operation in operations {
-        let done = cp
-            .wait_done(&operation.operation_id, Duration::from_secs(60))
-            .await;
-        assert_eq!(
-            done.status(),
-            cpb::OperationStatus::Succeeded,
-            "{}",
-            done.error
-        );
-    }
-}
 
 fn strings(rows: &[rpb::Row]) -> Vec<String> {
     rows.iter()
@@ -66,7 +46,7 @@ async fn tenants_on_two_servers_only_ever_see_their_own_rows_through_every_rpc()
     let env = TestEnv::start(2).await;
     let cp = env.control_plane(Hooks::default()).await;
     let tenants = ["acme", "globex", "initech"];
-    onboard(&cp, &tenants).await;
+    cp.onboard(&tenants).await;
     let placements: Vec<String> = join_all(
         tenants
             .iter()
@@ -283,7 +263,7 @@ fn forged_tokens() -> Vec<(&'static str, String)> {
 async fn forged_and_broken_tokens_are_unauthenticated_and_events_reach_the_router_at_once() {
     let env = TestEnv::start(1).await;
     let cp = env.control_plane(Hooks::default()).await;
-    onboard(&cp, &["acme"]).await;
+    cp.onboard(&["acme"]).await;
     let router = TestRouter::start(&cp, PoolConfig::default()).await;
     let mut client = router.client.clone();
     assert_eq!(
