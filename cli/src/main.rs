@@ -17,7 +17,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Local PostgreSQL server, control plane and demo tenants, until Ctrl-C.
+    /// Local PostgreSQL server, control plane, router and demo tenants, until Ctrl-C.
     Dev(dev::DevArgs),
 }
 

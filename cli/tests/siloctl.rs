@@ -1,10 +1,15 @@
 //! siloctl against a real control plane (real PostgreSQL, gRPC over loopback).
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::process::Output;
+use std::{process::Output, time::Duration};
 
+use silo_auth::StandardClaims;
 use silo_control_plane::Hooks;
-use silo_tests::{TestControlPlane, TestEnv, token};
+use silo_tests::{
+    ISSUER, TestControlPlane, TestEnv, eventually,
+    router::{ROUTER_AUDIENCE, TestRouter, tenant_token},
+    signer, token,
+};
 
 async fn siloctl(cp: &TestControlPlane, args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_siloctl"))
@@ -15,6 +20,27 @@ async fn siloctl(cp: &TestControlPlane, args: &[&str]) -> Output {
         .output()
         .await
         .unwrap()
+}
+
+/// `siloctl` against the router with `token` (query, exec).
+async fn siloctl_sql(router: &TestRouter, token: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_siloctl"))
+        .args(args)
+        .env("SILO_ROUTER", format!("http://{}", router.address))
+        .env("SILO_TOKEN", token)
+        .env_remove("SILO_OUTPUT")
+        .output()
+        .await
+        .unwrap()
+}
+
+/// A service token that may act for any tenant it names in `x-tenant-id`.
+fn service_token() -> String {
+    let claims = StandardClaims::new("svc-jobs", Duration::from_secs(600))
+        .issuer(ISSUER)
+        .audience(ROUTER_AUDIENCE)
+        .claim("tenants", "*");
+    signer().sign(&claims).unwrap()
 }
 
 fn stdout(output: &Output) -> String {
@@ -64,10 +90,86 @@ async fn siloctl_manages_a_tenant_from_creation_to_deletion() {
         "{table}"
     );
 
+    let router = TestRouter::start(&cp, Default::default()).await;
+    let acme = tenant_token("acme");
+    let created = siloctl_sql(
+        &router,
+        &acme,
+        &[
+            "exec",
+            "--tenant",
+            "acme",
+            "CREATE TABLE notes (id int8 PRIMARY KEY, body text)",
+        ],
+    )
+    .await;
+    stdout(&created);
+    let inserted = siloctl_sql(
+        &router,
+        &service_token(),
+        &[
+            "exec",
+            "--tenant",
+            "acme",
+            "INSERT INTO notes VALUES ($1, $2), (2, 'second')",
+            "-p",
+            "1",
+            "-p",
+            "first note",
+        ],
+    )
+    .await;
+    assert_eq!(stdout(&inserted).trim(), "2 rows affected");
+    let select = [
+        "query",
+        "--tenant",
+        "acme",
+        "SELECT id, body FROM notes ORDER BY id",
+    ];
+    let table = stdout(&siloctl_sql(&router, &acme, &select).await);
+    assert!(
+        table.contains("body") && table.contains("first note") && table.contains("(2 rows)"),
+        "{table}"
+    );
+    let rows = json(&siloctl_sql(&router, &acme, &[&select[..], &["-o", "json"]].concat()).await);
+    assert_eq!(
+        rows,
+        serde_json::json!([{"id": 1, "body": "first note"}, {"id": 2, "body": "second"}])
+    );
+    let other = siloctl_sql(&router, &acme, &["query", "--tenant", "globex", "SELECT 1"]).await;
+    assert!(!other.status.success());
+    assert!(String::from_utf8_lossy(&other.stderr).contains("PermissionDenied"));
+    let bad_sql = siloctl_sql(&router, &acme, &["exec", "SELEC 1"]).await;
+    assert!(!bad_sql.status.success());
+    let error = String::from_utf8_lossy(&bad_sql.stderr);
+    assert!(
+        error.contains("InvalidArgument") && error.contains("42601"),
+        "{error}"
+    );
+
     let suspended = json(&siloctl(&cp, &["tenants", "suspend", "acme", "-o", "json"]).await);
     assert_eq!(suspended["state"], "Suspended");
+    let refused = eventually(Duration::from_secs(10), "queries refused", || async {
+        let output = siloctl_sql(&router, &acme, &select).await;
+        (!output.status.success()).then_some(output)
+    })
+    .await;
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        error.starts_with("error: FailedPrecondition:"),
+        "a suspended tenant's query fails with FAILED_PRECONDITION: {error}"
+    );
+    assert_eq!(refused.status.code(), Some(1));
+
     let resumed = json(&siloctl(&cp, &["tenants", "resume", "acme", "-o", "json"]).await);
     assert_eq!(resumed["state"], "Active");
+    let works = eventually(Duration::from_secs(10), "queries work again", || async {
+        let output = siloctl_sql(&router, &acme, &select).await;
+        output.status.success().then_some(output)
+    })
+    .await;
+    assert!(stdout(&works).contains("first note"));
+    drop(router);
     let rotated = siloctl(&cp, &["tenants", "rotate-credentials", "acme"]).await;
     stdout(&rotated);
 

@@ -4,8 +4,10 @@
 mod client;
 mod migrate;
 mod output;
+mod sql;
 mod tenants;
 mod token;
+mod values;
 
 use std::process::ExitCode;
 
@@ -17,7 +19,7 @@ use crate::{client::Connection, output::Format};
 #[command(
     name = "siloctl",
     version,
-    about = "Operate silo: tenants, migrations, tokens"
+    about = "Operate silo: tenants, migrations, SQL through the router, tokens"
 )]
 struct Cli {
     /// Control-plane gRPC endpoint.
@@ -28,7 +30,16 @@ struct Cli {
         default_value = "http://127.0.0.1:50052"
     )]
     control_plane: String,
-    /// Bearer token for the control plane (role admin for changes, viewer for reads).
+    /// Router gRPC endpoint (query, exec).
+    #[arg(
+        long,
+        global = true,
+        env = "SILO_ROUTER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    router: String,
+    /// Bearer token: for the control plane, role admin for changes or viewer for reads;
+    /// for query / exec, a token for the tenant or a service token allowed to pick it.
     #[arg(long, global = true, env = "SILO_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Output format.
@@ -51,6 +62,10 @@ enum Command {
     Tenants(tenants::TenantsCommand),
     /// Migrate every tenant silo to a schema version, in waves.
     Migrate(migrate::MigrateArgs),
+    /// Run a statement in a tenant's silo through the router and print its rows.
+    Query(sql::QueryArgs),
+    /// Run a statement in a tenant's silo through the router and print the rows affected.
+    Exec(sql::SqlArgs),
     /// Mint a token from a local key (for development).
     Token(token::TokenArgs),
 }
@@ -65,6 +80,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => {
             let connection = Connection::new(&cli.control_plane, cli.token).await?;
             migrate::run(&connection, args, cli.output).await
+        }
+        Command::Query(args) => {
+            let router = sql::RouterConnection::new(&cli.router, cli.token).await?;
+            sql::query(&router, args, cli.output).await
+        }
+        Command::Exec(args) => {
+            let router = sql::RouterConnection::new(&cli.router, cli.token).await?;
+            sql::exec(&router, args, cli.output).await
         }
     }
 }

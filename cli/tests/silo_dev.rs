@@ -1,0 +1,296 @@
+//! The acceptance test of the main job: the real `silo dev` binary as a subprocess (temp
+//! data dir, free ports), driven by an independent client — Python grpcio stubs generated
+//! from proto/ (tests/python/silo_dev_client.py) — then stopped with SIGTERM: exit 0 and
+//! no PostgreSQL or silo process left.
+//!
+//! The Python comes from `SILO_TEST_PYTHON`, else the repository's `.venv` (scripts/test.sh
+//! installs grpcio and grpcio-tools there). Without it the test is skipped, except under CI
+//! (`CI` set), where it fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+fn repository() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A Python with grpcio and grpcio-tools, or None (after saying why) when the test may skip.
+fn python() -> Option<PathBuf> {
+    let python = std::env::var_os("SILO_TEST_PYTHON")
+        .map_or_else(|| repository().join(".venv/bin/python"), PathBuf::from);
+    let usable = std::process::Command::new(&python)
+        .args(["-c", "import grpc, grpc_tools"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if usable {
+        return Some(python);
+    }
+    let why = format!(
+        "{} with grpcio and grpcio-tools is missing: run scripts/test.sh (it installs them \
+         into .venv) or set SILO_TEST_PYTHON",
+        python.display()
+    );
+    assert!(
+        std::env::var_os("CI").is_none_or(|ci| ci.is_empty()),
+        "CI is set and {why}"
+    );
+    eprintln!("skipped: {why}");
+    None
+}
+
+/// The running `silo dev`; dropping it (a failed test) stops it with SIGTERM so its
+/// PostgreSQL server does not outlive the test.
+struct SiloDev {
+    child: Child,
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+impl SiloDev {
+    fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(i32::try_from(self.child.id().expect("running")).unwrap())
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for SiloDev {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait()
+            && let Some(id) = self.child.id()
+        {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(id).unwrap_or(0));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            for _ in 0..200 {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.start_kill();
+        }
+    }
+}
+
+/// The value after `label` on a banner line (`  <label>   <value>`).
+fn banner_value(lines: &[String], label: &str) -> String {
+    lines
+        .iter()
+        .find_map(|line| {
+            let rest = line.strip_prefix("  ")?.strip_prefix(label)?;
+            rest.starts_with("  ").then(|| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+        })
+        .unwrap_or_else(|| panic!("no `{label}` line in:\n{}", lines.join("\n")))
+}
+
+async fn start_silo_dev(data_dir: &Path) -> (SiloDev, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_silo"))
+        .arg("dev")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args([
+            "--router-listen=127.0.0.1:0",
+            "--router-metrics-listen=127.0.0.1:0",
+            "--control-plane-listen=127.0.0.1:0",
+            "--control-plane-metrics-listen=127.0.0.1:0",
+            "--log-format=json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("silo dev starts");
+    let output = Arc::new(Mutex::new(Vec::new()));
+    // stderr is drained in the background for the failure message, and so that a full
+    // pipe never blocks silo.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let errors = output.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            errors.lock().unwrap().push(line);
+        }
+    });
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let dev = SiloDev {
+        child,
+        output: output.clone(),
+    };
+    let mut banner = Vec::new();
+    let ready = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = stdout.next_line().await.expect("read silo dev output") {
+            output.lock().unwrap().push(line.clone());
+            let done = line.starts_with("silo dev is ready");
+            banner.push(line);
+            if done {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(ready, Ok(true)),
+        "silo dev did not print its readiness line ({ready:?}):\n{}",
+        dev.output()
+    );
+    let rest = output.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stdout.next_line().await {
+            rest.lock().unwrap().push(line);
+        }
+    });
+    (dev, banner)
+}
+
+/// PIDs of live processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(needle)
+        {
+            found.push(format!(
+                "{name}: {}",
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            ));
+        }
+    }
+    found
+}
+
+/// Live (not zombie) processes that are `pid` or have it as parent, as `pid state`.
+fn process_and_children(pid: i32) -> Vec<String> {
+    let pid = pid.to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`; comm may hold spaces, so split after the `)`.
+            let (head, rest) = stat.rsplit_once(") ")?;
+            let mut fields = rest.split_whitespace();
+            let (state, ppid) = (fields.next()?, fields.next()?);
+            let own = head.split_whitespace().next()?;
+            ((own == pid || ppid == pid) && state != "Z").then(|| format!("{own} {state}"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silo_dev_serves_two_isolated_tenants_and_stops_cleanly_on_sigterm() {
+    let Some(python) = python() else { return };
+    let started = std::time::Instant::now();
+    let temp = tempfile::tempdir().unwrap();
+    // As root, PostgreSQL runs as `postgres`, which must be able to traverse to its data.
+    std::fs::set_permissions(
+        temp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let data_dir = temp.path().join("silo-dev");
+    let (mut dev, banner) = start_silo_dev(&data_dir).await;
+    let ready_after = started.elapsed();
+
+    let router = banner_value(&banner, "router");
+    let metrics = banner_value(&banner, "router metrics");
+    let acme = banner_value(&banner, "token acme");
+    let globex = banner_value(&banner, "token globex");
+    let text = banner.join("\n");
+    assert!(
+        text.contains(&format!("{router} silo.router.v1.Router/Query"))
+            && text.contains(r#"-d '{"statement": {"sql": "#)
+            && text.contains("grpcurl -plaintext -H 'authorization: Bearer ")
+            && text.contains(&banner_value(&banner, "admin token")),
+        "the banner shows a call to paste and the tokens:\n{text}"
+    );
+    let postmaster_pid: i32 = std::fs::read_to_string(data_dir.join("postgres/postmaster.pid"))
+        .expect("postgresql runs on the data dir")
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    let client = Command::new(&python)
+        .arg(repository().join("tests/python/silo_dev_client.py"))
+        .arg(repository().join("proto"))
+        .arg(&router)
+        .arg(&metrics)
+        .arg(format!("acme={acme}"))
+        .arg(format!("globex={globex}"))
+        .output();
+    let client = tokio::time::timeout(Duration::from_secs(120), client)
+        .await
+        .expect("the Python client finishes")
+        .expect("the Python client runs");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&client.stdout),
+        String::from_utf8_lossy(&client.stderr)
+    );
+    assert!(
+        client.status.success(),
+        "Python client failed:\n{report}\n--- silo dev ---\n{}",
+        dev.output()
+    );
+    assert!(report.contains("all checks passed"), "{report}");
+    println!("{report}");
+
+    let stopping = std::time::Instant::now();
+    nix::sys::signal::kill(dev.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), dev.child.wait())
+        .await
+        .expect("silo dev stops within a minute of SIGTERM")
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "silo dev exits 0 on SIGTERM:\n{}",
+        dev.output()
+    );
+    let stopped_after = stopping.elapsed();
+
+    assert!(
+        !data_dir.join("postgres/postmaster.pid").exists(),
+        "postgresql's pid file is gone"
+    );
+    // pg_ctl returns once the pid file is gone; the postmaster may take a moment more.
+    let mut alive = process_and_children(postmaster_pid);
+    for _ in 0..100 {
+        if alive.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        alive = process_and_children(postmaster_pid);
+    }
+    assert!(
+        alive.is_empty(),
+        "the postmaster ({postmaster_pid}) and its children are gone: {alive:?}"
+    );
+    let left = processes_mentioning(&temp.path().to_string_lossy());
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    println!("silo dev ready after {ready_after:?}, stopped {stopped_after:?} after SIGTERM");
+}
