@@ -7,7 +7,6 @@ use silo_proto::controlplane::v1::control_plane_server::ControlPlaneServer;
 use silo_telemetry::Health;
 use thiserror::Error;
 use tokio::{net::TcpListener, task::JoinSet};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -234,7 +233,10 @@ pub async fn start(
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
+            .serve_with_incoming_shutdown(
+                silo_telemetry::accepting(listener),
+                stop.cancelled_owned(),
+            )
             .await;
         if let Err(error) = served {
             tracing::error!(error = %error, "control-plane server stopped");

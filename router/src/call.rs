@@ -10,8 +10,9 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tokio_postgres::{CancelToken, NoTls, Statement};
 
-use crate::pool::{PooledConnection, SESSION_RESET, TenantPool};
+use crate::pool::{PooledConnection, TenantPool};
 use crate::request::{Column, Rows, SqlStatement};
+use crate::session::Residue;
 use crate::value::{SqlValue, ValueError, check_column_type};
 
 /// Why a statement failed.
@@ -31,19 +32,47 @@ pub enum CallError {
     DeadlineExceeded,
 }
 
-/// A connection lent to one call. Dropping it (the call finished, failed or was
-/// cancelled by the caller) cancels a statement still running, resets the session in the
-/// background and only then gives the connection back.
+/// A connection lent to one call. Giving it back (the call finished, failed or was
+/// cancelled by the caller) resets the session: the reset is sent without waiting, and the
+/// next borrower reads its answer first. A statement still running is cancelled first.
 pub struct Lease {
     conn: Option<PooledConnection>,
     cancel: CancelToken,
-    /// A statement was sent and its answer not yet read.
-    busy: bool,
+    session: SessionState,
     _permit: Option<OwnedSemaphorePermit>,
     _pool: Arc<TenantPool>,
 }
 
+/// What a lease knows about its session.
+#[derive(Debug, Clone, Copy, Default)]
+struct SessionState {
+    /// A statement was sent and its answer not yet read.
+    busy: bool,
+    /// What the caller's statements may have left behind.
+    residue: Residue,
+    /// Our own `BEGIN` (Batch, Transaction) is not yet committed or rolled back.
+    in_transaction: bool,
+    /// The lease serves exactly one statement, so the reset goes out right behind it.
+    one_statement: bool,
+}
+
+impl SessionState {
+    fn reset_sql(&self) -> &'static str {
+        let mut residue = self.residue;
+        residue.transaction |= self.in_transaction;
+        residue.reset_sql()
+    }
+
+    /// Notes `sql` as run; returns the reset to send right behind it, if it is the
+    /// lease's only statement.
+    fn running(&mut self, sql: &str) -> Option<&'static str> {
+        self.residue.add(Residue::of(sql));
+        self.one_statement.then(|| self.reset_sql())
+    }
+}
+
 impl Lease {
+    /// A lease for any number of statements.
     pub fn new(
         conn: PooledConnection,
         pool: Arc<TenantPool>,
@@ -52,20 +81,27 @@ impl Lease {
         Self {
             cancel: conn.cancel.clone(),
             conn: Some(conn),
-            busy: false,
+            session: SessionState::default(),
             _permit: permit,
             _pool: pool,
         }
     }
 
-    /// The connection and the busy flag, borrowed apart.
-    fn split(&mut self) -> (&mut PooledConnection, &mut bool) {
+    /// A lease for a single `query` or `execute`: the session reset is sent together with
+    /// the statement.
+    pub fn for_one_statement(mut self) -> Self {
+        self.session.one_statement = true;
+        self
+    }
+
+    /// The connection and the session state, borrowed apart.
+    fn split(&mut self) -> (&mut PooledConnection, &mut SessionState) {
         // Only `Drop` takes the connection out.
         let conn = self
             .conn
             .as_mut()
             .unwrap_or_else(|| unreachable!("lease used after drop"));
-        (conn, &mut self.busy)
+        (conn, &mut self.session)
     }
 
     pub async fn query(
@@ -74,14 +110,19 @@ impl Lease {
         max_rows: usize,
         deadline: Option<Instant>,
     ) -> Result<Rows, CallError> {
-        let (conn, busy) = self.split();
-        run(busy, deadline, async move {
+        let (conn, session) = self.split();
+        let reset = session.running(&statement.sql);
+        run(&mut session.busy, deadline, async move {
             let prepared = prepare(conn, statement).await?;
             let columns = columns(&prepared);
-            let stream = conn
-                .client
-                .query_raw(&prepared, statement.params.iter())
-                .await?;
+            let (client, pending_reset) = conn.client_and_reset();
+            let stream = with_reset_behind(
+                client,
+                pending_reset,
+                reset,
+                client.query_raw(&prepared, statement.params.iter()),
+            )
+            .await?;
             let mut stream = pin!(stream);
             let mut rows = Vec::new();
             while let Some(row) = stream.next().await {
@@ -100,28 +141,45 @@ impl Lease {
         statement: &SqlStatement,
         deadline: Option<Instant>,
     ) -> Result<u64, CallError> {
-        let (conn, busy) = self.split();
-        run(
-            busy,
-            deadline,
-            async move { execute(conn, statement).await },
-        )
+        let (conn, session) = self.split();
+        let reset = session.running(&statement.sql);
+        run(&mut session.busy, deadline, async move {
+            execute(conn, statement, reset).await
+        })
         .await
     }
 
     /// The caller went away mid-statement: the drop cancels it.
     fn abandon(&mut self) {
-        self.busy = true;
+        self.session.busy = true;
+    }
+
+    /// Starts a transaction with `begin` (a `BEGIN ...` statement of our own).
+    pub async fn begin(
+        &mut self,
+        begin: &'static str,
+        deadline: Option<Instant>,
+    ) -> Result<(), CallError> {
+        self.session.in_transaction = true;
+        self.simple(begin, deadline).await
+    }
+
+    /// Ends the transaction with `COMMIT` (`commit`) or `ROLLBACK`.
+    pub async fn end(&mut self, commit: bool, deadline: Option<Instant>) -> Result<(), CallError> {
+        self.simple(if commit { "COMMIT" } else { "ROLLBACK" }, deadline)
+            .await?;
+        self.session.in_transaction = false;
+        Ok(())
     }
 
     /// Runs a fixed statement without parameters (transaction control).
-    pub async fn simple(
+    async fn simple(
         &mut self,
         sql: &'static str,
         deadline: Option<Instant>,
     ) -> Result<(), CallError> {
-        let (conn, busy) = self.split();
-        run(busy, deadline, async move {
+        let (conn, session) = self.split();
+        run(&mut session.busy, deadline, async move {
             conn.client
                 .batch_execute(sql)
                 .await
@@ -136,12 +194,16 @@ impl Lease {
         statements: &[SqlStatement],
         deadline: Option<Instant>,
     ) -> Result<Vec<u64>, CallError> {
-        let (conn, busy) = self.split();
-        run(busy, deadline, async move {
+        let (conn, session) = self.split();
+        session.in_transaction = true;
+        for statement in statements {
+            session.residue.add(Residue::of(&statement.sql));
+        }
+        let affected = run(&mut session.busy, deadline, async move {
             conn.client.batch_execute("BEGIN").await?;
             let mut affected = Vec::with_capacity(statements.len());
             for statement in statements {
-                match execute(conn, statement).await {
+                match execute(conn, statement, None).await {
                     Ok(rows) => affected.push(rows),
                     Err(e) => {
                         conn.client.batch_execute("ROLLBACK").await?;
@@ -152,7 +214,10 @@ impl Lease {
             conn.client.batch_execute("COMMIT").await?;
             Ok(affected)
         })
-        .await
+        .await;
+        // After a failure the drop makes sure the transaction is rolled back.
+        session.in_transaction = affected.is_err();
+        affected
     }
 
     /// Streams the rows in batches of `batch_size` (the first batch carries the columns)
@@ -166,8 +231,9 @@ impl Lease {
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
             let sender = tx.clone();
-            let (conn, busy) = self.split();
-            let result = run(busy, deadline, async move {
+            let (conn, session) = self.split();
+            session.residue.add(Residue::of(&statement.sql));
+            let result = run(&mut session.busy, deadline, async move {
                 let prepared = prepare(conn, &statement).await?;
                 let stream = conn
                     .client
@@ -213,21 +279,58 @@ impl Drop for Lease {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        let busy = self.busy;
+        let session = self.session;
+        if session.residue.prepared_statement {
+            // Only DEALLOCATE removes it, and that would take our statements along.
+            conn.broken = true;
+            return;
+        }
+        let reset_sent = conn.has_pending_reset();
+        if !session.busy {
+            if !reset_sent {
+                conn.send_reset(session.reset_sql());
+            }
+            // Back to the pool; the next borrower reads the reset's answer first.
+            return;
+        }
         let cancel = self.cancel.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             conn.broken = true;
             return;
         };
         runtime.spawn(async move {
-            if busy {
-                send_cancel(&cancel).await;
-            }
-            if let Err(e) = conn.client.batch_execute(SESSION_RESET).await {
-                tracing::debug!(error = %e, "session reset failed; dropping the connection");
-                conn.broken = true;
+            send_cancel(&cancel).await;
+            // A reset sent behind the statement may be what the cancel hit: then again.
+            let clean = reset_sent && conn.settle().await.is_ok();
+            if !clean {
+                conn.send_reset(session.reset_sql());
+                if let Err(e) = conn.settle().await {
+                    tracing::debug!(error = %e, "session reset failed; dropping the connection");
+                    conn.broken = true;
+                }
             }
         });
+    }
+}
+
+/// Awaits `call`, a statement on `client`, with the session reset `reset` (if any) sent
+/// right behind the statement: the first poll of a tokio-postgres call sends its messages,
+/// so the reset is queued after them and goes out in the same write.
+async fn with_reset_behind<F: Future>(
+    client: &tokio_postgres::Client,
+    pending_reset: &mut Option<std::pin::Pin<Box<tokio_postgres::SimpleQueryStream>>>,
+    reset: Option<&'static str>,
+    call: F,
+) -> F::Output {
+    let mut call = pin!(call);
+    let Some(reset) = reset else {
+        return call.await;
+    };
+    let first = futures::poll!(call.as_mut());
+    *pending_reset = crate::pool::send_reset(client, reset);
+    match first {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => call.await,
     }
 }
 
@@ -277,12 +380,21 @@ async fn prepare(
     Ok(prepared)
 }
 
-async fn execute(conn: &mut PooledConnection, statement: &SqlStatement) -> Result<u64, CallError> {
+/// Runs `statement`, with the session reset `reset` (if any) right behind it.
+async fn execute(
+    conn: &mut PooledConnection,
+    statement: &SqlStatement,
+    reset: Option<&'static str>,
+) -> Result<u64, CallError> {
     let prepared = prepare(conn, statement).await?;
-    Ok(conn
-        .client
-        .execute_raw(&prepared, statement.params.iter())
-        .await?)
+    let (client, pending_reset) = conn.client_and_reset();
+    Ok(with_reset_behind(
+        client,
+        pending_reset,
+        reset,
+        client.execute_raw(&prepared, statement.params.iter()),
+    )
+    .await?)
 }
 
 fn columns(statement: &Statement) -> Vec<Column> {

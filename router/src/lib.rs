@@ -15,6 +15,7 @@ pub mod pool;
 pub mod request;
 pub mod routes;
 pub mod service;
+pub mod session;
 pub mod tenant;
 pub mod value;
 
@@ -23,7 +24,6 @@ use std::time::Duration;
 
 use silo_proto::router::v1::router_server::RouterServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::config::RouterConfig;
@@ -80,7 +80,10 @@ pub async fn serve<S: RouteSource>(
         Err(error) => tracing::warn!(error = %error, "reflection unavailable"),
     }
     let served = router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            silo_telemetry::accepting(listener),
+            shutdown.cancelled_owned(),
+        )
         .await;
     watcher.abort();
     health_loop.abort();

@@ -4,14 +4,16 @@
 //! carries its prepared-statement cache and its cancel token, and is reset before reuse.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{FutureExt, StreamExt};
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 use secrecy::ExposeSecret;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::{CancelToken, Client, NoTls, Statement};
+use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryStream, Statement};
 
 use crate::limits::TenantLimiter;
 use crate::tenant::{PoolKey, Route, TenantId};
@@ -19,12 +21,8 @@ use crate::tenant::{PoolKey, Route, TenantId};
 /// Statements prepared per connection before the cache starts over.
 const STATEMENT_CACHE_SIZE: usize = 256;
 
-/// Undoes everything a caller may have done to its session without deallocating our
-/// prepared statements (which `DISCARD ALL` would do): an open transaction, `SET`s
-/// (back to the connection's startup values), cursors, `LISTEN`s, advisory locks, temp
-/// tables, sequence state.
-pub const SESSION_RESET: &str = "ROLLBACK; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
-    CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+/// Connections tried for one call when their session resets keep failing.
+const SETTLE_ATTEMPTS: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -82,6 +80,9 @@ pub struct PgConnection {
     pub client: Client,
     pub cancel: CancelToken,
     statements: HashMap<String, Statement>,
+    /// The answer to the session reset sent when the connection was last given back, not
+    /// read yet: the next borrower reads it before using the connection.
+    pending_reset: Option<Pin<Box<SimpleQueryStream>>>,
     /// Set when the session could not be reset: the pool drops the connection.
     pub broken: bool,
     /// This connection's share of the global budget, returned when it closes.
@@ -100,6 +101,49 @@ impl PgConnection {
         }
         self.statements.insert(sql.to_owned(), statement.clone());
         Ok(statement)
+    }
+
+    /// Sends the session reset `sql` without waiting for its answer, which [`settle`]
+    /// reads. Sent right after a statement, it goes out in the same write and PostgreSQL
+    /// runs it as soon as the statement is done, without a round trip of its own.
+    ///
+    /// [`settle`]: Self::settle
+    pub fn send_reset(&mut self, sql: &'static str) {
+        // tokio-postgres queues a simple query in the first poll and only then waits.
+        match send_reset(&self.client, sql) {
+            Some(reset) => self.pending_reset = Some(reset),
+            None => self.broken = true,
+        }
+    }
+
+    /// A reset was sent and its answer not read yet.
+    pub fn has_pending_reset(&self) -> bool {
+        self.pending_reset.is_some()
+    }
+
+    /// Reads the answer to the reset sent last (waiting for it if need be). An error means
+    /// the session may not be clean.
+    pub async fn settle(&mut self) -> Result<(), tokio_postgres::Error> {
+        if let Some(mut reset) = self.pending_reset.take() {
+            while let Some(message) = reset.next().await {
+                message?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The client and the slot for a reset, borrowed apart, to send a reset right behind a
+    /// statement of the client's.
+    pub fn client_and_reset(&mut self) -> (&Client, &mut Option<Pin<Box<SimpleQueryStream>>>) {
+        (&self.client, &mut self.pending_reset)
+    }
+}
+
+/// Queues `sql` on `client` as a simple query; `None` when the connection is closed.
+pub fn send_reset(client: &Client, sql: &'static str) -> Option<Pin<Box<SimpleQueryStream>>> {
+    match client.simple_query_raw(sql).now_or_never() {
+        Some(Ok(reset)) => Some(Box::pin(reset)),
+        Some(Err(_)) | None => None,
     }
 }
 
@@ -133,6 +177,7 @@ impl bb8::ManageConnection for PgManager {
             client,
             cancel,
             statements: HashMap::new(),
+            pending_reset: None,
             broken: false,
             _budget: budget,
         })
@@ -195,7 +240,23 @@ impl TenantPool {
         }
     }
 
+    /// A connection whose last session reset succeeded (one that failed is closed and
+    /// another one tried).
     async fn get(&self) -> Result<PooledConnection, PoolError> {
+        for _ in 0..SETTLE_ATTEMPTS {
+            let mut conn = self.checkout().await?;
+            match conn.settle().await {
+                Ok(()) => return Ok(conn),
+                Err(e) => {
+                    tracing::debug!(error = %e, "session reset failed; dropping the connection");
+                    conn.broken = true;
+                }
+            }
+        }
+        Err(PoolError::Unreachable)
+    }
+
+    async fn checkout(&self) -> Result<PooledConnection, PoolError> {
         match self.pool.get_owned().await {
             Ok(conn) => Ok(conn),
             Err(bb8::RunError::User(_)) => Err(PoolError::Unreachable),

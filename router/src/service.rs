@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::call::{CallError, Lease};
+use crate::call::CallError;
 use crate::core::RouterCore;
 use crate::error::RouterError;
 use crate::identity::TENANT_HEADER;
@@ -54,14 +54,9 @@ impl<S: RouteSource> RouterService<S> {
         Ok(tenant)
     }
 
-    async fn lease<T>(
-        &self,
-        request: &Request<T>,
-    ) -> Result<(Lease, Option<Instant>), RouterError> {
-        let deadline = deadline(request);
-        let tenant = self.tenant(request)?;
-        let lease = self.core.lease(&tenant).await?;
-        Ok((lease, deadline))
+    /// The call's tenant and deadline.
+    fn admit<T>(&self, request: &Request<T>) -> Result<(TenantId, Option<Instant>), RouterError> {
+        Ok((self.tenant(request)?, deadline(request)))
     }
 }
 
@@ -104,11 +99,12 @@ impl<S: RouteSource> Router for RouterService<S> {
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
-        let (mut lease, deadline) = self.lease(&request).await?;
+        let (tenant, deadline) = self.admit(&request)?;
         let message = request.into_inner();
         let statement = SqlStatement::try_from(message.statement).map_err(RouterError::from)?;
         let limits = &self.core.limits;
         let max_rows = clamp_rows(message.max_rows, limits.default_max_rows, limits.max_rows);
+        let mut lease = self.core.lease(&tenant).await?.for_one_statement();
         let rows = lease
             .query(&statement, max_rows, deadline)
             .await
@@ -122,7 +118,7 @@ impl<S: RouteSource> Router for RouterService<S> {
         &self,
         request: Request<pb::QueryStreamRequest>,
     ) -> Result<Response<Self::QueryStreamStream>, Status> {
-        let (lease, deadline) = self.lease(&request).await?;
+        let (tenant, deadline) = self.admit(&request)?;
         let message = request.into_inner();
         let statement = SqlStatement::try_from(message.statement).map_err(RouterError::from)?;
         let limits = &self.core.limits;
@@ -131,6 +127,7 @@ impl<S: RouteSource> Router for RouterService<S> {
             limits.default_batch_size,
             limits.max_batch_size,
         );
+        let lease = self.core.lease(&tenant).await?;
         let batches = lease.stream(statement, batch_size, deadline);
         let stream = ReceiverStream::new(batches).map(|batch| {
             batch
@@ -144,9 +141,10 @@ impl<S: RouteSource> Router for RouterService<S> {
         &self,
         request: Request<pb::ExecuteRequest>,
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
-        let (mut lease, deadline) = self.lease(&request).await?;
+        let (tenant, deadline) = self.admit(&request)?;
         let statement =
             SqlStatement::try_from(request.into_inner().statement).map_err(RouterError::from)?;
+        let mut lease = self.core.lease(&tenant).await?.for_one_statement();
         let rows_affected = lease
             .execute(&statement, deadline)
             .await
@@ -158,7 +156,7 @@ impl<S: RouteSource> Router for RouterService<S> {
         &self,
         request: Request<pb::BatchRequest>,
     ) -> Result<Response<pb::BatchResponse>, Status> {
-        let (mut lease, deadline) = self.lease(&request).await?;
+        let (tenant, deadline) = self.admit(&request)?;
         let statements = request
             .into_inner()
             .statements
@@ -169,6 +167,7 @@ impl<S: RouteSource> Router for RouterService<S> {
         if statements.is_empty() {
             return Err(RouterError::from(RequestError::EmptyBatch).into());
         }
+        let mut lease = self.core.lease(&tenant).await?;
         let rows_affected = lease
             .batch(&statements, deadline)
             .await
@@ -182,8 +181,7 @@ impl<S: RouteSource> Router for RouterService<S> {
         &self,
         request: Request<Streaming<pb::TransactionRequest>>,
     ) -> Result<Response<Self::TransactionStream>, Status> {
-        let deadline = deadline(&request);
-        let tenant = self.tenant(&request)?;
+        let (tenant, deadline) = self.admit(&request)?;
         let mut incoming = request.into_inner();
         let idle = self.transaction_idle_timeout;
         let first = next_message(&mut incoming, idle).await?;
@@ -195,7 +193,7 @@ impl<S: RouteSource> Router for RouterService<S> {
         };
         let mut lease = self.core.lease(&tenant).await?;
         lease
-            .simple(begin_sql(&begin), deadline)
+            .begin(begin_sql(&begin), deadline)
             .await
             .map_err(RouterError::from)?;
         let (tx, rx) = mpsc::channel(4);
@@ -238,11 +236,11 @@ impl<S: RouteSource> Router for RouterService<S> {
                             Some(Out::Execute(pb::ExecuteResponse { rows_affected }))
                         }
                         In::Commit(commit) => {
-                            lease.simple("COMMIT", deadline).await?;
+                            lease.end(true, deadline).await?;
                             Some(Out::Committed(commit))
                         }
                         In::Rollback(rollback) => {
-                            lease.simple("ROLLBACK", deadline).await?;
+                            lease.end(false, deadline).await?;
                             Some(Out::RolledBack(rollback))
                         }
                     })

@@ -1,6 +1,10 @@
 //! gRPC health (`grpc.health.v1`) and server reflection (v1 and v1alpha, so older clients
 //! such as grpcurl 1.8 work too).
 
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 /// The health service's handle: one status for the whole server ("") and one per service.
@@ -58,4 +62,13 @@ pub fn reflection() -> Result<
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     Ok((v1, v1alpha))
+}
+
+/// The connections `listener` accepts, with `TCP_NODELAY` and TCP keepalive. Tonic sets
+/// these only on listeners it binds itself; without `TCP_NODELAY` a response can sit in
+/// the kernel until the peer's delayed ACK.
+pub fn accepting(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)))
 }

@@ -6,7 +6,7 @@ mod logs;
 mod metrics_http;
 mod request_metrics;
 
-pub use grpc::{Health, reflection};
+pub use grpc::{Health, accepting, reflection};
 pub use logs::{LogFormat, init_logs};
 pub use metrics_http::serve_metrics;
 pub use request_metrics::{CallTenant, GrpcMetrics, GrpcMetricsLayer};

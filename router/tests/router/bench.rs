@@ -1,14 +1,28 @@
-//! Router vs a direct tokio-postgres connection, point SELECT by primary key, side by side.
+//! Router vs a direct bb8 pool of tokio-postgres connections: a point SELECT by primary key
+//! on one tenant, side by side in one run, at 1 and 64 clients.
 //! Run with `cargo test --release -p silo-router --test router bench_point_select -- --ignored --nocapture`.
+//!
+//! Everything shares the machine: the load generator, the router and PostgreSQL. Each
+//! router client has its own HTTP/2 connection (one per calling service instance), as
+//! each direct client has its own pooled connection; one line also shows 64 clients
+//! multiplexed over a single connection.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use silo_proto::router::v1::router_client::RouterClient;
 use silo_router::pool::PoolConfig;
+use silo_router::session::SESSION_RESET;
 use silo_router::tenant::TierLimits;
+use tokio_postgres::{Client, NoTls, Statement};
 
-use crate::harness::{Harness, execute, int, query};
+use crate::harness::{Harness, authorized, execute, int, query};
 
+const WARM_UP: Duration = Duration::from_millis(500);
 const RUN: Duration = Duration::from_secs(3);
+const SQL: &str = "SELECT id, body FROM items WHERE id = $1";
+const ROWS: i64 = 10_000;
 
 struct Figures {
     qps: f64,
@@ -16,122 +30,219 @@ struct Figures {
     p99: Duration,
 }
 
-fn figures(mut latencies: Vec<Duration>, elapsed: Duration) -> Figures {
+impl std::fmt::Display for Figures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>8.0} qps  p50 {:>7.1?}  p99 {:>7.1?}",
+            self.qps, self.p50, self.p99
+        )
+    }
+}
+
+/// Runs `clients` loops of `call` for [`RUN`] after [`WARM_UP`] and measures every call.
+async fn measure<F, Fut>(clients: usize, call: F) -> Figures
+where
+    F: Fn(usize, i64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let started = Instant::now();
+    let measuring_from = started + WARM_UP;
+    let until = measuring_from + RUN;
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(100_000);
+                let mut id = c as i64;
+                loop {
+                    id = id % ROWS + 1;
+                    let t = Instant::now();
+                    if t >= until {
+                        return latencies;
+                    }
+                    call(c, id).await;
+                    if t >= measuring_from {
+                        latencies.push(t.elapsed());
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("client task"));
+    }
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
     Figures {
-        qps: latencies.len() as f64 / elapsed.as_secs_f64(),
+        qps: latencies.len() as f64 / RUN.as_secs_f64(),
         p50: at(0.5),
         p99: at(0.99),
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "a benchmark, not a check"]
-async fn bench_point_select() {
-    for test_on_check_out in [true, false] {
-        println!("test_on_check_out = {test_on_check_out}");
-        bench_once(PoolConfig {
-            test_on_check_out,
-            ..PoolConfig::default()
-        })
-        .await;
+/// A bb8 pool of tokio-postgres connections with the statement prepared once per
+/// connection (what a service holding its own pool would do), and optionally the router's
+/// session reset sent behind every query, to show what the reset costs by itself.
+struct DirectManager {
+    config: tokio_postgres::Config,
+}
+
+struct DirectConnection {
+    client: Client,
+    statement: Statement,
+}
+
+impl bb8::ManageConnection for DirectManager {
+    type Connection = DirectConnection;
+    type Error = tokio_postgres::Error;
+
+    async fn connect(&self) -> Result<DirectConnection, tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(NoTls).await?;
+        tokio::spawn(connection);
+        let statement = client.prepare(SQL).await?;
+        Ok(DirectConnection { client, statement })
+    }
+
+    async fn is_valid(&self, _: &mut DirectConnection) -> Result<(), tokio_postgres::Error> {
+        Ok(())
+    }
+
+    fn has_broken(&self, conn: &mut DirectConnection) -> bool {
+        conn.client.is_closed()
     }
 }
 
-async fn bench_once(pools: PoolConfig) {
+async fn direct(harness: &Harness, database: &str, clients: usize, reset: bool) -> Figures {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(harness.servers[0].host())
+        .port(harness.servers[0].port())
+        .user(harness.servers[0].superuser())
+        .dbname(database);
+    let pool = bb8::Pool::builder()
+        .max_size(64)
+        .build(DirectManager { config })
+        .await
+        .expect("pool");
+    measure(clients, move |_, id| {
+        let pool = pool.clone();
+        async move {
+            let conn = pool.get().await.expect("connection");
+            let id = id as i32;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+            let select = conn.client.query_one(&conn.statement, &params);
+            if reset {
+                // Sent in the same write as the query, as the router does.
+                let (row, reset) = futures::join!(select, conn.client.batch_execute(SESSION_RESET));
+                row.expect("row");
+                reset.expect("reset");
+            } else {
+                select.await.expect("row");
+            }
+        }
+    })
+    .await
+}
+
+/// Calls through the router: each client on its own connection, or all on one.
+async fn routed(harness: &Harness, clients: usize, shared_connection: bool) -> Figures {
+    let channels = if shared_connection { 1 } else { clients };
+    let mut connected = Vec::new();
+    for _ in 0..channels {
+        connected.push(
+            RouterClient::connect(format!("http://{}", harness.address))
+                .await
+                .expect("connects"),
+        );
+    }
+    let connected = Arc::new(connected);
+    let token = Arc::new(harness.tenant_token("bench"));
+    measure(clients, move |c, id| {
+        let mut client = connected[c % connected.len()].clone();
+        let token = token.clone();
+        async move {
+            let request = authorized(query(SQL, vec![int(id)]), &token, None);
+            client.query(request).await.expect("row");
+        }
+    })
+    .await
+}
+
+/// A gRPC call that does no work (the health check) on the same server and connections:
+/// the floor under the router's added latency.
+async fn grpc_floor(harness: &Harness, clients: usize) -> Figures {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut connected = Vec::new();
+    for _ in 0..clients {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", harness.address))
+                .expect("endpoint")
+                .connect()
+                .await
+                .expect("connects");
+        connected.push(HealthClient::new(channel));
+    }
+    let connected = Arc::new(connected);
+    measure(clients, move |c, _| {
+        let mut client = connected[c].clone();
+        async move {
+            client
+                .check(HealthCheckRequest::default())
+                .await
+                .expect("health");
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark, not a check"]
+async fn bench_point_select() {
     let limits = TierLimits {
         max_connections: 64,
         rate_per_second: 0,
         max_concurrent_calls: 0,
         ..TierLimits::default()
     };
-    let harness = Harness::start(pools).await;
+    let harness = Harness::start(PoolConfig::default()).await;
     let database = harness.add_tenant("bench", 0, limits).await;
     let mut client = harness.client.clone();
-    client
-        .execute(harness.request(
-            "bench",
-            execute(
-                "CREATE TABLE items AS SELECT g AS id, md5(g::text) AS body \
-                 FROM generate_series(1, 10000) g",
-                vec![],
-            ),
-        ))
-        .await
-        .expect("create table");
-    client
-        .execute(harness.request(
-            "bench",
-            execute("ALTER TABLE items ADD PRIMARY KEY (id)", vec![]),
-        ))
-        .await
-        .expect("primary key");
-    let sql = "SELECT id, body FROM items WHERE id = $1";
+    for sql in [
+        "CREATE TABLE items AS SELECT g AS id, md5(g::text) AS body \
+         FROM generate_series(1, 10000) g",
+        "ALTER TABLE items ADD PRIMARY KEY (id)",
+    ] {
+        client
+            .execute(harness.request("bench", execute(sql, vec![])))
+            .await
+            .expect("set-up");
+    }
 
+    println!("point SELECT by primary key, {RUN:?} per line after {WARM_UP:?} of warm-up");
     for clients in [1usize, 64] {
-        // Direct: one tokio-postgres connection per client, statement prepared once.
-        let mut tasks = Vec::new();
-        let started = Instant::now();
-        for c in 0..clients {
-            let pg = harness.servers[0]
-                .connect(&database)
-                .await
-                .expect("connect");
-            tasks.push(tokio::spawn(async move {
-                let statement = pg.prepare(sql).await.expect("prepare");
-                let mut latencies = Vec::new();
-                let mut id = c as i32;
-                while started.elapsed() < RUN {
-                    id = id % 10_000 + 1;
-                    let t = Instant::now();
-                    pg.query_one(&statement, &[&id]).await.expect("row");
-                    latencies.push(t.elapsed());
-                }
-                latencies
-            }));
-        }
-        let mut latencies = Vec::new();
-        for task in tasks {
-            latencies.extend(task.await.expect("task"));
-        }
-        let direct = figures(latencies, started.elapsed());
-
-        // Through the router over gRPC.
-        let mut tasks = Vec::new();
-        let started = Instant::now();
-        for c in 0..clients {
-            let mut client = harness.client.clone();
-            let token = harness.tenant_token("bench");
-            tasks.push(tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut id = c as i64;
-                while started.elapsed() < RUN {
-                    id = id % 10_000 + 1;
-                    let request =
-                        crate::harness::authorized(query(sql, vec![int(id)]), &token, None);
-                    let t = Instant::now();
-                    client.query(request).await.expect("row");
-                    latencies.push(t.elapsed());
-                }
-                latencies
-            }));
-        }
-        let mut latencies = Vec::new();
-        for task in tasks {
-            latencies.extend(task.await.expect("task"));
-        }
-        let routed = figures(latencies, started.elapsed());
+        let baseline = direct(&harness, &database, clients, false).await;
+        println!("{clients:>2} clients  direct bb8 pool            {baseline}");
+        let reset = direct(&harness, &database, clients, true).await;
         println!(
-            "{clients:>2} clients | direct {:>8.0} qps p50 {:>8.1?} p99 {:>8.1?} | router {:>8.0} qps p50 {:>8.1?} p99 {:>8.1?} | qps ratio {:.2}, added p50 {:?}",
-            direct.qps,
-            direct.p50,
-            direct.p99,
-            routed.qps,
-            routed.p50,
-            routed.p99,
-            routed.qps / direct.qps,
-            routed.p50.saturating_sub(direct.p50),
+            "{clients:>2} clients  direct + session reset     {reset}  qps {:.2}x",
+            reset.qps / baseline.qps
         );
+        let floor = grpc_floor(&harness, clients).await;
+        println!("{clients:>2} clients  gRPC health check          {floor}");
+        let router = routed(&harness, clients, false).await;
+        println!(
+            "{clients:>2} clients  router                     {router}  qps {:.2}x, added p50 {:?}",
+            router.qps / baseline.qps,
+            router.p50.saturating_sub(baseline.p50),
+        );
+        if clients > 1 {
+            let shared = routed(&harness, clients, true).await;
+            println!(
+                "{clients:>2} clients  router, one connection     {shared}  qps {:.2}x",
+                shared.qps / baseline.qps,
+            );
+        }
     }
 }

@@ -288,6 +288,9 @@ async fn session_state_does_not_leak_to_the_next_call() {
         "SET search_path TO nowhere",
         "CREATE TEMP TABLE scratch (x int)",
         "SELECT pg_advisory_lock(42)",
+        "SELECT set_config('application_name', 'changed', false)",
+        "DECLARE held CURSOR WITH HOLD FOR SELECT 1",
+        "LISTEN somewhere",
         "BEGIN",
     ] {
         client
@@ -295,25 +298,6 @@ async fn session_state_does_not_leak_to_the_next_call() {
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
-    // The same (only) connection, reset.
-    let check = client
-        .query(harness.request(
-            "acme",
-            query(
-                "SELECT current_setting('search_path'), \
-                        to_regclass('pg_temp.scratch') IS NULL, \
-                        (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())",
-                vec![],
-            ),
-        ))
-        .await
-        .expect("check")
-        .into_inner();
-    let values = &check.rows[0].values;
-    assert_eq!(values[0], text("\"$user\", public"));
-    assert_eq!(values[1], value(Kind::BoolValue(true)), "temp table gone");
-    assert_eq!(values[2], int(0), "advisory lock released");
-
     // Had BEGIN stayed open, this table would never be committed.
     client
         .execute(harness.request(
@@ -329,6 +313,56 @@ async fn session_state_does_not_leak_to_the_next_call() {
         .expect("to_regclass")
         .get(0);
     assert!(committed, "no transaction left open");
+
+    // The same (only) connection, reset.
+    let check = client
+        .query(harness.request(
+            "acme",
+            query(
+                "SELECT current_setting('search_path'), \
+                        to_regclass('pg_temp.scratch') IS NULL, \
+                        (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), \
+                        current_setting('application_name'), \
+                        (SELECT count(*) FROM pg_cursors WHERE name = 'held'), \
+                        (SELECT count(*) FROM pg_listening_channels())",
+                vec![],
+            ),
+        ))
+        .await
+        .expect("check")
+        .into_inner();
+    let values = &check.rows[0].values;
+    assert_eq!(values[0], text("\"$user\", public"));
+    assert_eq!(values[1], value(Kind::BoolValue(true)), "temp table gone");
+    assert_eq!(values[2], int(0), "advisory lock released");
+    assert_eq!(values[3], text("silo-router"), "settings reset");
+    assert_eq!(values[4], int(0), "cursors closed");
+    assert_eq!(values[5], int(0), "no channel listened to");
+
+    // A statement prepared by SQL only goes with its connection.
+    let prepared = "SELECT count(*) FROM pg_prepared_statements WHERE from_sql";
+    for sql in ["PREPARE leftover AS SELECT 1", prepared] {
+        let rows = client
+            .query(harness.request("acme", query(sql, vec![])))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .into_inner();
+        if sql == prepared {
+            assert_eq!(
+                rows.rows[0].values[0],
+                int(0),
+                "no statement prepared by SQL"
+            );
+        }
+    }
+
+    // ROLLBACK is sent only after a BEGIN: outside a transaction PostgreSQL would log a
+    // warning for every call.
+    let log = std::fs::read_to_string(harness.servers[0].log_path()).expect("server log");
+    assert!(
+        !log.contains("there is no transaction in progress"),
+        "the reset rolls back only open transactions:\n{log}"
+    );
 }
 
 #[tokio::test]
@@ -388,44 +422,4 @@ async fn an_interactive_transaction_commits_or_rolls_back() {
         .into_inner();
     assert_eq!(rows.rows.len(), 1, "only the committed insert stays");
     assert_eq!(rows.rows[0].values[0], int(1));
-}
-
-/// Cost of the session reset versus alternatives, on a local server. Run with
-/// `cargo test -p silo-router --test router reset_cost -- --ignored --nocapture`.
-#[tokio::test]
-#[ignore = "a measurement, not a check"]
-async fn reset_cost() {
-    let harness = Harness::start(PoolConfig::default()).await;
-    let database = harness.add_tenant("acme", 0, TierLimits::default()).await;
-    let client = harness.servers[0]
-        .connect(&database)
-        .await
-        .expect("connect");
-    let select = client.prepare("SELECT 1").await.expect("prepare");
-    const ROUNDS: u32 = 2000;
-    for (name, reset) in [
-        ("no reset (prepared SELECT 1 only)", None),
-        ("empty simple query (ping)", Some("")),
-        (
-            "targeted SESSION_RESET",
-            Some(silo_router::pool::SESSION_RESET),
-        ),
-        ("DISCARD ALL", Some("DISCARD ALL")),
-    ] {
-        let started = Instant::now();
-        for _ in 0..ROUNDS {
-            if reset == Some("DISCARD ALL") {
-                // DISCARD ALL deallocates prepared statements: prepare again each time.
-                let select = client.prepare("SELECT 1").await.expect("prepare");
-                client.query(&select, &[]).await.expect("select");
-            } else {
-                client.query(&select, &[]).await.expect("select");
-            }
-            if let Some(reset) = reset {
-                client.batch_execute(reset).await.expect("reset");
-            }
-        }
-        let per_call = started.elapsed() / ROUNDS;
-        println!("{name:40} {per_call:?} per call");
-    }
 }

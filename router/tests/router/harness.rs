@@ -96,6 +96,8 @@ pub struct Harness {
     pub routes: Arc<FakeRoutes>,
     pub core: Arc<RouterCore<FakeRoutes>>,
     pub client: RouterClient<Channel>,
+    /// Where the router listens, for tests that want connections of their own.
+    pub address: std::net::SocketAddr,
     signer: TokenSigner,
     shutdown: CancellationToken,
 }
@@ -157,6 +159,7 @@ impl Harness {
             routes,
             core,
             client,
+            address,
             signer,
             shutdown,
         }
