@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
-use tokio_postgres::{CancelToken, NoTls, Statement};
+use tokio_postgres::Statement;
 
 use crate::pool::{PooledConnection, TenantPool};
 use crate::request::{Column, Rows, SqlStatement};
@@ -28,8 +28,15 @@ pub enum CallError {
     ParamCount { expected: usize, got: usize },
     #[error("the result has more than {0} rows; use QueryStream or a LIMIT")]
     TooManyRows(usize),
+    #[error("the result is larger than {0} bytes; use QueryStream or a LIMIT")]
+    TooLarge(usize),
+    #[error("a row is larger than {0} bytes, the most one response may carry")]
+    RowTooLarge(usize),
     #[error("deadline exceeded")]
     DeadlineExceeded,
+    /// An interactive transaction waited this long for the caller's next message.
+    #[error("the transaction was idle for {} s and is rolled back", .0.as_secs_f32())]
+    Idle(std::time::Duration),
 }
 
 /// A connection lent to one call. Giving it back (the call finished, failed or was
@@ -37,7 +44,6 @@ pub enum CallError {
 /// next borrower reads its answer first. A statement still running is cancelled first.
 pub struct Lease {
     conn: Option<PooledConnection>,
-    cancel: CancelToken,
     session: SessionState,
     _permit: Option<OwnedSemaphorePermit>,
     _pool: Arc<TenantPool>,
@@ -79,7 +85,6 @@ impl Lease {
         permit: Option<OwnedSemaphorePermit>,
     ) -> Self {
         Self {
-            cancel: conn.cancel.clone(),
             conn: Some(conn),
             session: SessionState::default(),
             _permit: permit,
@@ -104,10 +109,13 @@ impl Lease {
         (conn, &mut self.session)
     }
 
+    /// Runs `statement` and returns its rows: at most `max_rows` of them, of about
+    /// `max_bytes` in all.
     pub async fn query(
         &mut self,
         statement: &SqlStatement,
         max_rows: usize,
+        max_bytes: usize,
         deadline: Option<Instant>,
     ) -> Result<Rows, CallError> {
         let (conn, session) = self.split();
@@ -125,11 +133,17 @@ impl Lease {
             .await?;
             let mut stream = pin!(stream);
             let mut rows = Vec::new();
+            let mut bytes = 0;
             while let Some(row) = stream.next().await {
                 if rows.len() == max_rows {
                     return Err(CallError::TooManyRows(max_rows));
                 }
-                rows.push(read_row(&row?)?);
+                let row = read_row(&row?)?;
+                bytes += row_size(&row);
+                if bytes > max_bytes {
+                    return Err(CallError::TooLarge(max_bytes));
+                }
+                rows.push(row);
             }
             Ok(Rows { columns, rows })
         })
@@ -220,12 +234,14 @@ impl Lease {
         affected
     }
 
-    /// Streams the rows in batches of `batch_size` (the first batch carries the columns)
-    /// until the receiver is dropped, which cancels the statement.
+    /// Streams the rows in batches of `batch_size` rows and about `max_bytes` at most (the
+    /// first batch carries the columns) until the receiver is dropped, which cancels the
+    /// statement.
     pub fn stream(
         mut self,
         statement: SqlStatement,
         batch_size: usize,
+        max_bytes: usize,
         deadline: Option<Instant>,
     ) -> mpsc::Receiver<Result<Rows, CallError>> {
         let (tx, rx) = mpsc::channel(2);
@@ -244,9 +260,23 @@ impl Lease {
                     columns: columns(&prepared),
                     rows: Vec::with_capacity(batch_size),
                 };
+                let mut batch_bytes = 0;
                 let mut sent_any = false;
                 while let Some(row) = stream.next().await {
-                    batch.rows.push(read_row(&row?)?);
+                    let row = read_row(&row?)?;
+                    let bytes = row_size(&row);
+                    if bytes > max_bytes {
+                        return Err(CallError::RowTooLarge(max_bytes));
+                    }
+                    if batch_bytes + bytes > max_bytes {
+                        if sender.send(Ok(std::mem::take(&mut batch))).await.is_err() {
+                            return Ok(false);
+                        }
+                        sent_any = true;
+                        batch_bytes = 0;
+                    }
+                    batch.rows.push(row);
+                    batch_bytes += bytes;
                     if batch.rows.len() == batch_size {
                         let full = std::mem::take(&mut batch);
                         if sender.send(Ok(full)).await.is_err() {
@@ -254,6 +284,7 @@ impl Lease {
                             return Ok(false);
                         }
                         sent_any = true;
+                        batch_bytes = 0;
                     }
                 }
                 if (!batch.rows.is_empty() || !sent_any) && sender.send(Ok(batch)).await.is_err() {
@@ -293,13 +324,18 @@ impl Drop for Lease {
             // Back to the pool; the next borrower reads the reset's answer first.
             return;
         }
-        let cancel = self.cancel.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             conn.broken = true;
             return;
         };
         runtime.spawn(async move {
-            send_cancel(&cancel).await;
+            if let Err(e) = conn.cancel().await {
+                // The statement may still run and a late cancel could hit the next
+                // borrower's: this connection is not lent again.
+                tracing::warn!(error = %e, "cannot send a cancel request; dropping the connection");
+                conn.broken = true;
+                return;
+            }
             // A reset sent behind the statement may be what the cancel hit: then again.
             let clean = reset_sent && conn.settle().await.is_ok();
             if !clean {
@@ -352,14 +388,11 @@ async fn run<T>(
         },
     };
     // Rows beyond the limit are still coming: stop the statement rather than drain them.
-    *busy = matches!(result, Err(CallError::TooManyRows(_)));
+    *busy = matches!(
+        result,
+        Err(CallError::TooManyRows(_) | CallError::TooLarge(_) | CallError::RowTooLarge(_))
+    );
     result
-}
-
-async fn send_cancel(cancel: &CancelToken) {
-    if let Err(e) = cancel.cancel_query(NoTls).await {
-        tracing::warn!(error = %e, "cannot send a cancel request");
-    }
 }
 
 async fn prepare(
@@ -406,6 +439,13 @@ fn columns(statement: &Statement) -> Vec<Column> {
             type_name: column.type_().name().to_owned(),
         })
         .collect()
+}
+
+/// About the size of `row` in a response message.
+fn row_size(row: &[SqlValue]) -> usize {
+    /// The `Row` wrapper.
+    const FRAMING: usize = 6;
+    FRAMING + row.iter().map(SqlValue::wire_size).sum::<usize>()
 }
 
 fn read_row(row: &tokio_postgres::Row) -> Result<Vec<SqlValue>, CallError> {

@@ -93,6 +93,12 @@ pub struct RouterConfig {
     #[arg(long, env = "SILO_DEFAULT_MAX_ROWS", default_value_t = 1000)]
     pub default_max_rows: usize,
 
+    /// Most bytes (about) of rows in one response: a Query beyond it fails with
+    /// RESOURCE_EXHAUSTED, QueryStream sends smaller batches. Keep it under the clients'
+    /// gRPC message limit (4 MiB by default).
+    #[arg(long, env = "SILO_MAX_RESPONSE_BYTES", default_value_t = crate::core::DEFAULT_MAX_RESPONSE_BYTES)]
+    pub max_response_bytes: usize,
+
     /// An interactive transaction with no message for this long is rolled back, in seconds.
     #[arg(long, env = "SILO_TRANSACTION_IDLE_SECS", default_value_t = 30)]
     pub transaction_idle_secs: u64,
@@ -140,6 +146,7 @@ impl RouterConfig {
     pub fn call_limits(&self) -> CallLimits {
         CallLimits {
             default_max_rows: self.default_max_rows,
+            max_response_bytes: self.max_response_bytes,
             ..CallLimits::default()
         }
     }

@@ -14,6 +14,10 @@ use crate::pool::{PoolConfig, PoolRegistry};
 use crate::routes::{Invalidation, RouteCache, RouteCacheConfig, RouteSource};
 use crate::tenant::{TenantId, TenantState};
 
+/// The default response-size limit: gRPC clients refuse messages over 4 MiB unless told
+/// otherwise; this leaves room for the columns and the estimate's error.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 4_000_000;
+
 /// Limits on what one call may ask for.
 #[derive(Debug, Clone)]
 pub struct CallLimits {
@@ -25,6 +29,9 @@ pub struct CallLimits {
     pub default_batch_size: usize,
     /// The largest streamed batch.
     pub max_batch_size: usize,
+    /// The most bytes (about) of rows in one response message: a unary Query beyond it
+    /// fails, a streamed batch is sent early. Below gRPC clients' usual 4 MiB limit.
+    pub max_response_bytes: usize,
 }
 
 impl Default for CallLimits {
@@ -34,6 +41,7 @@ impl Default for CallLimits {
             max_rows: 100_000,
             default_batch_size: 500,
             max_batch_size: 10_000,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }

@@ -99,8 +99,11 @@ fn call_status(error: CallError) -> Status {
         CallError::Sql(e) => sql_status(e),
         CallError::Value(e) => Status::invalid_argument(e.to_string()),
         CallError::ParamCount { .. } => Status::invalid_argument(error.to_string()),
-        CallError::TooManyRows(_) => Status::resource_exhausted(error.to_string()),
+        CallError::TooManyRows(_) | CallError::TooLarge(_) | CallError::RowTooLarge(_) => {
+            Status::resource_exhausted(error.to_string())
+        }
         CallError::DeadlineExceeded => Status::deadline_exceeded(error.to_string()),
+        CallError::Idle(_) => Status::aborted(error.to_string()),
     }
 }
 

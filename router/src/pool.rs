@@ -75,10 +75,21 @@ pub enum ConnectError {
     Postgres(#[from] tokio_postgres::Error),
 }
 
+/// Where a connection's server listens, for cancel requests.
+#[derive(Debug, Clone)]
+enum Server {
+    Tcp(String, u16),
+    Unix(std::path::PathBuf),
+}
+
+/// How long a cancel request may take, connecting included.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// One pooled connection.
 pub struct PgConnection {
     pub client: Client,
-    pub cancel: CancelToken,
+    cancel: CancelToken,
+    server: Server,
     statements: HashMap<String, Statement>,
     /// The answer to the session reset sent when the connection was last given back, not
     /// read yet: the next borrower reads it before using the connection.
@@ -116,6 +127,39 @@ impl PgConnection {
         }
     }
 
+    /// Asks PostgreSQL to cancel what this connection is running and waits until the
+    /// server has passed the request on to the backend (it closes the cancel connection
+    /// once it has), so the cancel cannot land on a statement sent afterwards.
+    pub async fn cancel(&self) -> std::io::Result<()> {
+        tokio::time::timeout(CANCEL_TIMEOUT, self.cancel_and_wait())
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+    }
+
+    async fn cancel_and_wait(&self) -> std::io::Result<()> {
+        use tokio::io::AsyncReadExt;
+        let mut rest = Vec::new();
+        match &self.server {
+            Server::Tcp(host, port) => {
+                let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                self.cancel
+                    .cancel_query_raw(&mut stream, NoTls)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                stream.read_to_end(&mut rest).await?;
+            }
+            Server::Unix(path) => {
+                let mut stream = tokio::net::UnixStream::connect(path).await?;
+                self.cancel
+                    .cancel_query_raw(&mut stream, NoTls)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                stream.read_to_end(&mut rest).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// A reset was sent and its answer not read yet.
     pub fn has_pending_reset(&self) -> bool {
         self.pending_reset.is_some()
@@ -149,6 +193,7 @@ pub fn send_reset(client: &Client, sql: &'static str) -> Option<Pin<Box<SimpleQu
 
 pub struct PgManager {
     config: tokio_postgres::Config,
+    server: Server,
     budget: Option<Arc<Semaphore>>,
 }
 
@@ -176,6 +221,7 @@ impl bb8::ManageConnection for PgManager {
         Ok(PgConnection {
             client,
             cancel,
+            server: self.server.clone(),
             statements: HashMap::new(),
             pending_reset: None,
             broken: false,
@@ -217,6 +263,12 @@ impl TenantPool {
                 "-c statement_timeout={}",
                 route.limits.statement_timeout.as_millis()
             ));
+        // A host starting with `/` is a Unix-socket directory, as for libpq.
+        let server = if route.host.starts_with('/') {
+            Server::Unix(std::path::Path::new(&route.host).join(format!(".s.PGSQL.{}", route.port)))
+        } else {
+            Server::Tcp(route.host.clone(), route.port)
+        };
         let password = route.password.expose_secret();
         if !password.is_empty() {
             pg.password(password);
@@ -231,7 +283,11 @@ impl TenantPool {
             .connection_timeout(config.connect_timeout)
             .test_on_check_out(config.test_on_check_out)
             .idle_timeout(Some(config.time_to_idle))
-            .build_unchecked(PgManager { config: pg, budget });
+            .build_unchecked(PgManager {
+                config: pg,
+                server,
+                budget,
+            });
         Self {
             key: route.pool_key(),
             pool,

@@ -106,7 +106,7 @@ impl<S: RouteSource> Router for RouterService<S> {
         let max_rows = clamp_rows(message.max_rows, limits.default_max_rows, limits.max_rows);
         let mut lease = self.core.lease(&tenant).await?.for_one_statement();
         let rows = lease
-            .query(&statement, max_rows, deadline)
+            .query(&statement, max_rows, limits.max_response_bytes, deadline)
             .await
             .map_err(RouterError::from)?;
         Ok(Response::new(rows.into()))
@@ -128,7 +128,7 @@ impl<S: RouteSource> Router for RouterService<S> {
             limits.max_batch_size,
         );
         let lease = self.core.lease(&tenant).await?;
-        let batches = lease.stream(statement, batch_size, deadline);
+        let batches = lease.stream(statement, batch_size, limits.max_response_bytes, deadline);
         let stream = ReceiverStream::new(batches).map(|batch| {
             batch
                 .map(pb::RowBatch::from)
@@ -227,7 +227,9 @@ impl<S: RouteSource> Router for RouterService<S> {
                                 limits.default_max_rows,
                                 limits.max_rows,
                             );
-                            let rows = lease.query(&statement, max_rows, deadline).await?;
+                            let rows = lease
+                                .query(&statement, max_rows, limits.max_response_bytes, deadline)
+                                .await?;
                             Some(Out::Query(rows.into()))
                         }
                         In::Execute(execute) => {
@@ -271,7 +273,7 @@ async fn next_message(
     idle: Duration,
 ) -> Result<Option<pb::transaction_request::Kind>, Status> {
     match tokio::time::timeout(idle, incoming.message()).await {
-        Err(_) => Err(RouterError::from(CallError::DeadlineExceeded).into()),
+        Err(_) => Err(RouterError::from(CallError::Idle(idle)).into()),
         Ok(Ok(Some(message))) => match message.kind {
             Some(kind) => Ok(Some(kind)),
             None => {

@@ -92,6 +92,23 @@ impl SqlValue {
         }
     }
 
+    /// About the size of this value in a response message (never less): what the
+    /// response-size limit counts.
+    pub fn wire_size(&self) -> usize {
+        /// Tag, length and the `Value` wrapper around a field.
+        const FRAMING: usize = 12;
+        FRAMING
+            + match self {
+                Self::Null | Self::Bool(_) => 1,
+                Self::Int(_) | Self::Float(_) | Self::Time(_) => 10,
+                Self::Text(v) | Self::Decimal(v) | Self::Json(v) | Self::Jsonb(v) => v.len(),
+                Self::Bytes(v) => v.len(),
+                Self::Uuid(_) => 36,
+                Self::Timestamp(_) | Self::TimestampTz(_) | Self::Date(_) => 20,
+                Self::Array(values) => values.iter().map(Self::wire_size).sum(),
+            }
+    }
+
     fn mismatch(&self, ty: &Type) -> BoxError {
         Box::new(ValueError::Mismatch {
             value: self.kind_name(),

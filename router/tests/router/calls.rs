@@ -245,6 +245,57 @@ async fn query_stream_sends_batches() {
 }
 
 #[tokio::test]
+async fn responses_stay_under_the_size_limit() {
+    let harness = Harness::start(PoolConfig::default()).await;
+    harness.add_tenant("acme", 0, TierLimits::default()).await;
+    let mut client = harness.client.clone();
+    // Five rows of 1.5 MB: 7.5 MB in all, over the 4 MB a response may carry.
+    let sql = "SELECT g, repeat('x', 1500000) AS filler FROM generate_series(1, 5) g";
+    let refused = client
+        .query(harness.request("acme", query(sql, vec![])))
+        .await
+        .expect_err("too large for one message");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(refused.message().contains("QueryStream"), "{refused:?}");
+
+    let request = pb::QueryStreamRequest {
+        statement: statement(sql, vec![]),
+        batch_size: 1000,
+    };
+    let mut stream = client
+        .query_stream(harness.request("acme", request))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut sizes = Vec::new();
+    while let Some(batch) = stream.message().await.expect("every batch fits a message") {
+        sizes.push(batch.rows.len());
+    }
+    assert_eq!(sizes, vec![2, 2, 1], "batches cut by size");
+
+    // A row that alone is over the limit cannot be sent at all.
+    let request = pb::QueryStreamRequest {
+        statement: statement("SELECT repeat('x', 5000000)", vec![]),
+        batch_size: 0,
+    };
+    let mut stream = client
+        .query_stream(harness.request("acme", request))
+        .await
+        .expect("stream")
+        .into_inner();
+    let refused = stream.message().await.expect_err("row too large");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+
+    // The tenant's connection is usable afterwards.
+    let rows = client
+        .query(harness.request("acme", query("SELECT 1", vec![])))
+        .await
+        .expect("works")
+        .into_inner();
+    assert_eq!(rows.rows.len(), 1);
+}
+
+#[tokio::test]
 async fn a_deadline_cancels_the_statement_in_postgres() {
     let harness = Harness::start(PoolConfig::default()).await;
     let database = harness.add_tenant("acme", 0, TierLimits::default()).await;
@@ -422,4 +473,55 @@ async fn an_interactive_transaction_commits_or_rolls_back() {
         .into_inner();
     assert_eq!(rows.rows.len(), 1, "only the committed insert stays");
     assert_eq!(rows.rows[0].values[0], int(1));
+}
+
+#[tokio::test]
+async fn an_idle_transaction_is_rolled_back() {
+    use pb::transaction_request::Kind as In;
+
+    let harness = Harness::start_custom(1, PoolConfig::default(), Duration::from_millis(300)).await;
+    harness.add_tenant("acme", 0, single_connection()).await;
+    let mut client = harness.client.clone();
+    client
+        .execute(harness.request("acme", execute("CREATE TABLE t (id int)", vec![])))
+        .await
+        .expect("create");
+
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let send = |kind| {
+        let tx = tx.clone();
+        async move {
+            tx.send(pb::TransactionRequest { kind: Some(kind) })
+                .await
+                .expect("send");
+        }
+    };
+    // The router answers the call once it has the first message.
+    send(In::Begin(pb::Begin::default())).await;
+    let mut responses = client
+        .transaction(harness.request("acme", tokio_stream::wrappers::ReceiverStream::new(rx)))
+        .await
+        .expect("transaction")
+        .into_inner();
+    responses.message().await.expect("begun").expect("message");
+    send(In::Execute(execute("INSERT INTO t VALUES (1)", vec![]))).await;
+    responses
+        .message()
+        .await
+        .expect("inserted")
+        .expect("message");
+    // The caller goes quiet without ending the stream.
+    let started = Instant::now();
+    let idle = responses.message().await.expect_err("idle too long");
+    assert_eq!(idle.code(), Code::Aborted, "{idle:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    drop(tx);
+
+    // Rolled back, and the tenant's only connection serves the next call.
+    let rows = client
+        .query(harness.request("acme", query("SELECT count(*) FROM t", vec![])))
+        .await
+        .expect("count")
+        .into_inner();
+    assert_eq!(rows.rows[0].values[0], int(0));
 }

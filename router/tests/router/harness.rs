@@ -114,6 +114,16 @@ impl Harness {
     }
 
     pub async fn start_with(server_count: usize, pools: PoolConfig) -> Self {
+        Self::start_custom(server_count, pools, Duration::from_secs(5)).await
+    }
+
+    /// `start_with`, rolling interactive transactions back after `transaction_idle`
+    /// without a message.
+    pub async fn start_custom(
+        server_count: usize,
+        pools: PoolConfig,
+        transaction_idle: Duration,
+    ) -> Self {
         let mut servers = Vec::new();
         for _ in 0..server_count {
             servers.push(
@@ -145,7 +155,7 @@ impl Harness {
         tokio::spawn(silo_router::serve(
             listener,
             core.clone(),
-            Duration::from_secs(5),
+            transaction_idle,
             silo_router::ServeTelemetry::unobserved(),
             shutdown.clone(),
         ));
