@@ -23,25 +23,98 @@ const WARM_UP: Duration = Duration::from_millis(500);
 const RUN: Duration = Duration::from_secs(3);
 const SQL: &str = "SELECT id, body FROM items WHERE id = $1";
 const ROWS: i64 = 10_000;
+/// The name of the router's runtime threads, to tell its CPU time from the load
+/// generator's (at most 15 characters: Linux truncates thread names).
+const ROUTER_THREADS: &str = "silo-router";
 
 struct Figures {
     qps: f64,
     p50: Duration,
     p99: Duration,
+    cpu: Option<Cpu>,
 }
 
 impl std::fmt::Display for Figures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:>8.0} qps  p50 {:>7.1?}  p99 {:>7.1?}",
+            "{:>7.0} qps  p50 {:>7.1?}  p99 {:>7.1?}",
             self.qps, self.p50, self.p99
-        )
+        )?;
+        if let Some(cpu) = &self.cpu {
+            write!(
+                f,
+                "  | {:>5.1?} {:>5.1?} {:>5.1?}",
+                cpu.clients, cpu.router, cpu.postgres
+            )?;
+        }
+        Ok(())
     }
 }
 
-/// Runs `clients` loops of `call` for [`RUN`] after [`WARM_UP`] and measures every call.
-async fn measure<F, Fut>(clients: usize, call: F) -> Figures
+/// CPU time: of the load generator (this test's threads), of the router (its runtime's
+/// threads) and of PostgreSQL (all the server's processes).
+#[derive(Clone, Copy)]
+struct Cpu {
+    clients: Duration,
+    router: Duration,
+    postgres: Duration,
+}
+
+impl Cpu {
+    /// Used so far, from /proc (in 10 ms clock ticks); `None` where there is no /proc.
+    fn used(postmaster: u32) -> Option<Self> {
+        let tick = Duration::from_millis(10);
+        let mut cpu = Self {
+            clients: Duration::ZERO,
+            router: Duration::ZERO,
+            postgres: Duration::ZERO,
+        };
+        for thread in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let Some((name, ticks, _)) = stat(&thread.path().join("stat")) else {
+                continue;
+            };
+            if name == ROUTER_THREADS {
+                cpu.router += tick * ticks;
+            } else {
+                cpu.clients += tick * ticks;
+            }
+        }
+        let (_, ticks, _) = stat(std::path::Path::new(&format!("/proc/{postmaster}/stat")))?;
+        cpu.postgres += tick * ticks;
+        for process in std::fs::read_dir("/proc").ok()?.flatten() {
+            if let Some((_, ticks, parent)) = stat(&process.path().join("stat"))
+                && parent == postmaster
+            {
+                cpu.postgres += tick * ticks;
+            }
+        }
+        Some(cpu)
+    }
+
+    /// Per call, from `self` to `later`.
+    fn per_call(self, later: Self, calls: u32) -> Self {
+        Self {
+            clients: (later.clients - self.clients) / calls,
+            router: (later.router - self.router) / calls,
+            postgres: (later.postgres - self.postgres) / calls,
+        }
+    }
+}
+
+/// Name, utime + stime in ticks and parent pid, from a `/proc/.../stat` file.
+fn stat(path: &std::path::Path) -> Option<(String, u32, u32)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (head, tail) = text.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    let fields: Vec<&str> = tail.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u32>().ok()? + fields.get(12)?.parse::<u32>().ok()?;
+    Some((name, ticks, fields.get(1)?.parse().ok()?))
+}
+
+/// Runs `clients` loops of `call` for [`RUN`] after [`WARM_UP`] and measures every call,
+/// and the CPU that the calls cost this process and PostgreSQL.
+async fn measure<F, Fut>(postmaster: u32, clients: usize, call: F) -> Figures
 where
     F: Fn(usize, i64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send,
@@ -55,14 +128,18 @@ where
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(100_000);
                 let mut id = c as i64;
+                let mut cpu_from = None;
                 loop {
                     id = id % ROWS + 1;
                     let t = Instant::now();
                     if t >= until {
-                        return latencies;
+                        return (latencies, cpu_from);
                     }
                     call(c, id).await;
                     if t >= measuring_from {
+                        if c == 0 && cpu_from.is_none() {
+                            cpu_from = Some(Cpu::used(postmaster));
+                        }
                         latencies.push(t.elapsed());
                     }
                 }
@@ -70,16 +147,35 @@ where
         })
         .collect();
     let mut latencies = Vec::new();
+    let mut cpu_from = None;
     for task in tasks {
-        latencies.extend(task.await.expect("client task"));
+        let (measured, from) = task.await.expect("client task");
+        latencies.extend(measured);
+        cpu_from = cpu_from.or(from);
     }
+    let cpu_to = Cpu::used(postmaster);
+    let calls = latencies.len() as u32;
+    let cpu = match (cpu_from.flatten(), cpu_to) {
+        (Some(from), Some(to)) if calls > 0 => Some(from.per_call(to, calls)),
+        _ => None,
+    };
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
     Figures {
         qps: latencies.len() as f64 / RUN.as_secs_f64(),
         p50: at(0.5),
         p99: at(0.99),
+        cpu,
     }
+}
+
+/// The postmaster's pid, from `postmaster.pid` in the data directory.
+fn postmaster(harness: &Harness) -> u32 {
+    let pid_file = harness.servers[0].data_dir().join("postmaster.pid");
+    std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|text| text.lines().next()?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// A bb8 pool of tokio-postgres connections with the statement prepared once per
@@ -126,7 +222,7 @@ async fn direct(harness: &Harness, database: &str, clients: usize, reset: bool) 
         .build(DirectManager { config })
         .await
         .expect("pool");
-    measure(clients, move |_, id| {
+    measure(postmaster(harness), clients, move |_, id| {
         let pool = pool.clone();
         async move {
             let conn = pool.get().await.expect("connection");
@@ -159,7 +255,7 @@ async fn routed(harness: &Harness, clients: usize, shared_connection: bool) -> F
     }
     let connected = Arc::new(connected);
     let token = Arc::new(harness.tenant_token("bench"));
-    measure(clients, move |c, id| {
+    measure(postmaster(harness), clients, move |c, id| {
         let mut client = connected[c % connected.len()].clone();
         let token = token.clone();
         async move {
@@ -185,7 +281,7 @@ async fn grpc_floor(harness: &Harness, clients: usize) -> Figures {
         connected.push(HealthClient::new(channel));
     }
     let connected = Arc::new(connected);
-    measure(clients, move |c, _| {
+    measure(postmaster(harness), clients, move |c, _| {
         let mut client = connected[c].clone();
         async move {
             client
@@ -206,7 +302,21 @@ async fn bench_point_select() {
         max_concurrent_calls: 0,
         ..TierLimits::default()
     };
-    let harness = Harness::start(PoolConfig::default()).await;
+    // The router gets a runtime of its own, as in its own process; the load generator and
+    // the direct pools run on the test's.
+    let router_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(ROUTER_THREADS)
+        .enable_all()
+        .build()
+        .expect("router runtime");
+    let harness = Harness::start_custom(
+        1,
+        PoolConfig::default(),
+        Duration::from_secs(30),
+        Some(router_runtime.handle()),
+    )
+    .await;
     let database = harness.add_tenant("bench", 0, limits).await;
     let mut client = harness.client.clone();
     for sql in [
@@ -220,7 +330,10 @@ async fn bench_point_select() {
             .expect("set-up");
     }
 
-    println!("point SELECT by primary key, {RUN:?} per line after {WARM_UP:?} of warm-up");
+    println!(
+        "point SELECT by primary key, {RUN:?} per line after {WARM_UP:?} of warm-up; \
+         CPU per call: load generator, router, PostgreSQL"
+    );
     for clients in [1usize, 64] {
         let baseline = direct(&harness, &database, clients, false).await;
         println!("{clients:>2} clients  direct bb8 pool            {baseline}");
@@ -245,4 +358,6 @@ async fn bench_point_select() {
             );
         }
     }
+    drop(harness);
+    router_runtime.shutdown_background();
 }

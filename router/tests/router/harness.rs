@@ -114,15 +114,17 @@ impl Harness {
     }
 
     pub async fn start_with(server_count: usize, pools: PoolConfig) -> Self {
-        Self::start_custom(server_count, pools, Duration::from_secs(5)).await
+        Self::start_custom(server_count, pools, Duration::from_secs(5), None).await
     }
 
     /// `start_with`, rolling interactive transactions back after `transaction_idle`
-    /// without a message.
+    /// without a message, and running the router on `runtime` when given (else on the
+    /// test's own).
     pub async fn start_custom(
         server_count: usize,
         pools: PoolConfig,
         transaction_idle: Duration,
+        runtime: Option<&tokio::runtime::Handle>,
     ) -> Self {
         let mut servers = Vec::new();
         for _ in 0..server_count {
@@ -147,18 +149,29 @@ impl Harness {
             pools,
             CallLimits::default(),
         ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        // Bound here, registered with the runtime that serves it.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("non-blocking");
         let address = listener.local_addr().expect("address");
         let shutdown = CancellationToken::new();
-        tokio::spawn(silo_router::serve(
-            listener,
-            core.clone(),
-            transaction_idle,
-            silo_router::ServeTelemetry::unobserved(),
-            shutdown.clone(),
-        ));
+        let serve = {
+            let (core, shutdown) = (core.clone(), shutdown.clone());
+            async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                silo_router::serve(
+                    listener,
+                    core,
+                    transaction_idle,
+                    silo_router::ServeTelemetry::unobserved(),
+                    shutdown,
+                )
+                .await
+            }
+        };
+        match runtime {
+            Some(runtime) => drop(runtime.spawn(serve)),
+            None => drop(tokio::spawn(serve)),
+        }
         let client = RouterClient::connect(format!("http://{address}"))
             .await
             .expect("connects");
