@@ -4,6 +4,11 @@ use clap::Parser;
 use silo_router::RouterConfig;
 use tokio_util::sync::CancellationToken;
 
+/// Every call allocates and frees many small buffers on several threads; glibc's
+/// allocator spent about a quarter of the router's CPU on them under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = RouterConfig::parse();

@@ -479,7 +479,8 @@ async fn an_interactive_transaction_commits_or_rolls_back() {
 async fn an_idle_transaction_is_rolled_back() {
     use pb::transaction_request::Kind as In;
 
-    let harness = Harness::start_custom(1, PoolConfig::default(), Duration::from_millis(300), None).await;
+    let harness =
+        Harness::start_custom(1, PoolConfig::default(), Duration::from_millis(300), None).await;
     harness.add_tenant("acme", 0, single_connection()).await;
     let mut client = harness.client.clone();
     client
