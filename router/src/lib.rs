@@ -32,21 +32,21 @@ pub use crate::identity::Authenticator;
 pub use crate::routes::{ControlPlaneRoutes, Invalidation, RouteError, RouteSource};
 pub use crate::service::RouterService;
 
-/// What `serve` reports to: request metrics, and whether the router may call itself
-/// healthy (a working control-plane connection, for the real route source).
+/// What `serve` reports to: request metrics, and whether the control-plane connection
+/// works (the real route source's; health reports it and readiness waits for it once).
 #[derive(Clone)]
 pub struct ServeTelemetry {
     pub grpc: silo_telemetry::GrpcMetrics,
-    pub serving: Arc<dyn Fn() -> bool + Send + Sync>,
+    pub control_plane_connected: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl ServeTelemetry {
-    /// Metrics nobody scrapes and a router that is always healthy (tests).
+    /// Metrics nobody scrapes and a control plane that is always connected (tests).
     pub fn unobserved() -> Self {
         let mut registry = prometheus_client::registry::Registry::default();
         Self {
             grpc: silo_telemetry::GrpcMetrics::register(&mut registry, "silo_router", 0),
-            serving: Arc::new(|| true),
+            control_plane_connected: Arc::new(|| true),
         }
     }
 }
@@ -67,7 +67,7 @@ pub async fn serve<S: RouteSource>(
     let (health, health_service) = silo_telemetry::Health::new(vec![SERVICE_NAME]).await;
     let health_loop = tokio::spawn(follow_health(
         health,
-        telemetry.serving.clone(),
+        telemetry.control_plane_connected.clone(),
         shutdown.clone(),
     ));
     let reflection = silo_telemetry::reflection();
@@ -90,21 +90,33 @@ pub async fn serve<S: RouteSource>(
     served
 }
 
+/// The health name under which the router reports its control-plane connection.
+pub const CONTROL_PLANE_HEALTH: &str = "silo.controlplane.v1.ControlPlane";
+
+/// Keeps the health service current. The router is SERVING (ready) once it has reached the
+/// control plane and stays so through a control-plane outage, since the tenants it knows
+/// keep working; the connection itself is reported under [`CONTROL_PLANE_HEALTH`].
+/// Shutting down: NOT_SERVING.
 async fn follow_health(
     health: silo_telemetry::Health,
-    serving: Arc<dyn Fn() -> bool + Send + Sync>,
+    connected: Arc<dyn Fn() -> bool + Send + Sync>,
     shutdown: CancellationToken,
 ) {
+    let mut ready = false;
     let mut last = None;
     loop {
-        let now = serving();
+        let now = connected();
         if last != Some(now) {
             if now {
-                tracing::info!("control plane connected: serving");
-            } else {
-                tracing::warn!("no working control-plane connection: not serving");
+                tracing::info!("control plane connected");
+            } else if ready {
+                tracing::warn!("control plane unreachable: serving the tenants already known");
             }
-            health.set(now).await;
+            if now && !ready {
+                ready = true;
+                health.set(true).await;
+            }
+            health.set_one(CONTROL_PLANE_HEALTH, now).await;
             last = Some(now);
         }
         tokio::select! {
@@ -158,7 +170,9 @@ pub async fn run(config: RouterConfig, shutdown: CancellationToken) -> anyhow::R
     tracing::info!(address = %listener.local_addr()?, %metrics_addr, "router listening");
     let telemetry = ServeTelemetry {
         grpc,
-        serving: Arc::new(move || connected.load(std::sync::atomic::Ordering::Relaxed)),
+        control_plane_connected: Arc::new(move || {
+            connected.load(std::sync::atomic::Ordering::Relaxed)
+        }),
     };
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let server_stop = CancellationToken::new();

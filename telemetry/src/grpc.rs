@@ -28,16 +28,22 @@ impl Health {
         (health, service)
     }
 
+    /// Sets the whole server ("") and every service it was made with.
     pub async fn set(&self, serving: bool) {
+        self.set_one("", serving).await;
+        for service in &self.services {
+            self.set_one(service, serving).await;
+        }
+    }
+
+    /// Sets one name only: a service, or a dependency reported under its own name.
+    pub async fn set_one(&self, service: &str, serving: bool) {
         let status = if serving {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
         };
-        self.reporter.set_service_status("", status).await;
-        for service in &self.services {
-            self.reporter.set_service_status(*service, status).await;
-        }
+        self.reporter.set_service_status(service, status).await;
     }
 }
 

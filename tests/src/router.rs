@@ -83,6 +83,7 @@ impl TestRouter {
             .connect_lazy();
         let source =
             ControlPlaneRoutes::new(channel, token("router").into(), Duration::from_secs(2));
+        let connected = source.connected();
         let core = Arc::new(RouterCore::new(
             Authenticator::new(verifier, "tenant_id"),
             Arc::new(source),
@@ -99,7 +100,12 @@ impl TestRouter {
             listener,
             core,
             Duration::from_secs(10),
-            ServeTelemetry::unobserved(),
+            ServeTelemetry {
+                control_plane_connected: Arc::new(move || {
+                    connected.load(std::sync::atomic::Ordering::Relaxed)
+                }),
+                ..ServeTelemetry::unobserved()
+            },
             shutdown.clone(),
         ));
         let client = RouterClient::connect(format!("http://{address}"))

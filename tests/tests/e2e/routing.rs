@@ -400,3 +400,77 @@ async fn forged_and_broken_tokens_are_unauthenticated_and_events_reach_the_route
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_tenants_keep_working_while_the_control_plane_is_down() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+
+    let env = TestEnv::start(1).await;
+    let cp = env.control_plane(Hooks::default()).await;
+    cp.onboard(&["acme"]).await;
+    let router = TestRouter::start(&cp, PoolConfig::default()).await;
+    let mut client = router.client.clone();
+    let channel = Channel::from_shared(format!("http://{}", router.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel);
+    let status = |service: &'static str| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .map(|r| r.into_inner().status())
+                .ok()
+        }
+    };
+    eventually(Duration::from_secs(10), "ready once connected", || async {
+        (status("silo.router.v1.Router").await == Some(ServingStatus::Serving)
+            && status(silo_router::CONTROL_PLANE_HEALTH).await == Some(ServingStatus::Serving))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        query(&mut client, "acme", "SELECT current_database()::text")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    cp.stop().await;
+    eventually(
+        Duration::from_secs(10),
+        "the outage is reported",
+        || async {
+            (status(silo_router::CONTROL_PLANE_HEALTH).await == Some(ServingStatus::NotServing))
+                .then_some(())
+        },
+    )
+    .await;
+    // Still ready: readiness must not take every router out of service in an outage.
+    assert_eq!(
+        status("silo.router.v1.Router").await,
+        Some(ServingStatus::Serving)
+    );
+    assert_eq!(status("").await, Some(ServingStatus::Serving));
+    for _ in 0..3 {
+        let rows = query(&mut client, "acme", "SELECT current_database()::text")
+            .await
+            .expect("a known tenant keeps working");
+        assert_eq!(rows.len(), 1);
+    }
+    // A tenant the router never resolved cannot be routed: UNAVAILABLE, at once.
+    let started = Instant::now();
+    let unknown = query(&mut client, "globex", "SELECT 1::text")
+        .await
+        .expect_err("no route");
+    assert_eq!(unknown.code(), Code::Unavailable, "{unknown:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
