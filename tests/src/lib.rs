@@ -69,6 +69,27 @@ pub async fn http_get(address: std::net::SocketAddr, path: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The `grpc.health.v1` status of `service` on the server at `address` (`None`: no answer,
+/// or a name the server does not know).
+pub async fn health_status(
+    address: std::net::SocketAddr,
+    service: &str,
+) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .map(|response| response.into_inner().status())
+        .ok()
+}
+
 /// Polls `check` until it returns Some, or panics after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where

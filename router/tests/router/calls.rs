@@ -211,23 +211,27 @@ async fn errors_map_by_sqlstate_and_batches_are_atomic() {
     assert_eq!(status.code(), Code::ResourceExhausted);
 }
 
+/// A QueryStream of `sql` for acme.
+async fn stream(harness: &Harness, sql: &str, batch_size: u32) -> tonic::Streaming<pb::RowBatch> {
+    let request = pb::QueryStreamRequest {
+        statement: statement(sql, vec![]),
+        batch_size,
+    };
+    harness
+        .client
+        .clone()
+        .query_stream(harness.request("acme", request))
+        .await
+        .expect("stream")
+        .into_inner()
+}
+
 #[tokio::test]
 async fn query_stream_sends_batches() {
     let harness = Harness::start(PoolConfig::default()).await;
     harness.add_tenant("acme", 0, TierLimits::default()).await;
-    let mut client = harness.client.clone();
-    let request = pb::QueryStreamRequest {
-        statement: statement(
-            "SELECT g, g::text AS s FROM generate_series(1, 2500) g",
-            vec![],
-        ),
-        batch_size: 1000,
-    };
-    let mut stream = client
-        .query_stream(harness.request("acme", request))
-        .await
-        .expect("stream")
-        .into_inner();
+    let sql = "SELECT g, g::text AS s FROM generate_series(1, 2500) g";
+    let mut stream = stream(&harness, sql, 1000).await;
     let mut sizes = Vec::new();
     let mut first_columns = None;
     while let Some(batch) = stream.message().await.expect("batch") {
@@ -258,32 +262,16 @@ async fn responses_stay_under_the_size_limit() {
     assert_eq!(refused.code(), Code::ResourceExhausted);
     assert!(refused.message().contains("QueryStream"), "{refused:?}");
 
-    let request = pb::QueryStreamRequest {
-        statement: statement(sql, vec![]),
-        batch_size: 1000,
-    };
-    let mut stream = client
-        .query_stream(harness.request("acme", request))
-        .await
-        .expect("stream")
-        .into_inner();
+    let mut batches = stream(&harness, sql, 1000).await;
     let mut sizes = Vec::new();
-    while let Some(batch) = stream.message().await.expect("every batch fits a message") {
+    while let Some(batch) = batches.message().await.expect("every batch fits a message") {
         sizes.push(batch.rows.len());
     }
     assert_eq!(sizes, vec![2, 2, 1], "batches cut by size");
 
     // A row that alone is over the limit cannot be sent at all.
-    let request = pb::QueryStreamRequest {
-        statement: statement("SELECT repeat('x', 5000000)", vec![]),
-        batch_size: 0,
-    };
-    let mut stream = client
-        .query_stream(harness.request("acme", request))
-        .await
-        .expect("stream")
-        .into_inner();
-    let refused = stream.message().await.expect_err("row too large");
+    let mut huge = stream(&harness, "SELECT repeat('x', 5000000)", 0).await;
+    let refused = huge.message().await.expect_err("row too large");
     assert_eq!(refused.code(), Code::ResourceExhausted);
 
     // The tenant's connection is usable afterwards.

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use silo_control_plane::Hooks;
-use silo_tests::{TestEnv, eventually, http_get};
+use silo_tests::{TestEnv, eventually, health_status, http_get};
 use tokio_stream::StreamExt as _;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -19,18 +19,7 @@ async fn health_follows_the_catalog_and_metrics_and_reflection_are_served() {
         .await
         .unwrap();
     let mut health = HealthClient::new(channel.clone());
-    let status = |service: &'static str| {
-        let mut health = health.clone();
-        async move {
-            health
-                .check(HealthCheckRequest {
-                    service: service.into(),
-                })
-                .await
-                .map(|r| r.into_inner().status())
-                .ok()
-        }
-    };
+    let status = |service: &'static str| health_status(cp.address(), service);
     eventually(Duration::from_secs(10), "SERVING", || async {
         (status("silo.controlplane.v1.ControlPlane").await == Some(ServingStatus::Serving))
             .then_some(())

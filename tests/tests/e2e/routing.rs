@@ -403,33 +403,14 @@ async fn forged_and_broken_tokens_are_unauthenticated_and_events_reach_the_route
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn known_tenants_keep_working_while_the_control_plane_is_down() {
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
+    use tonic_health::pb::health_check_response::ServingStatus;
 
     let env = TestEnv::start(1).await;
     let cp = env.control_plane(Hooks::default()).await;
     cp.onboard(&["acme"]).await;
     let router = TestRouter::start(&cp, PoolConfig::default()).await;
     let mut client = router.client.clone();
-    let channel = Channel::from_shared(format!("http://{}", router.address))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let health = HealthClient::new(channel);
-    let status = |service: &'static str| {
-        let mut health = health.clone();
-        async move {
-            health
-                .check(HealthCheckRequest {
-                    service: service.into(),
-                })
-                .await
-                .map(|r| r.into_inner().status())
-                .ok()
-        }
-    };
+    let status = |service: &'static str| silo_tests::health_status(router.address, service);
     eventually(Duration::from_secs(10), "ready once connected", || async {
         (status("silo.router.v1.Router").await == Some(ServingStatus::Serving)
             && status(silo_router::CONTROL_PLANE_HEALTH).await == Some(ServingStatus::Serving))
