@@ -156,6 +156,19 @@ pub(crate) fn create_owned_dir(
     Ok(path.to_path_buf())
 }
 
+/// Makes `command` run as the OS user the PostgreSQL servers run as (`postgres` when this
+/// process is root, else this process's own), and hands `dir` to that user: for
+/// companion programs such as PgBouncer, which refuse to run as root too.
+pub fn run_as_server_user(
+    command: &mut tokio::process::Command,
+    dir: &Path,
+) -> Result<(), PgServerError> {
+    let run_as = RunAs::detect()?;
+    run_as.take_ownership_recursive(dir)?;
+    run_as.apply_tokio(command);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

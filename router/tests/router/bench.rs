@@ -62,8 +62,9 @@ struct Cpu {
 }
 
 impl Cpu {
-    /// Used so far, from /proc (in 10 ms clock ticks); `None` where there is no /proc.
-    fn used(postmaster: u32) -> Option<Self> {
+    /// Used so far, from /proc (in 10 ms clock ticks); `None` where there is no /proc. A
+    /// `proxy` process (PgBouncer) counts as the router.
+    fn used(postmaster: u32, proxy: Option<u32>) -> Option<Self> {
         let tick = Duration::from_millis(10);
         let mut cpu = Self {
             clients: Duration::ZERO,
@@ -79,6 +80,11 @@ impl Cpu {
             } else {
                 cpu.clients += tick * ticks;
             }
+        }
+        if let Some((_, ticks, _)) =
+            proxy.and_then(|pid| stat(std::path::Path::new(&format!("/proc/{pid}/stat"))))
+        {
+            cpu.router += tick * ticks;
         }
         let (_, ticks, _) = stat(std::path::Path::new(&format!("/proc/{postmaster}/stat")))?;
         cpu.postgres += tick * ticks;
@@ -114,7 +120,7 @@ fn stat(path: &std::path::Path) -> Option<(String, u32, u32)> {
 
 /// Runs `clients` loops of `call` for [`RUN`] after [`WARM_UP`] and measures every call,
 /// and the CPU that the calls cost this process and PostgreSQL.
-async fn measure<F, Fut>(postmaster: u32, clients: usize, call: F) -> Figures
+async fn measure<F, Fut>(postmaster: u32, proxy: Option<u32>, clients: usize, call: F) -> Figures
 where
     F: Fn(usize, i64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send,
@@ -138,7 +144,7 @@ where
                     call(c, id).await;
                     if t >= measuring_from {
                         if c == 0 && cpu_from.is_none() {
-                            cpu_from = Some(Cpu::used(postmaster));
+                            cpu_from = Some(Cpu::used(postmaster, proxy));
                         }
                         latencies.push(t.elapsed());
                     }
@@ -153,7 +159,7 @@ where
         latencies.extend(measured);
         cpu_from = cpu_from.or(from);
     }
-    let cpu_to = Cpu::used(postmaster);
+    let cpu_to = Cpu::used(postmaster, proxy);
     let calls = latencies.len() as u32;
     let cpu = match (cpu_from.flatten(), cpu_to) {
         (Some(from), Some(to)) if calls > 0 => Some(from.per_call(to, calls)),
@@ -210,11 +216,18 @@ impl bb8::ManageConnection for DirectManager {
     }
 }
 
-async fn direct(harness: &Harness, database: &str, clients: usize, reset: bool) -> Figures {
+/// Calls over a bb8 pool straight to PostgreSQL, or through `bouncer`.
+async fn direct(
+    harness: &Harness,
+    database: &str,
+    clients: usize,
+    reset: bool,
+    bouncer: Option<&PgBouncer>,
+) -> Figures {
     let mut config = tokio_postgres::Config::new();
     config
         .host(harness.servers[0].host())
-        .port(harness.servers[0].port())
+        .port(bouncer.map_or(harness.servers[0].port(), |b| b.port))
         .user(harness.servers[0].superuser())
         .dbname(database);
     let pool = bb8::Pool::builder()
@@ -222,7 +235,8 @@ async fn direct(harness: &Harness, database: &str, clients: usize, reset: bool) 
         .build(DirectManager { config })
         .await
         .expect("pool");
-    measure(postmaster(harness), clients, move |_, id| {
+    let proxy = bouncer.and_then(|b| b.process.id());
+    measure(postmaster(harness), proxy, clients, move |_, id| {
         let pool = pool.clone();
         async move {
             let conn = pool.get().await.expect("connection");
@@ -255,7 +269,7 @@ async fn routed(harness: &Harness, clients: usize, shared_connection: bool) -> F
     }
     let connected = Arc::new(connected);
     let token = Arc::new(harness.tenant_token("bench"));
-    measure(postmaster(harness), clients, move |c, id| {
+    measure(postmaster(harness), None, clients, move |c, id| {
         let mut client = connected[c % connected.len()].clone();
         let token = token.clone();
         async move {
@@ -264,6 +278,69 @@ async fn routed(harness: &Harness, clients: usize, shared_connection: bool) -> F
         }
     })
     .await
+}
+
+/// PgBouncer (from `PATH` or /usr/sbin) in front of the benchmark's server, in session
+/// mode so that each client keeps its server connection and its prepared statement: what
+/// a proxy in the path costs, without a reset. `None` when PgBouncer is not installed.
+struct PgBouncer {
+    port: u16,
+    process: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl PgBouncer {
+    async fn start(harness: &Harness) -> Option<Self> {
+        let program = ["pgbouncer", "/usr/sbin/pgbouncer"].into_iter().find(|p| {
+            std::process::Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok()
+        })?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let pg = &harness.servers[0];
+        let config = format!(
+            "[databases]\n* = host={} port={}\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = trust\nauth_file = {dir}/users.txt\npool_mode = session\n\
+             max_client_conn = 500\ndefault_pool_size = 100\nlogfile = {dir}/pgbouncer.log\n",
+            pg.host(),
+            pg.port(),
+            dir = dir.path().display(),
+        );
+        std::fs::write(dir.path().join("pgbouncer.ini"), config).expect("config");
+        std::fs::write(
+            dir.path().join("users.txt"),
+            format!("\"{}\" \"\"\n", pg.superuser()),
+        )
+        .expect("users");
+        let mut command = tokio::process::Command::new(program);
+        command
+            .arg(dir.path().join("pgbouncer.ini"))
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        silo_pg_server::run_as_server_user(&mut command, dir.path()).expect("pgbouncer user");
+        let process = command.spawn().expect("pgbouncer starts");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Some(Self {
+                    port,
+                    process,
+                    _dir: dir,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("pgbouncer did not listen on {port}");
+    }
 }
 
 /// A gRPC call that does no work (the health check) on the same server and connections:
@@ -281,7 +358,7 @@ async fn grpc_floor(harness: &Harness, clients: usize) -> Figures {
         connected.push(HealthClient::new(channel));
     }
     let connected = Arc::new(connected);
-    measure(postmaster(harness), clients, move |c, _| {
+    measure(postmaster(harness), None, clients, move |c, _| {
         let mut client = connected[c].clone();
         async move {
             client
@@ -332,16 +409,27 @@ async fn bench_point_select() {
 
     println!(
         "point SELECT by primary key, {RUN:?} per line after {WARM_UP:?} of warm-up; \
-         CPU per call: load generator, router, PostgreSQL"
+         CPU per call: load generator, router (or PgBouncer), PostgreSQL"
     );
+    let bouncer = PgBouncer::start(&harness).await;
+    if bouncer.is_none() {
+        println!("(no PgBouncer line: pgbouncer is not installed; apt-get install pgbouncer)");
+    }
     for clients in [1usize, 64] {
-        let baseline = direct(&harness, &database, clients, false).await;
+        let baseline = direct(&harness, &database, clients, false, None).await;
         println!("{clients:>2} clients  direct bb8 pool            {baseline}");
-        let reset = direct(&harness, &database, clients, true).await;
+        let reset = direct(&harness, &database, clients, true, None).await;
         println!(
             "{clients:>2} clients  direct + session reset     {reset}  qps {:.2}x",
             reset.qps / baseline.qps
         );
+        if let Some(bouncer) = &bouncer {
+            let proxied = direct(&harness, &database, clients, false, Some(bouncer)).await;
+            println!(
+                "{clients:>2} clients  via PgBouncer (session)    {proxied}  qps {:.2}x",
+                proxied.qps / baseline.qps
+            );
+        }
         let floor = grpc_floor(&harness, clients).await;
         println!("{clients:>2} clients  gRPC health check          {floor}");
         let router = routed(&harness, clients, false).await;
