@@ -21,9 +21,6 @@ use crate::tenant::{PoolKey, Route, TenantId};
 /// Statements prepared per connection before the cache starts over.
 const STATEMENT_CACHE_SIZE: usize = 256;
 
-/// Connections tried for one call when their session resets keep failing.
-const SETTLE_ATTEMPTS: usize = 3;
-
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     /// Most tenant pools alive at once; the least recently used is closed first.
@@ -296,11 +293,17 @@ impl TenantPool {
         }
     }
 
-    /// A connection whose last session reset succeeded (one that failed is closed and
-    /// another one tried).
+    /// A live connection whose last session reset succeeded. One whose server side has
+    /// gone (a terminated backend, a failover) or whose reset failed is closed and another
+    /// one tried: every idle connection may be dead after a server restart.
     async fn get(&self) -> Result<PooledConnection, PoolError> {
-        for _ in 0..SETTLE_ATTEMPTS {
+        for _ in 0..=self.max_size {
             let mut conn = self.checkout().await?;
+            if conn.client.is_closed() {
+                tracing::debug!("pooled connection found closed; dropping it");
+                conn.broken = true;
+                continue;
+            }
             match conn.settle().await {
                 Ok(()) => return Ok(conn),
                 Err(e) => {

@@ -131,3 +131,36 @@ async fn an_invalidation_event_takes_effect_at_once() {
     .await;
     assert!(works, "a resumed tenant works again");
 }
+
+#[tokio::test]
+async fn calls_in_flight_finish_when_the_tenant_is_suspended() {
+    let harness = Harness::start(PoolConfig::default()).await;
+    harness.add_tenant("acme", 0, TierLimits::default()).await;
+    let mut slow_client = harness.client.clone();
+    let slow = tokio::spawn({
+        let request = harness.request("acme", query("SELECT pg_sleep(0.5), 1", vec![]));
+        async move { slow_client.query(request).await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    harness.routes.set_state("acme", TenantState::Suspended);
+    let mut client = harness.client.clone();
+    let refused = crate::harness::eventually(Duration::from_secs(1), || {
+        let mut client = client.clone();
+        let request = harness.request("acme", query("SELECT 1", vec![]));
+        async move {
+            matches!(client.query(request).await, Err(status) if status.code() == Code::FailedPrecondition)
+        }
+    })
+    .await;
+    assert!(refused, "new calls see the suspension");
+    let finished = slow
+        .await
+        .expect("task")
+        .expect("the call in flight finishes");
+    assert_eq!(finished.into_inner().rows.len(), 1);
+    let again = client
+        .query(harness.request("acme", query("SELECT 1", vec![])))
+        .await
+        .expect_err("still suspended");
+    assert_eq!(again.code(), Code::FailedPrecondition);
+}

@@ -176,3 +176,53 @@ async fn the_connection_budget_closes_idle_pools_first_then_refuses() {
     assert!(started.elapsed() < Duration::from_secs(1));
     drop(held);
 }
+
+#[tokio::test]
+async fn a_connection_whose_backend_died_is_not_handed_out() {
+    let harness = Harness::start(PoolConfig::default()).await;
+    let single = TierLimits {
+        max_connections: 1,
+        ..TierLimits::default()
+    };
+    let database = harness.add_tenant("acme", 0, single).await;
+    let mut client = harness.client.clone();
+    client
+        .query(harness.request("acme", query("SELECT 1", vec![])))
+        .await
+        .expect("first call");
+
+    // An operator (or a failover) ends the pooled connection's backend while it is idle.
+    let admin = harness.servers[0].connect(&database).await.expect("admin");
+    let terminated: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'silo-router' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .expect("terminate")
+        .get(0);
+    assert_eq!(terminated, 1);
+    let gone = crate::harness::eventually(Duration::from_secs(2), || async {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'silo-router'",
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        left == 0
+    })
+    .await;
+    assert!(gone, "the backend ended");
+    // Let the router's side of the connection see the end of its socket.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let rows = client
+        .query(harness.request("acme", query("SELECT 1", vec![])))
+        .await
+        .expect("a fresh connection serves the call")
+        .into_inner();
+    assert_eq!(rows.rows.len(), 1);
+}
