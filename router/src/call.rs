@@ -10,7 +10,8 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tokio_postgres::Statement;
 
-use crate::pool::{PooledConnection, TenantPool};
+use crate::connection::PooledConnection;
+use crate::pool::TenantPool;
 use crate::request::{Column, Rows, SqlStatement};
 use crate::session::Residue;
 use crate::value::{SqlValue, ValueError, check_column_type};
@@ -363,7 +364,7 @@ async fn with_reset_behind<F: Future>(
         return call.await;
     };
     let first = futures::poll!(call.as_mut());
-    *pending_reset = crate::pool::send_reset(client, reset);
+    *pending_reset = crate::connection::send_reset(client, reset);
     match first {
         std::task::Poll::Ready(output) => output,
         std::task::Poll::Pending => call.await,

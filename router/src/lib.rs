@@ -6,6 +6,7 @@
 
 pub mod call;
 pub mod config;
+pub mod connection;
 pub mod core;
 pub mod error;
 pub mod identity;

@@ -1,25 +1,17 @@
 //! Per-tenant connection pools: bb8 pools of tokio-postgres connections in a moka cache.
-//!
-//! The connection manager is our own (not bb8-postgres) because each pooled connection
-//! carries its prepared-statement cache and its cancel token, and is reset before reuse.
 
-use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 use secrecy::ExposeSecret;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryStream, Statement};
+use tokio::sync::Semaphore;
 
+use crate::connection::Server;
+pub use crate::connection::{ConnectError, PgConnection, PgManager, PooledConnection};
 use crate::limits::TenantLimiter;
 use crate::tenant::{PoolKey, Route, TenantId};
-
-/// Statements prepared per connection before the cache starts over.
-const STATEMENT_CACHE_SIZE: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -63,181 +55,6 @@ pub enum PoolError {
     Exhausted,
 }
 
-/// Why a connection could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("the global connection budget is used up")]
-    Budget,
-    #[error(transparent)]
-    Postgres(#[from] tokio_postgres::Error),
-}
-
-/// Where a connection's server listens, for cancel requests.
-#[derive(Debug, Clone)]
-enum Server {
-    Tcp(String, u16),
-    Unix(std::path::PathBuf),
-}
-
-/// How long a cancel request may take, connecting included.
-const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// One pooled connection.
-pub struct PgConnection {
-    pub client: Client,
-    cancel: CancelToken,
-    server: Server,
-    statements: HashMap<String, Statement>,
-    /// The answer to the session reset sent when the connection was last given back, not
-    /// read yet: the next borrower reads it before using the connection.
-    pending_reset: Option<Pin<Box<SimpleQueryStream>>>,
-    /// Set when the session could not be reset: the pool drops the connection.
-    pub broken: bool,
-    /// This connection's share of the global budget, returned when it closes.
-    _budget: Option<OwnedSemaphorePermit>,
-}
-
-impl PgConnection {
-    /// The statement for `sql`, prepared once per connection.
-    pub async fn prepare_cached(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
-        if let Some(statement) = self.statements.get(sql) {
-            return Ok(statement.clone());
-        }
-        let statement = self.client.prepare(sql).await?;
-        if self.statements.len() >= STATEMENT_CACHE_SIZE {
-            self.statements.clear();
-        }
-        self.statements.insert(sql.to_owned(), statement.clone());
-        Ok(statement)
-    }
-
-    /// Sends the session reset `sql` without waiting for its answer, which [`settle`]
-    /// reads. Sent right after a statement, it goes out in the same write and PostgreSQL
-    /// runs it as soon as the statement is done, without a round trip of its own.
-    ///
-    /// [`settle`]: Self::settle
-    pub fn send_reset(&mut self, sql: &'static str) {
-        // tokio-postgres queues a simple query in the first poll and only then waits.
-        match send_reset(&self.client, sql) {
-            Some(reset) => self.pending_reset = Some(reset),
-            None => self.broken = true,
-        }
-    }
-
-    /// Asks PostgreSQL to cancel what this connection is running and waits until the
-    /// server has passed the request on to the backend (it closes the cancel connection
-    /// once it has), so the cancel cannot land on a statement sent afterwards.
-    pub async fn cancel(&self) -> std::io::Result<()> {
-        tokio::time::timeout(CANCEL_TIMEOUT, self.cancel_and_wait())
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
-    }
-
-    async fn cancel_and_wait(&self) -> std::io::Result<()> {
-        use tokio::io::AsyncReadExt;
-        let mut rest = Vec::new();
-        match &self.server {
-            Server::Tcp(host, port) => {
-                let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-                self.cancel
-                    .cancel_query_raw(&mut stream, NoTls)
-                    .await
-                    .map_err(std::io::Error::other)?;
-                stream.read_to_end(&mut rest).await?;
-            }
-            Server::Unix(path) => {
-                let mut stream = tokio::net::UnixStream::connect(path).await?;
-                self.cancel
-                    .cancel_query_raw(&mut stream, NoTls)
-                    .await
-                    .map_err(std::io::Error::other)?;
-                stream.read_to_end(&mut rest).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// A reset was sent and its answer not read yet.
-    pub fn has_pending_reset(&self) -> bool {
-        self.pending_reset.is_some()
-    }
-
-    /// Reads the answer to the reset sent last (waiting for it if need be). An error means
-    /// the session may not be clean.
-    pub async fn settle(&mut self) -> Result<(), tokio_postgres::Error> {
-        if let Some(mut reset) = self.pending_reset.take() {
-            while let Some(message) = reset.next().await {
-                message?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The client and the slot for a reset, borrowed apart, to send a reset right behind a
-    /// statement of the client's.
-    pub fn client_and_reset(&mut self) -> (&Client, &mut Option<Pin<Box<SimpleQueryStream>>>) {
-        (&self.client, &mut self.pending_reset)
-    }
-}
-
-/// Queues `sql` on `client` as a simple query; `None` when the connection is closed.
-pub fn send_reset(client: &Client, sql: &'static str) -> Option<Pin<Box<SimpleQueryStream>>> {
-    match client.simple_query_raw(sql).now_or_never() {
-        Some(Ok(reset)) => Some(Box::pin(reset)),
-        Some(Err(_)) | None => None,
-    }
-}
-
-pub struct PgManager {
-    config: tokio_postgres::Config,
-    server: Server,
-    budget: Option<Arc<Semaphore>>,
-}
-
-impl bb8::ManageConnection for PgManager {
-    type Connection = PgConnection;
-    type Error = ConnectError;
-
-    async fn connect(&self) -> Result<PgConnection, ConnectError> {
-        let budget = match &self.budget {
-            Some(budget) => Some(
-                budget
-                    .clone()
-                    .try_acquire_owned()
-                    .map_err(|_| ConnectError::Budget)?,
-            ),
-            None => None,
-        };
-        let (client, connection) = self.config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "tenant connection ended with an error");
-            }
-        });
-        let cancel = client.cancel_token();
-        Ok(PgConnection {
-            client,
-            cancel,
-            server: self.server.clone(),
-            statements: HashMap::new(),
-            pending_reset: None,
-            broken: false,
-            _budget: budget,
-        })
-    }
-
-    async fn is_valid(&self, conn: &mut PgConnection) -> Result<(), ConnectError> {
-        conn.client.simple_query("").await?;
-        Ok(())
-    }
-
-    fn has_broken(&self, conn: &mut PgConnection) -> bool {
-        conn.broken || conn.client.is_closed()
-    }
-}
-
-pub type PooledConnection = bb8::PooledConnection<'static, PgManager>;
-
 /// A tenant's pool and call limits, built from one version of its route.
 pub struct TenantPool {
     key: PoolKey,
@@ -260,12 +77,7 @@ impl TenantPool {
                 "-c statement_timeout={}",
                 route.limits.statement_timeout.as_millis()
             ));
-        // A host starting with `/` is a Unix-socket directory, as for libpq.
-        let server = if route.host.starts_with('/') {
-            Server::Unix(std::path::Path::new(&route.host).join(format!(".s.PGSQL.{}", route.port)))
-        } else {
-            Server::Tcp(route.host.clone(), route.port)
-        };
+        let server = Server::new(&route.host, route.port);
         let password = route.password.expose_secret();
         if !password.is_empty() {
             pg.password(password);
@@ -280,11 +92,7 @@ impl TenantPool {
             .connection_timeout(config.connect_timeout)
             .test_on_check_out(config.test_on_check_out)
             .idle_timeout(Some(config.time_to_idle))
-            .build_unchecked(PgManager {
-                config: pg,
-                server,
-                budget,
-            });
+            .build_unchecked(PgManager::new(pg, server, budget));
         Self {
             key: route.pool_key(),
             pool,

@@ -101,6 +101,18 @@ async fn each_tenant_sees_only_its_own_rows_and_may_not_name_another() {
     }
 }
 
+/// Whether acme's calls are refused as not active (FAILED_PRECONDITION) within a second.
+async fn refused_within_a_second(harness: &Harness) -> bool {
+    crate::harness::eventually(Duration::from_secs(1), || {
+        let mut client = harness.client.clone();
+        let request = harness.request("acme", query("SELECT 1", vec![]));
+        async move {
+            matches!(client.query(request).await, Err(status) if status.code() == Code::FailedPrecondition)
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn an_invalidation_event_takes_effect_at_once() {
     let harness = Harness::start(PoolConfig::default()).await;
@@ -112,15 +124,10 @@ async fn an_invalidation_event_takes_effect_at_once() {
         .expect("active tenant works");
 
     harness.routes.set_state("acme", TenantState::Suspended);
-    let refused = crate::harness::eventually(Duration::from_secs(1), || {
-        let mut client = client.clone();
-        let request = harness.request("acme", query("SELECT 1", vec![]));
-        async move {
-            matches!(client.query(request).await, Err(status) if status.code() == Code::FailedPrecondition)
-        }
-    })
-    .await;
-    assert!(refused, "a suspended tenant is refused within 1 s");
+    assert!(
+        refused_within_a_second(&harness).await,
+        "a suspended tenant is refused within 1 s"
+    );
 
     harness.routes.set_state("acme", TenantState::Active);
     let works = crate::harness::eventually(Duration::from_secs(1), || {
@@ -143,22 +150,18 @@ async fn calls_in_flight_finish_when_the_tenant_is_suspended() {
     });
     tokio::time::sleep(Duration::from_millis(150)).await;
     harness.routes.set_state("acme", TenantState::Suspended);
-    let mut client = harness.client.clone();
-    let refused = crate::harness::eventually(Duration::from_secs(1), || {
-        let mut client = client.clone();
-        let request = harness.request("acme", query("SELECT 1", vec![]));
-        async move {
-            matches!(client.query(request).await, Err(status) if status.code() == Code::FailedPrecondition)
-        }
-    })
-    .await;
-    assert!(refused, "new calls see the suspension");
+    assert!(
+        refused_within_a_second(&harness).await,
+        "new calls see the suspension"
+    );
     let finished = slow
         .await
         .expect("task")
         .expect("the call in flight finishes");
     assert_eq!(finished.into_inner().rows.len(), 1);
-    let again = client
+    let again = harness
+        .client
+        .clone()
         .query(harness.request("acme", query("SELECT 1", vec![])))
         .await
         .expect_err("still suspended");

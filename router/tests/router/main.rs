@@ -6,6 +6,7 @@ mod control_plane;
 mod harness;
 mod identity;
 mod pools;
+mod sessions;
 
 /// The allocator of the `silo-router` binary, so the benchmark measures what it runs.
 #[global_allocator]
