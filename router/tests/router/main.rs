@@ -3,6 +3,7 @@
 mod bench;
 mod calls;
 mod control_plane;
+mod fairness;
 mod harness;
 mod identity;
 mod pools;
