@@ -364,7 +364,7 @@ async fn with_reset_behind<F: Future>(
         return call.await;
     };
     let first = futures::poll!(call.as_mut());
-    *pending_reset = crate::connection::send_reset(client, reset);
+    *pending_reset = crate::connection::queue_reset(client, reset);
     match first {
         std::task::Poll::Ready(output) => output,
         std::task::Poll::Pending => call.await,

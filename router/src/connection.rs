@@ -81,7 +81,7 @@ impl PgConnection {
     /// [`settle`]: Self::settle
     pub fn send_reset(&mut self, sql: &'static str) {
         // tokio-postgres queues a simple query in the first poll and only then waits.
-        match send_reset(&self.client, sql) {
+        match queue_reset(&self.client, sql) {
             Some(reset) => self.pending_reset = Some(reset),
             None => self.broken = true,
         }
@@ -97,26 +97,29 @@ impl PgConnection {
     }
 
     async fn cancel_and_wait(&self) -> std::io::Result<()> {
-        use tokio::io::AsyncReadExt;
-        let mut rest = Vec::new();
         match &self.server {
             Server::Tcp(host, port) => {
-                let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-                self.cancel
-                    .cancel_query_raw(&mut stream, NoTls)
-                    .await
-                    .map_err(std::io::Error::other)?;
-                stream.read_to_end(&mut rest).await?;
+                let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                self.cancel_over(stream).await
             }
             Server::Unix(path) => {
-                let mut stream = tokio::net::UnixStream::connect(path).await?;
-                self.cancel
-                    .cancel_query_raw(&mut stream, NoTls)
-                    .await
-                    .map_err(std::io::Error::other)?;
-                stream.read_to_end(&mut rest).await?;
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                self.cancel_over(stream).await
             }
         }
+    }
+
+    /// Sends the cancel request over `stream` and reads until the server closes it.
+    async fn cancel_over<S>(&self, mut stream: S) -> std::io::Result<()>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncReadExt;
+        self.cancel
+            .cancel_query_raw(&mut stream, NoTls)
+            .await
+            .map_err(std::io::Error::other)?;
+        stream.read_to_end(&mut Vec::new()).await?;
         Ok(())
     }
 
@@ -138,13 +141,18 @@ impl PgConnection {
 
     /// The client and the slot for a reset, borrowed apart, to send a reset right behind a
     /// statement of the client's.
-    pub fn client_and_reset(&mut self) -> (&Client, &mut Option<Pin<Box<SimpleQueryStream>>>) {
+    pub(crate) fn client_and_reset(
+        &mut self,
+    ) -> (&Client, &mut Option<Pin<Box<SimpleQueryStream>>>) {
         (&self.client, &mut self.pending_reset)
     }
 }
 
 /// Queues `sql` on `client` as a simple query; `None` when the connection is closed.
-pub fn send_reset(client: &Client, sql: &'static str) -> Option<Pin<Box<SimpleQueryStream>>> {
+pub(crate) fn queue_reset(
+    client: &Client,
+    sql: &'static str,
+) -> Option<Pin<Box<SimpleQueryStream>>> {
     match client.simple_query_raw(sql).now_or_never() {
         Some(Ok(reset)) => Some(Box::pin(reset)),
         Some(Err(_)) | None => None,

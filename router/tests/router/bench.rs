@@ -256,18 +256,21 @@ async fn direct(
     .await
 }
 
+/// `count` HTTP/2 connections to the router.
+async fn channels(harness: &Harness, count: usize) -> Vec<tonic::transport::Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", harness.address))
+        .expect("endpoint");
+    let mut channels = Vec::with_capacity(count);
+    for _ in 0..count {
+        channels.push(endpoint.connect().await.expect("connects"));
+    }
+    channels
+}
+
 /// Calls through the router: each client on its own connection, or all on one.
 async fn routed(harness: &Harness, clients: usize, shared_connection: bool) -> Figures {
-    let channels = if shared_connection { 1 } else { clients };
-    let mut connected = Vec::new();
-    for _ in 0..channels {
-        connected.push(
-            RouterClient::connect(format!("http://{}", harness.address))
-                .await
-                .expect("connects"),
-        );
-    }
-    let connected = Arc::new(connected);
+    let channels = channels(harness, if shared_connection { 1 } else { clients }).await;
+    let connected: Arc<Vec<_>> = Arc::new(channels.into_iter().map(RouterClient::new).collect());
     let token = Arc::new(harness.tenant_token("bench"));
     measure(postmaster(harness), None, clients, move |c, id| {
         let mut client = connected[c % connected.len()].clone();
@@ -347,17 +350,8 @@ impl PgBouncer {
 /// the floor under the router's added latency.
 async fn grpc_floor(harness: &Harness, clients: usize) -> Figures {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let mut connected = Vec::new();
-    for _ in 0..clients {
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", harness.address))
-                .expect("endpoint")
-                .connect()
-                .await
-                .expect("connects");
-        connected.push(HealthClient::new(channel));
-    }
-    let connected = Arc::new(connected);
+    let channels = channels(harness, clients).await;
+    let connected: Arc<Vec<_>> = Arc::new(channels.into_iter().map(HealthClient::new).collect());
     measure(postmaster(harness), None, clients, move |c, _| {
         let mut client = connected[c].clone();
         async move {
