@@ -16,13 +16,7 @@ pub struct InvalidTenantId;
 
 impl TenantId {
     pub fn parse(raw: &str) -> Result<Self, InvalidTenantId> {
-        let bytes = raw.as_bytes();
-        let valid = (2..=63).contains(&bytes.len())
-            && bytes[0].is_ascii_lowercase()
-            && bytes[1..]
-                .iter()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
-        if valid {
+        if silo_proto::is_valid_tenant_id(raw) {
             Ok(Self(raw.to_owned()))
         } else {
             Err(InvalidTenantId)

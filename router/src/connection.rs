@@ -61,17 +61,35 @@ pub struct PgConnection {
 }
 
 impl PgConnection {
-    /// The statement for `sql`, prepared once per connection.
-    pub async fn prepare_cached(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+    /// The statement for `sql`, prepared once per connection, and whether it came from the
+    /// cache (`true`) rather than being prepared just now. A cached statement may have gone
+    /// stale since (DDL, a type re-created, `DEALLOCATE`): see [`forget`](Self::forget).
+    pub async fn prepare_cached(
+        &mut self,
+        sql: &str,
+    ) -> Result<(Statement, bool), tokio_postgres::Error> {
         if let Some(statement) = self.statements.get(sql) {
-            return Ok(statement.clone());
+            return Ok((statement.clone(), true));
         }
         let statement = self.client.prepare(sql).await?;
         if self.statements.len() >= STATEMENT_CACHE_SIZE {
             self.statements.clear();
         }
         self.statements.insert(sql.to_owned(), statement.clone());
-        Ok(statement)
+        Ok((statement, false))
+    }
+
+    /// Drops the cached statement for `sql`: the next use prepares it afresh.
+    pub fn forget(&mut self, sql: &str) {
+        self.statements.remove(sql);
+    }
+
+    /// Drops every cached statement (the server no longer has them), and marks the
+    /// connection to be closed when it is given back: tokio-postgres keeps prepared
+    /// statements of its own (for type lookups) that may be gone too.
+    pub fn forget_all(&mut self) {
+        self.statements.clear();
+        self.broken = true;
     }
 
     /// Sends the session reset `sql` without waiting for its answer, which [`settle`]

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::call::Lease;
@@ -11,7 +12,7 @@ use crate::error::RouterError;
 use crate::identity::Authenticator;
 use crate::metrics::RouterMetrics;
 use crate::pool::{PoolConfig, PoolRegistry};
-use crate::routes::{Invalidation, RouteCache, RouteCacheConfig, RouteSource};
+use crate::routes::{Invalidation, RouteCache, RouteCacheConfig, RouteError, RouteSource};
 use crate::tenant::{TenantId, TenantState};
 
 /// The default response-size limit: gRPC clients refuse messages over 4 MiB unless told
@@ -51,6 +52,58 @@ pub struct RouterCore<S> {
     pub routes: RouteCache<S>,
     pub pools: PoolRegistry,
     pub limits: CallLimits,
+    /// Tenants that stopped being servable (suspended, deleting, gone), for the open
+    /// Transaction streams, which must end rather than run on.
+    revocations: broadcast::Sender<Revocation>,
+}
+
+/// A tenant whose open transactions must end, and why.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    pub tenant_id: TenantId,
+    /// Why: not ACTIVE (its state) or not found.
+    pub reason: Revoked,
+}
+
+/// Why a tenant's open transactions end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    NotActive(TenantState),
+    NotFound,
+}
+
+impl From<Revoked> for RouterError {
+    fn from(reason: Revoked) -> Self {
+        match reason {
+            Revoked::NotActive(state) => RouterError::NotActive(state),
+            Revoked::NotFound => RouterError::Route(RouteError::NotFound),
+        }
+    }
+}
+
+/// What an open transaction of one tenant listens to, to learn that it must end.
+pub struct RevocationWatch {
+    tenant: TenantId,
+    events: broadcast::Receiver<Revocation>,
+}
+
+impl RevocationWatch {
+    /// Resolves when the tenant is revoked (never otherwise). After missed events, the
+    /// route is looked up again rather than assumed unchanged.
+    pub async fn revoked<S: RouteSource>(&mut self, core: &RouterCore<S>) -> Revoked {
+        loop {
+            match self.events.recv().await {
+                Ok(revocation) if revocation.tenant_id == self.tenant => return revocation.reason,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if let Some(reason) = core.revoked(&self.tenant).await {
+                        return reason;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            }
+        }
+    }
 }
 
 impl<S: RouteSource> RouterCore<S> {
@@ -85,6 +138,28 @@ impl<S: RouteSource> RouterCore<S> {
             routes: RouteCache::with_metrics(source, routes, metrics.clone()),
             pools: PoolRegistry::with_metrics(pools, metrics),
             limits,
+            revocations: broadcast::channel(256).0,
+        }
+    }
+
+    /// Starts listening for the revocation of `tenant` (take it before checking that the
+    /// tenant is active, so that nothing falls between).
+    pub fn watch_revocation(&self, tenant: &TenantId) -> RevocationWatch {
+        RevocationWatch {
+            tenant: tenant.clone(),
+            events: self.revocations.subscribe(),
+        }
+    }
+
+    /// Why the tenant can no longer be served, from its current route; `None` while it is
+    /// active or the control plane cannot say.
+    async fn revoked(&self, tenant: &TenantId) -> Option<Revoked> {
+        match self.routes.get(tenant).await {
+            Ok(route) if route.state != TenantState::Active => {
+                Some(Revoked::NotActive(route.state))
+            }
+            Ok(_) | Err(RouteError::Unavailable(_) | RouteError::Invalid(_)) => None,
+            Err(RouteError::NotFound) => Some(Revoked::NotFound),
         }
     }
 
@@ -100,15 +175,26 @@ impl<S: RouteSource> RouterCore<S> {
         Ok(Lease::new(conn, pool, permit))
     }
 
-    /// Drops what an event makes stale: the route, and with it the pool.
-    pub async fn apply(&self, invalidation: &Invalidation) {
-        if self
-            .routes
-            .invalidate(&invalidation.tenant_id, invalidation.sequence)
-            .await
-        {
-            tracing::info!(tenant_id = %invalidation.tenant_id, sequence = invalidation.sequence, "tenant changed; dropping its route and pool");
-            self.pools.invalidate(&invalidation.tenant_id).await;
+    /// Drops what an event makes stale: the route, and with it the pool. While
+    /// Transaction streams are open, looks the tenant up again (in the background) and
+    /// ends its open transactions if it is no longer active.
+    pub async fn apply(self: &Arc<Self>, invalidation: &Invalidation) {
+        let tenant = &invalidation.tenant_id;
+        if self.routes.invalidate(tenant, invalidation.sequence).await {
+            tracing::info!(tenant_id = %tenant, sequence = invalidation.sequence, "tenant changed; dropping its route and pool");
+            self.pools.invalidate(tenant).await;
+        }
+        if self.revocations.receiver_count() > 0 {
+            let (core, tenant) = (Arc::clone(self), tenant.clone());
+            tokio::spawn(async move {
+                if let Some(reason) = core.revoked(&tenant).await {
+                    tracing::info!(tenant_id = %tenant, ?reason, "ending the tenant's open transactions");
+                    let _ = core.revocations.send(Revocation {
+                        tenant_id: tenant,
+                        reason,
+                    });
+                }
+            });
         }
     }
 

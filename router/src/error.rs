@@ -49,9 +49,13 @@ impl From<RouterError> for Status {
             },
             RouterError::Route(e) => match e {
                 RouteError::NotFound => Status::not_found("tenant not found"),
-                RouteError::Unavailable(detail) | RouteError::Invalid(detail) => {
+                RouteError::Unavailable(detail) => {
                     tracing::warn!(error = %detail, "cannot resolve tenant");
                     Status::unavailable("tenant routing is unavailable")
+                }
+                RouteError::Invalid(detail) => {
+                    tracing::error!(error = %detail, "cannot use the tenant's route");
+                    Status::internal("tenant routing failed")
                 }
             },
             RouterError::NotActive(state) => {
@@ -81,7 +85,16 @@ impl From<RouterError> for Status {
                     std::time::Duration::from_millis(10),
                 ),
             },
-            RouterError::Request(e) => Status::invalid_argument(e.to_string()),
+            RouterError::Request(e) => match e {
+                RequestError::Unsupported(_) => Status::unimplemented(e.to_string()),
+                RequestError::MissingStatement
+                | RequestError::EmptySql
+                | RequestError::NulInSql
+                | RequestError::Param { .. }
+                | RequestError::EmptyBatch
+                | RequestError::TransactionControl
+                | RequestError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            },
             RouterError::Call(e) => call_status(e),
         }
     }
@@ -103,12 +116,25 @@ fn call_status(error: CallError) -> Status {
             Status::resource_exhausted(error.to_string())
         }
         CallError::DeadlineExceeded => Status::deadline_exceeded(error.to_string()),
-        CallError::Idle(_) => Status::aborted(error.to_string()),
+        CallError::Idle(_) | CallError::StaleStatement => Status::aborted(error.to_string()),
+        CallError::TransactionLost(_) => Status::internal(error.to_string()),
     }
 }
 
-/// A tokio-postgres error: a database error by its SQLSTATE, a conversion error as a bad
-/// argument, anything else (closed connection, I/O) as the silo being unavailable.
+/// Whether `error` leaves the connection in a protocol state the router does not know
+/// (not a database error, not a value the router refused, not a closed connection): such a
+/// connection is closed rather than lent again.
+pub fn leaves_connection_unknown(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_none()
+        && !error.is_closed()
+        && !error
+            .source()
+            .is_some_and(|s| s.is::<ValueError>() || s.is::<std::io::Error>())
+}
+
+/// A tokio-postgres error: a database error by its SQLSTATE; a value the router refused
+/// as a bad argument; a lost connection as UNAVAILABLE (a retry gets another); anything
+/// else (the server sent what the protocol did not lead us to expect) as INTERNAL.
 fn sql_status(error: &tokio_postgres::Error) -> Status {
     if let Some(db) = error.as_db_error() {
         let code = db.code().code();
@@ -123,31 +149,57 @@ fn sql_status(error: &tokio_postgres::Error) -> Status {
     if let Some(value) = error.source().and_then(|s| s.downcast_ref::<ValueError>()) {
         return Status::invalid_argument(value.to_string());
     }
-    if error.is_closed() {
+    if error.is_closed() || error.source().is_some_and(|s| s.is::<std::io::Error>()) {
         return Status::unavailable("connection to the tenant database lost");
     }
-    tracing::warn!(error = %error, "database call failed");
-    Status::unavailable("tenant database error")
+    tracing::warn!(error = %error, "unexpected answer from the tenant database");
+    Status::internal("unexpected answer from the tenant database")
 }
 
-/// gRPC code for a SQLSTATE, by class (the first two characters), per DESIGN.md.
+/// gRPC code for a SQLSTATE (PostgreSQL's Appendix A), by class (its first two
+/// characters) after a few codes of their own. Only what a retry can fix is UNAVAILABLE
+/// (the server going away) or ABORTED (a conflict with another transaction); the caller's
+/// own mistakes are INVALID_ARGUMENT, broken rules FAILED_PRECONDITION, duplicates
+/// ALREADY_EXISTS. The README's error table lists the same rows.
 pub fn sqlstate_code(sqlstate: &str) -> Code {
     match sqlstate {
-        "40001" | "40P01" => return Code::Aborted,
-        "23505" => return Code::AlreadyExists,
+        // unique_violation, and creating what exists (duplicate_cursor, _database,
+        // _function, _prepared_statement, _schema, _table, _alias, _column, _object).
+        "23505" | "42P03" | "42P04" | "42723" | "42P05" | "42P06" | "42P07" | "42712" | "42701"
+        | "42710" => return Code::AlreadyExists,
+        // insufficient_privilege.
+        "42501" => return Code::PermissionDenied,
+        // query_canceled: the statement timeout (the call's deadline or the tier's).
         "57014" => return Code::DeadlineExceeded,
+        // lock_not_available (NOWAIT, lock_timeout): a conflict, worth a retry.
+        "55P03" => return Code::Aborted,
         _ => {}
     }
     match sqlstate.get(..2).unwrap_or_default() {
-        // Data exception, syntax / access rule, feature not supported, cardinality,
-        // program limit.
-        "22" | "42" | "0A" | "21" | "54" | "2F" | "39" | "3F" | "44" => Code::InvalidArgument,
-        // Constraint violation, bad transaction state, object in use, raised by PL/pgSQL.
-        "23" | "25" | "2D" | "55" | "P0" => Code::FailedPrecondition,
-        "40" => Code::Aborted,
+        // Statement not complete, locator, grantor, role, diagnostics, CASE not found,
+        // cardinality, data exception, SQL statement name, routine, cursor name,
+        // external routine (invocation), savepoint, catalog name, schema name, syntax or
+        // access rule, program limit.
+        "03" | "0F" | "0L" | "0P" | "0Z" | "20" | "21" | "22" | "26" | "2F" | "34" | "38"
+        | "39" | "3B" | "3D" | "3F" | "42" | "54" => Code::InvalidArgument,
+        // Feature not supported.
+        "0A" => Code::Unimplemented,
+        // Triggered action, transaction initiation, integrity constraint, cursor state,
+        // transaction state, dependent privileges, transaction termination, triggered
+        // data change, WITH CHECK OPTION, object not in prerequisite state, PL/pgSQL
+        // RAISE and assertions.
+        "09" | "0B" | "23" | "24" | "25" | "2B" | "2D" | "27" | "44" | "55" | "P0" => {
+            Code::FailedPrecondition
+        }
+        // Transaction rollback (serialization failure, deadlock), snapshot too old.
+        "40" | "72" => Code::Aborted,
+        // Insufficient resources (disk full, out of memory, too many connections).
         "53" => Code::ResourceExhausted,
-        // Connection problems, operator intervention, no such database, bad login.
-        "08" | "57" | "3D" | "28" => Code::Unavailable,
+        // Connection exception, operator intervention (shutdown, crash), invalid
+        // authorization (a login refused mid-session).
+        "08" | "57" | "28" => Code::Unavailable,
+        // System error, configuration file, foreign data wrapper, internal error, and any
+        // class PostgreSQL may add.
         _ => Code::Internal,
     }
 }

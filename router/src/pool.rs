@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use moka::future::Cache;
 use moka::notification::RemovalCause;
+use moka::policy::EvictionPolicy;
 use secrecy::ExposeSecret;
 use tokio::sync::Semaphore;
 
@@ -174,6 +175,10 @@ impl PoolRegistry {
         let evictions = metrics.pool_evictions.clone();
         let pools = Cache::builder()
             .max_capacity(config.capacity)
+            // Least recently used first, as the design says. Moka's default policy
+            // (TinyLFU) may refuse a new entry in favour of older, more frequently used
+            // ones, so a tenant that just became busy could lose its pool again and again.
+            .eviction_policy(EvictionPolicy::lru())
             .time_to_idle(config.time_to_idle)
             .eviction_listener(move |tenant: Arc<TenantId>, pool: Arc<TenantPool>, cause| {
                 // Dropping the last reference closes the pool's idle connections; connections
@@ -204,13 +209,20 @@ impl PoolRegistry {
     /// route's endpoint, credentials or limits changed.
     pub async fn get(&self, route: &Route) -> Arc<TenantPool> {
         let tenant = &route.tenant_id;
+        let mut created = false;
         let pool = self
             .pools
             .get_with_by_ref(tenant, async {
+                created = true;
                 self.metrics.pool_creations.inc();
                 Arc::new(TenantPool::new(route, &self.config, self.budget.clone()))
             })
             .await;
+        if created {
+            // Evict now, not at the next housekeeping tick: the pool past the capacity
+            // closes its connections before the new one opens any.
+            self.close_removed().await;
+        }
         if pool.key.matches(route) {
             return pool;
         }
@@ -256,9 +268,8 @@ impl PoolRegistry {
             };
             tracing::info!(tenant_id = %victim, "connection budget full; closing an idle pool");
             self.pools.invalidate(victim.as_ref()).await;
-            // Moka drops removed values when its pending tasks run: the pool's idle
-            // connections (and their budget) are released here.
-            self.pools.run_pending_tasks().await;
+            // The pool's idle connections (and their budget) are released here.
+            self.close_removed().await;
         }
         pool.get().await
     }
@@ -266,6 +277,16 @@ impl PoolRegistry {
     /// Closes the tenant's pool (calls in flight finish on their connections).
     pub async fn invalidate(&self, tenant: &TenantId) {
         self.pools.invalidate(tenant).await;
+        self.close_removed().await;
+    }
+
+    /// Runs the cache's pending work so that pools evicted or invalidated are dropped now,
+    /// closing their idle connections. Moka removes an entry (and calls the eviction
+    /// listener) in one maintenance run but lets go of its own reference to the value only
+    /// in the next, so it takes two; `pools_are_evicted_least_recently_used_and_close_at_once`
+    /// checks the connections are gone within 100 ms.
+    async fn close_removed(&self) {
+        self.pools.run_pending_tasks().await;
         self.pools.run_pending_tasks().await;
     }
 
@@ -303,6 +324,11 @@ impl PoolRegistry {
         self.metrics.pool_connections.set(connections);
         self.metrics.pool_idle_connections.set(idle);
         self.metrics.pool_waits.set(waits);
+    }
+
+    /// Whether the tenant has a pool now.
+    pub fn contains(&self, tenant: &TenantId) -> bool {
+        self.pools.contains_key(tenant)
     }
 
     /// Pools alive, after pending evictions ran.

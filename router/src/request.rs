@@ -2,6 +2,7 @@
 
 use silo_proto::router::v1 as pb;
 
+use crate::session::Command;
 use crate::value::{SqlValue, ValueError};
 
 /// A request the router cannot run, before it reaches the database.
@@ -13,8 +14,21 @@ pub enum RequestError {
     EmptySql,
     #[error("parameter ${index}: {source}")]
     Param { index: usize, source: ValueError },
+    #[error("the statement text contains a NUL character, which PostgreSQL does not accept")]
+    NulInSql,
     #[error("a batch needs at least one statement")]
     EmptyBatch,
+    /// `COMMIT`, `ROLLBACK`, `BEGIN` and the like inside Batch or Transaction, where the
+    /// router owns the transaction.
+    #[error(
+        "transaction control statements (BEGIN, COMMIT, ROLLBACK, END, ABORT, START, \
+         PREPARE TRANSACTION) cannot run inside Batch or Transaction: use the stream's \
+         commit / rollback; SAVEPOINT, RELEASE and ROLLBACK TO are allowed"
+    )]
+    TransactionControl,
+    /// A statement that needs a part of PostgreSQL's protocol the API does not carry.
+    #[error("{0} is not supported through the router")]
+    Unsupported(&'static str),
     #[error("{0}")]
     Invalid(&'static str),
 }
@@ -33,6 +47,14 @@ impl TryFrom<Option<pb::Statement>> for SqlStatement {
         let statement = statement.ok_or(RequestError::MissingStatement)?;
         if statement.sql.trim().is_empty() {
             return Err(RequestError::EmptySql);
+        }
+        if statement.sql.contains('\0') {
+            return Err(RequestError::NulInSql);
+        }
+        if Command::of(&statement.sql).copies_over_the_connection {
+            return Err(RequestError::Unsupported(
+                "COPY ... FROM STDIN / TO STDOUT (use INSERT with parameters, or QueryStream)",
+            ));
         }
         let params = statement
             .params
@@ -57,6 +79,18 @@ impl TryFrom<Option<pb::Statement>> for SqlStatement {
 pub struct Column {
     pub name: String,
     pub type_name: String,
+}
+
+impl SqlStatement {
+    /// Refuses a statement that would start or end a transaction, for Batch and
+    /// Transaction, where the router owns the transaction.
+    pub fn inside_transaction(self) -> Result<Self, RequestError> {
+        if Command::of(&self.sql).controls_transaction {
+            Err(RequestError::TransactionControl)
+        } else {
+            Ok(self)
+        }
+    }
 }
 
 /// Columns and rows of a query (or one batch of a streamed query).

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::call::CallError;
-use crate::core::RouterCore;
+use crate::call::{CallError, Lease};
+use crate::core::{CallLimits, RouterCore};
 use crate::error::RouterError;
 use crate::identity::TENANT_HEADER;
 use crate::request::{RequestError, SqlStatement};
@@ -161,7 +161,7 @@ impl<S: RouteSource> Router for RouterService<S> {
             .into_inner()
             .statements
             .into_iter()
-            .map(|statement| SqlStatement::try_from(Some(statement)))
+            .map(|statement| SqlStatement::try_from(Some(statement))?.inside_transaction())
             .collect::<Result<Vec<_>, _>>()
             .map_err(RouterError::from)?;
         if statements.is_empty() {
@@ -191,23 +191,30 @@ impl<S: RouteSource> Router for RouterService<S> {
             ))
             .into());
         };
+        let mut revocation = self.core.watch_revocation(&tenant);
         let mut lease = self.core.lease(&tenant).await?;
         lease
             .begin(begin_sql(&begin), deadline)
             .await
             .map_err(RouterError::from)?;
         let (tx, rx) = mpsc::channel(4);
-        let limits = self.core.limits.clone();
+        let core = self.core.clone();
         tokio::spawn(async move {
-            use pb::transaction_request::Kind as In;
             use pb::transaction_response::Kind as Out;
             let send = |kind| pb::TransactionResponse { kind: Some(kind) };
             if tx.send(Ok(send(Out::Begun(begin)))).await.is_err() {
                 return;
             }
-            // Any return without COMMIT drops the lease, whose reset rolls back.
+            // Every return without COMMIT drops the lease, whose reset rolls back (and
+            // cancels a statement still running first): when the caller has gone away,
+            // when the tenant stops being servable, and on any error.
             loop {
-                let message = match next_message(&mut incoming, idle).await {
+                let next = tokio::select! {
+                    next = next_message(&mut incoming, idle) => next,
+                    reason = revocation.revoked(&core) => Err(RouterError::from(reason).into()),
+                    () = tx.closed() => return,
+                };
+                let message = match next {
                     Ok(Some(message)) => message,
                     Ok(None) => return,
                     Err(status) => {
@@ -215,47 +222,18 @@ impl<S: RouteSource> Router for RouterService<S> {
                         return;
                     }
                 };
-                let result: Result<Option<Out>, RouterError> = async {
-                    Ok(match message {
-                        In::Begin(_) => {
-                            return Err(RequestError::Invalid("the transaction has begun").into());
-                        }
-                        In::Query(query) => {
-                            let statement = SqlStatement::try_from(query.statement)?;
-                            let max_rows = clamp_rows(
-                                query.max_rows,
-                                limits.default_max_rows,
-                                limits.max_rows,
-                            );
-                            let rows = lease
-                                .query(&statement, max_rows, limits.max_response_bytes, deadline)
-                                .await?;
-                            Some(Out::Query(rows.into()))
-                        }
-                        In::Execute(execute) => {
-                            let statement = SqlStatement::try_from(execute.statement)?;
-                            let rows_affected = lease.execute(&statement, deadline).await?;
-                            Some(Out::Execute(pb::ExecuteResponse { rows_affected }))
-                        }
-                        In::Commit(commit) => {
-                            lease.end(true, deadline).await?;
-                            Some(Out::Committed(commit))
-                        }
-                        In::Rollback(rollback) => {
-                            lease.end(false, deadline).await?;
-                            Some(Out::RolledBack(rollback))
-                        }
-                    })
-                }
-                .await;
+                let result = tokio::select! {
+                    result = step(&mut lease, message, &core.limits, deadline) => result,
+                    reason = revocation.revoked(&core) => Err(reason.into()),
+                    () = tx.closed() => return,
+                };
                 match result {
-                    Ok(Some(out)) => {
+                    Ok(out) => {
                         let done = matches!(out, Out::Committed(_) | Out::RolledBack(_));
                         if tx.send(Ok(send(out))).await.is_err() || done {
                             return;
                         }
                     }
-                    Ok(None) => {}
                     Err(error) => {
                         let _ = tx.send(Err(error.into())).await;
                         return;
@@ -265,6 +243,41 @@ impl<S: RouteSource> Router for RouterService<S> {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Runs one message of an open transaction.
+async fn step(
+    lease: &mut Lease,
+    message: pb::transaction_request::Kind,
+    limits: &CallLimits,
+    deadline: Option<Instant>,
+) -> Result<pb::transaction_response::Kind, RouterError> {
+    use pb::transaction_request::Kind as In;
+    use pb::transaction_response::Kind as Out;
+    Ok(match message {
+        In::Begin(_) => return Err(RequestError::Invalid("the transaction has begun").into()),
+        In::Query(query) => {
+            let statement = SqlStatement::try_from(query.statement)?.inside_transaction()?;
+            let max_rows = clamp_rows(query.max_rows, limits.default_max_rows, limits.max_rows);
+            let rows = lease
+                .query(&statement, max_rows, limits.max_response_bytes, deadline)
+                .await?;
+            Out::Query(rows.into())
+        }
+        In::Execute(execute) => {
+            let statement = SqlStatement::try_from(execute.statement)?.inside_transaction()?;
+            let rows_affected = lease.execute(&statement, deadline).await?;
+            Out::Execute(pb::ExecuteResponse { rows_affected })
+        }
+        In::Commit(commit) => {
+            lease.end(true, deadline).await?;
+            Out::Committed(commit)
+        }
+        In::Rollback(rollback) => {
+            lease.end(false, deadline).await?;
+            Out::RolledBack(rollback)
+        }
+    })
 }
 
 /// The next message of a transaction stream, or an error after `idle` without one.

@@ -157,12 +157,31 @@ impl RouteSource for ControlPlaneRoutes {
             .map_err(|_| RouteError::Unavailable("ResolveTenant timed out".into()))?;
         match response {
             Ok(route) => Route::try_from(route.into_inner()),
-            Err(status) if status.code() == tonic::Code::NotFound => Err(RouteError::NotFound),
-            Err(status) => Err(RouteError::Unavailable(format!(
-                "ResolveTenant: {:?}: {}",
-                status.code(),
-                status.message()
-            ))),
+            Err(status) => {
+                let detail = || format!("ResolveTenant: {:?}: {}", status.code(), status.message());
+                use tonic::Code;
+                Err(match status.code() {
+                    // A tenant id the control plane refuses names no tenant.
+                    Code::NotFound | Code::InvalidArgument => RouteError::NotFound,
+                    // What a later attempt may get past.
+                    Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::ResourceExhausted
+                    | Code::Aborted
+                    | Code::Cancelled
+                    | Code::Unknown
+                    | Code::Internal => RouteError::Unavailable(detail()),
+                    // The router's own configuration (its service token) is wrong.
+                    Code::Ok
+                    | Code::Unauthenticated
+                    | Code::PermissionDenied
+                    | Code::AlreadyExists
+                    | Code::FailedPrecondition
+                    | Code::OutOfRange
+                    | Code::Unimplemented
+                    | Code::DataLoss => RouteError::Invalid(detail()),
+                })
+            }
         }
     }
 

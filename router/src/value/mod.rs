@@ -40,12 +40,17 @@ pub enum ValueError {
     Infinite,
     #[error("a Value with no kind set")]
     Empty,
-    #[error("arrays of arrays are not supported")]
-    NestedArray,
     #[error("malformed {0} from the database")]
     Malformed(&'static str),
     #[error("type {0} is not supported; cast it (for example to text)")]
     UnsupportedType(String),
+    #[error("a value of type {0} from the database could not be read")]
+    Unreadable(String),
+    #[error(
+        "array values must be rectangular: every element at one level is an array of the \
+         same length, or none is"
+    )]
+    RaggedArray,
 }
 
 /// One typed SQL value.
@@ -67,7 +72,9 @@ pub enum SqlValue {
     Time(i64),
     Json(String),
     Jsonb(String),
-    /// One-dimensional; elements may be [`SqlValue::Null`], never arrays.
+    /// A PostgreSQL array: its elements, or for a multi-dimensional array the arrays one
+    /// dimension down (`{{1,2},{3,4}}` is `[[1, 2], [3, 4]]`). Rectangular, as PostgreSQL
+    /// requires; leaves may be [`SqlValue::Null`]. Lower bounds other than 1 are not kept.
     Array(Vec<SqlValue>),
 }
 
@@ -237,10 +244,10 @@ impl ToSql for SqlValue {
             Self::Date(v) if *ty == Type::DATE => wire::date_to_sql(v.to_pg()?, out),
             Self::Time(v) if *ty == Type::TIME => wire::time_to_sql(*v, out),
             Self::Array(values) => {
-                if !matches!(ty.kind(), Kind::Array(_)) {
+                let Kind::Array(member) = ty.kind() else {
                     return Err(self.mismatch(ty));
-                }
-                return values.as_slice().to_sql(ty, out);
+                };
+                return encode_array(values, member, out);
             }
             _ => return Err(self.mismatch(ty)),
         }
@@ -255,12 +262,116 @@ impl ToSql for SqlValue {
     to_sql_checked!();
 }
 
+/// The length of each dimension of the array `values`, outermost first; `[]` for an empty
+/// array (as PostgreSQL, which gives an empty array no dimensions, also `[[], []]`).
+/// Fails unless every level is all arrays of one length or all non-arrays.
+pub fn array_shape(values: &[SqlValue]) -> Result<Vec<usize>, ValueError> {
+    let mut shape = vec![values.len()];
+    let mut level: Vec<&SqlValue> = values.iter().collect();
+    while let Some(SqlValue::Array(first)) = level.first() {
+        let len = first.len();
+        let mut next = Vec::with_capacity(level.len() * len);
+        for value in level {
+            match value {
+                SqlValue::Array(inner) if inner.len() == len => next.extend(inner),
+                _ => return Err(ValueError::RaggedArray),
+            }
+        }
+        shape.push(len);
+        level = next;
+    }
+    if level
+        .iter()
+        .any(|value| matches!(value, SqlValue::Array(_)))
+    {
+        return Err(ValueError::RaggedArray);
+    }
+    if shape.contains(&0) {
+        shape.clear();
+    }
+    Ok(shape)
+}
+
+/// The non-array values of a rectangular array, in row-major order.
+fn array_leaves<'a>(values: &'a [SqlValue], out: &mut Vec<&'a SqlValue>) {
+    for value in values {
+        match value {
+            SqlValue::Array(inner) => array_leaves(inner, out),
+            leaf => out.push(leaf),
+        }
+    }
+}
+
+fn encode_array(
+    values: &[SqlValue],
+    member: &Type,
+    out: &mut BytesMut,
+) -> Result<IsNull, BoxError> {
+    let shape = array_shape(values)?;
+    let dimensions = shape
+        .iter()
+        .map(|&len| {
+            Ok(wire::ArrayDimension {
+                len: i32::try_from(len).map_err(|_| ValueError::OutOfRange("array length"))?,
+                lower_bound: 1,
+            })
+        })
+        .collect::<Result<Vec<_>, ValueError>>()?;
+    let mut leaves = Vec::new();
+    if !shape.is_empty() {
+        array_leaves(values, &mut leaves);
+    }
+    wire::array_to_sql(
+        dimensions,
+        member.oid(),
+        leaves,
+        |leaf, out| match leaf.to_sql(member, out)? {
+            IsNull::No => Ok(postgres_protocol::IsNull::No),
+            IsNull::Yes => Ok(postgres_protocol::IsNull::Yes),
+        },
+        out,
+    )?;
+    Ok(IsNull::No)
+}
+
+fn decode_array(member: &Type, raw: &[u8]) -> Result<SqlValue, BoxError> {
+    use fallible_iterator::FallibleIterator;
+    let array = wire::array_from_sql(raw)?;
+    let shape = array
+        .dimensions()
+        .map(|d| usize::try_from(d.len).map_err(|_| ValueError::Malformed("array").into()))
+        .collect::<Vec<usize>>()?;
+    let mut values = array
+        .values()
+        .map(|raw| match raw {
+            Some(raw) => SqlValue::from_sql(member, raw),
+            None => Ok(SqlValue::Null),
+        })
+        .collect::<Vec<SqlValue>>()?;
+    // Group the leaves into arrays, innermost dimension first.
+    for &len in shape.iter().skip(1).rev() {
+        if len == 0 {
+            break;
+        }
+        let mut grouped = Vec::with_capacity(values.len() / len);
+        let mut leaves = values.into_iter();
+        loop {
+            let chunk: Vec<SqlValue> = leaves.by_ref().take(len).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            grouped.push(SqlValue::Array(chunk));
+        }
+        values = grouped;
+    }
+    Ok(SqlValue::Array(values))
+}
+
 impl<'a> FromSql<'a> for SqlValue {
     fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, BoxError> {
         let ty = base_type(ty);
-        if let Kind::Array(_) = ty.kind() {
-            let elements = Vec::<SqlValue>::from_sql(ty, raw)?;
-            return Ok(Self::Array(elements));
+        if let Kind::Array(member) = ty.kind() {
+            return decode_array(member, raw);
         }
         if is_text_like(ty) {
             return Ok(Self::Text(wire::text_from_sql(raw)?.to_owned()));

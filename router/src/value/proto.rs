@@ -32,16 +32,15 @@ impl TryFrom<pb::Value> for SqlValue {
             }
             PbKind::JsonValue(v) => Self::Json(v),
             PbKind::JsonbValue(v) => Self::Jsonb(v),
-            PbKind::ArrayValue(array) => Self::Array(
-                array
+            PbKind::ArrayValue(array) => {
+                let values = array
                     .values
                     .into_iter()
-                    .map(|element| match SqlValue::try_from(element)? {
-                        Self::Array(_) => Err(ValueError::NestedArray),
-                        element => Ok(element),
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
+                    .map(SqlValue::try_from)
+                    .collect::<Result<Vec<_>, _>>()?;
+                super::array_shape(&values)?;
+                Self::Array(values)
+            }
         })
     }
 }
@@ -97,6 +96,10 @@ mod tests {
             SqlValue::Json("{}".into()),
             SqlValue::Jsonb("[1]".into()),
             SqlValue::Array(vec![SqlValue::Int(1), SqlValue::Null]),
+            SqlValue::Array(vec![
+                SqlValue::Array(vec![SqlValue::Int(1), SqlValue::Null]),
+                SqlValue::Array(vec![SqlValue::Int(3), SqlValue::Int(4)]),
+            ]),
         ];
         for value in values {
             let back = SqlValue::try_from(pb::Value::from(value.clone())).expect("valid");
@@ -106,8 +109,16 @@ mod tests {
 
     #[test]
     fn invalid_values_are_refused() {
-        let nested = pb::Value::from(SqlValue::Array(vec![SqlValue::Array(vec![])]));
-        assert_eq!(SqlValue::try_from(nested), Err(ValueError::NestedArray));
+        let ragged = pb::Value::from(SqlValue::Array(vec![
+            SqlValue::Array(vec![SqlValue::Int(1)]),
+            SqlValue::Array(vec![SqlValue::Int(1), SqlValue::Int(2)]),
+        ]));
+        assert_eq!(SqlValue::try_from(ragged), Err(ValueError::RaggedArray));
+        let mixed = pb::Value::from(SqlValue::Array(vec![
+            SqlValue::Array(vec![SqlValue::Int(1)]),
+            SqlValue::Null,
+        ]));
+        assert_eq!(SqlValue::try_from(mixed), Err(ValueError::RaggedArray));
         assert_eq!(
             SqlValue::try_from(pb::Value { kind: None }),
             Err(ValueError::Empty)

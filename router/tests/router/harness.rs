@@ -54,6 +54,22 @@ impl FakeRoutes {
         }
     }
 
+    /// Forgets the tenant (as after its deletion) and publishes the event.
+    pub fn remove(&self, tenant: &str) {
+        let sequence = {
+            let mut sequence = self.sequence.lock().expect("lock");
+            *sequence += 1;
+            *sequence
+        };
+        self.routes.lock().expect("lock").remove(&tenant_id(tenant));
+        if let Some(events) = self.events.lock().expect("lock").as_ref() {
+            let _ = events.send(Invalidation {
+                tenant_id: tenant_id(tenant),
+                sequence,
+            });
+        }
+    }
+
     pub fn set_state(&self, tenant: &str, state: TenantState) {
         let mut route = self
             .routes
@@ -192,20 +208,30 @@ impl Harness {
     pub async fn add_tenant(&self, id: &str, server: usize, limits: TierLimits) -> String {
         let pg = &self.servers[server];
         let database = pg.create_unique_database(id).await.expect("database");
+        self.set_route(id, server, &database, limits);
+        database
+    }
+
+    /// (Re)publishes an ACTIVE route of tenant `id` to `database` on server 0.
+    pub fn add_tenant_route(&self, id: &str, database: &str) {
+        self.set_route(id, 0, database, TierLimits::default());
+    }
+
+    fn set_route(&self, id: &str, server: usize, database: &str, limits: TierLimits) {
+        let pg = &self.servers[server];
         self.routes.set(Route {
             tenant_id: tenant_id(id),
             state: TenantState::Active,
             tier: "standard".into(),
             host: pg.host().to_owned(),
             port: pg.port(),
-            database: database.clone(),
+            database: database.to_owned(),
             user: pg.superuser().to_owned(),
             password: SecretString::from(""),
             credentials_version: 1,
             limits,
             sequence: 0,
         });
-        database
     }
 
     pub fn token(&self, claims: StandardClaims) -> String {
@@ -283,4 +309,76 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// An open Transaction stream of one tenant, begun.
+pub struct OpenTransaction {
+    requests: Option<tokio::sync::mpsc::Sender<pb::TransactionRequest>>,
+    pub responses: tonic::Streaming<pb::TransactionResponse>,
+}
+
+impl OpenTransaction {
+    /// Sends `kind` and waits for its answer.
+    pub async fn call(
+        &mut self,
+        kind: pb::transaction_request::Kind,
+    ) -> Result<pb::transaction_response::Kind, tonic::Status> {
+        self.send(kind).await;
+        self.next().await
+    }
+
+    /// Sends `kind` without waiting.
+    pub async fn send(&mut self, kind: pb::transaction_request::Kind) {
+        self.requests
+            .as_ref()
+            .expect("requests still open")
+            .send(pb::TransactionRequest { kind: Some(kind) })
+            .await
+            .expect("send");
+    }
+
+    /// The next answer; an error when the stream ended instead.
+    pub async fn next(&mut self) -> Result<pb::transaction_response::Kind, tonic::Status> {
+        match self.responses.message().await? {
+            Some(response) => Ok(response.kind.expect("kind")),
+            None => Err(tonic::Status::unknown("the stream ended")),
+        }
+    }
+}
+
+impl Harness {
+    /// Opens a Transaction stream for `tenant` and waits until it has begun.
+    pub async fn begin(&self, tenant: &str) -> OpenTransaction {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(pb::TransactionRequest {
+            kind: Some(pb::transaction_request::Kind::Begin(pb::Begin::default())),
+        })
+        .await
+        .expect("send");
+        let mut client = self.client.clone();
+        let responses = client
+            .transaction(self.request(tenant, tokio_stream::wrappers::ReceiverStream::new(rx)))
+            .await
+            .expect("transaction")
+            .into_inner();
+        let mut open = OpenTransaction {
+            requests: Some(tx),
+            responses,
+        };
+        let begun = open.next().await.expect("begun");
+        assert!(matches!(begun, pb::transaction_response::Kind::Begun(_)));
+        open
+    }
+}
+
+/// Backends of `admin`'s server running exactly `sql` right now.
+pub async fn running(admin: &tokio_postgres::Client, sql: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+            &[&sql],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
 }

@@ -167,3 +167,70 @@ async fn calls_in_flight_finish_when_the_tenant_is_suspended() {
         .expect_err("still suspended");
     assert_eq!(again.code(), Code::FailedPrecondition);
 }
+
+#[tokio::test]
+async fn suspension_and_deletion_end_open_transactions_within_a_second() {
+    use pb::transaction_request::Kind as In;
+    use silo_proto::router::v1 as pb;
+
+    let harness = Harness::start(PoolConfig::default()).await;
+    let database = harness.add_tenant("acme", 0, TierLimits::default()).await;
+    let admin = harness.servers[0].connect(&database).await.expect("admin");
+    harness
+        .client
+        .clone()
+        .execute(harness.request("acme", execute("CREATE TABLE t (id int)", vec![])))
+        .await
+        .expect("create");
+
+    for (ends, code) in [
+        ("suspended", Code::FailedPrecondition),
+        ("deleted", Code::NotFound),
+    ] {
+        // One stream idle between statements, one in the middle of a statement.
+        let mut idle = harness.begin("acme").await;
+        idle.call(In::Execute(execute("INSERT INTO t VALUES (1)", vec![])))
+            .await
+            .expect("insert");
+        let mut busy = harness.begin("acme").await;
+        busy.call(In::Execute(execute("INSERT INTO t VALUES (2)", vec![])))
+            .await
+            .expect("insert");
+        busy.send(In::Query(query("SELECT pg_sleep(30)", vec![])))
+            .await;
+        let sleeping = crate::harness::eventually(Duration::from_secs(5), || async {
+            crate::harness::running(&admin, "SELECT pg_sleep(30)").await == 1
+        })
+        .await;
+        assert!(sleeping, "the statement runs");
+
+        let started = std::time::Instant::now();
+        if ends == "suspended" {
+            harness.routes.set_state("acme", TenantState::Suspended);
+        } else {
+            harness.routes.remove("acme");
+        }
+        for stream in [&mut idle, &mut busy] {
+            let status = tokio::time::timeout(Duration::from_secs(1), stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("{ends}: the stream ends within a second"))
+                .expect_err("ended");
+            assert_eq!(status.code(), code, "{ends}: {status:?}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let stopped = crate::harness::eventually(Duration::from_secs(1), || async {
+            crate::harness::running(&admin, "SELECT pg_sleep(30)").await == 0
+        })
+        .await;
+        assert!(stopped, "{ends}: the running statement is cancelled");
+        let committed: i64 = admin
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(committed, 0, "{ends}: both transactions rolled back");
+
+        // Back to active for the next round.
+        harness.add_tenant_route("acme", &database);
+    }
+}

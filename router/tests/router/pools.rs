@@ -76,6 +76,77 @@ async fn evicted_pools_close_their_backends() {
     assert!(closed, "backends of evicted pools are gone");
 }
 
+/// Router backends open on the harness's server.
+async fn router_backends(admin: &tokio_postgres::Client) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'silo-router'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+#[tokio::test]
+async fn pools_are_evicted_least_recently_used_and_close_at_once() {
+    let pools = PoolConfig {
+        capacity: 2,
+        ..PoolConfig::default()
+    };
+    let harness = Harness::start(pools).await;
+    let tenants = ["ta", "tb", "tc", "td"];
+    let limits = TierLimits {
+        max_connections: 1,
+        ..TierLimits::default()
+    };
+    for tenant in tenants {
+        harness.add_tenant(tenant, 0, limits.clone()).await;
+    }
+    let admin = harness.servers[0].connect("postgres").await.expect("admin");
+    let mut client = harness.client.clone();
+    let mut most = 0;
+    for round in 0..4 {
+        for (i, tenant) in tenants.iter().enumerate() {
+            client
+                .query(harness.request(tenant, query("SELECT 1", vec![])))
+                .await
+                .expect("query");
+            most = most.max(router_backends(&admin).await);
+            // The two most recently used tenants keep their pools.
+            let previous = tenants[(i + tenants.len() - 1) % tenants.len()];
+            let kept = |t: &str| harness.core.pools.contains(&crate::harness::tenant_id(t));
+            if round > 0 || i > 0 {
+                assert!(
+                    kept(tenant) && kept(previous),
+                    "round {round}: {tenant}, {previous}"
+                );
+            }
+            let evicted = tenants
+                .iter()
+                .filter(|t| **t != *tenant && **t != previous)
+                .all(|t| !kept(t));
+            assert!(
+                evicted,
+                "round {round}: only {previous} and {tenant} keep pools"
+            );
+            // The evicted pool's backend is gone within 100 ms.
+            let closed = crate::harness::eventually(Duration::from_millis(100), || async {
+                router_backends(&admin).await <= 2
+            })
+            .await;
+            assert!(
+                closed,
+                "round {round}, {tenant}: evicted backends closed in 100 ms"
+            );
+        }
+    }
+    assert!(
+        most <= 3,
+        "at most capacity x pool size (+ one closing): {most}"
+    );
+}
+
 #[tokio::test]
 async fn a_stopped_server_is_unavailable_fast_and_recovers() {
     let pools = PoolConfig {
@@ -133,11 +204,11 @@ async fn the_connection_budget_closes_idle_pools_first_then_refuses() {
         ..PoolConfig::default()
     };
     let harness = Harness::start(pools).await;
-    for tenant in ["a", "b", "c"] {
+    for tenant in ["ta", "tb", "tc"] {
         harness.add_tenant(tenant, 0, TierLimits::default()).await;
     }
     let mut client = harness.client.clone();
-    for tenant in ["a", "b", "c"] {
+    for tenant in ["ta", "tb", "tc"] {
         client
             .query(harness.request(tenant, query("SELECT 1", vec![])))
             .await
@@ -147,7 +218,7 @@ async fn the_connection_budget_closes_idle_pools_first_then_refuses() {
 
     // Two open transactions hold both connections: a third tenant is refused at once.
     let mut held = Vec::new();
-    for tenant in ["a", "b"] {
+    for tenant in ["ta", "tb"] {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tx.send(pb::TransactionRequest {
             kind: Some(pb::transaction_request::Kind::Begin(pb::Begin::default())),
@@ -168,7 +239,7 @@ async fn the_connection_budget_closes_idle_pools_first_then_refuses() {
     }
     let started = Instant::now();
     let status = client
-        .query(harness.request("c", query("SELECT 1", vec![])))
+        .query(harness.request("tc", query("SELECT 1", vec![])))
         .await
         .expect_err("budget used up");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
