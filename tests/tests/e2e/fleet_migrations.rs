@@ -571,3 +571,98 @@ async fn a_contract_migration_waits_for_every_tenant_and_bad_requests_are_refuse
         .unwrap_err();
     assert_eq!(viewer.code(), tonic::Code::PermissionDenied);
 }
+
+/// Callers keep querying a table at the full width of the tenant's pool while a fleet
+/// migration (what `siloctl migrate` starts) alters that table: every cached statement of
+/// every pooled connection goes stale at once, and no call may fail for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_at_full_pool_width_see_no_failure_while_a_migration_alters_their_table() {
+    use silo_proto::router::v1 as rpb;
+    use silo_router::pool::PoolConfig;
+    use silo_tests::router::{TestRouter, call, statement, tenant_token};
+
+    let env = TestEnv::start(1).await;
+    let migrations = TenantMigrations::from_repository();
+    let first = env
+        .control_plane_with(env.config(&[&migrations.flag()]), Hooks::default())
+        .await;
+    let tenants = onboard_many(&first, "busy", 2).await;
+    first.stop().await;
+    migrations.write("V0002__orders.sql", V2);
+    let cp = env
+        .control_plane_with(env.config(&[&migrations.flag()]), Hooks::default())
+        .await;
+    let router = TestRouter::start(&cp, PoolConfig::default()).await;
+
+    // The standard tier's pool has 10 connections; 10 callers per tenant keep them all
+    // busy, paced under the tier's rate limit.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut callers = Vec::new();
+    for tenant in &tenants {
+        for _ in 0..10 {
+            let mut client = router.client.clone();
+            let token = tenant_token(tenant);
+            let stop = stop.clone();
+            callers.push(tokio::spawn(async move {
+                let (mut calls, mut failures) = (0u32, Vec::new());
+                while !stop.is_cancelled() {
+                    let request = rpb::QueryRequest {
+                        statement: statement("SELECT * FROM silo_tenant_info", vec![]),
+                        max_rows: 0,
+                    };
+                    calls += 1;
+                    if let Err(status) = client.query(call(request, &token, None)).await {
+                        failures.push(status);
+                    }
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                }
+                (calls, failures)
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = start(&cp, request(2, pb::FailurePolicy::Continue))
+        .await
+        .expect("migration starts");
+    let finished = watch_to_end(&cp, &started.operation_id).await;
+    assert_eq!(
+        finished.counts.expect("counts").done,
+        2,
+        "both silos migrated"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let (mut calls, mut failures) = (0, Vec::new());
+    for caller in callers {
+        let (made, failed) = caller.await.expect("caller");
+        calls += made;
+        failures.extend(failed);
+    }
+    assert!(calls > 200, "the callers kept calling: {calls}");
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed, the first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+
+    // Every caller now sees the new column.
+    for tenant in &tenants {
+        let request = rpb::QueryRequest {
+            statement: statement("SELECT * FROM silo_tenant_info", vec![]),
+            max_rows: 0,
+        };
+        let rows = router
+            .client
+            .clone()
+            .query(call(request, &tenant_token(tenant), None))
+            .await
+            .expect("query")
+            .into_inner();
+        assert_eq!(
+            rows.columns.len(),
+            3,
+            "{tenant}: key, value and the new note"
+        );
+    }
+}
