@@ -219,6 +219,117 @@ mod tests {
         assert_eq!(sqlstate_code("57014"), Code::DeadlineExceeded);
         assert_eq!(sqlstate_code("57P01"), Code::Unavailable);
         assert_eq!(sqlstate_code("XX000"), Code::Internal);
+        assert_eq!(sqlstate_code("3D000"), Code::InvalidArgument);
+        assert_eq!(sqlstate_code("0A000"), Code::Unimplemented);
+        assert_eq!(sqlstate_code("42P07"), Code::AlreadyExists);
+        assert_eq!(sqlstate_code("42501"), Code::PermissionDenied);
+        assert_eq!(sqlstate_code("53300"), Code::ResourceExhausted);
+        assert_eq!(sqlstate_code("55P03"), Code::Aborted);
+        assert_eq!(sqlstate_code(""), Code::Internal);
+    }
+
+    /// The README's first error table, one assertion per row it can build here (the
+    /// SQLSTATE rows are checked against a real server in `tests/router/error_codes.rs`).
+    #[test]
+    fn every_router_error_maps_to_its_row_of_the_error_table() {
+        use silo_auth::AuthError;
+        let rows: Vec<(RouterError, Code)> = vec![
+            (
+                IdentityError::Unauthenticated(AuthError::Expired).into(),
+                Code::Unauthenticated,
+            ),
+            (
+                IdentityError::PermissionDenied.into(),
+                Code::PermissionDenied,
+            ),
+            (IdentityError::TenantNotChosen.into(), Code::InvalidArgument),
+            (RouteError::NotFound.into(), Code::NotFound),
+            (
+                RouteError::Unavailable("down".into()).into(),
+                Code::Unavailable,
+            ),
+            (
+                RouteError::Invalid("bad token".into()).into(),
+                Code::Internal,
+            ),
+            (
+                RouterError::NotActive(TenantState::Suspended),
+                Code::FailedPrecondition,
+            ),
+            (
+                RouterError::NotActive(TenantState::Onboarding),
+                Code::FailedPrecondition,
+            ),
+            (
+                RouterError::NotActive(TenantState::Deleting),
+                Code::FailedPrecondition,
+            ),
+            (
+                RouterError::NotActive(TenantState::Failed),
+                Code::FailedPrecondition,
+            ),
+            (PoolError::Unreachable.into(), Code::Unavailable),
+            (PoolError::Exhausted.into(), Code::ResourceExhausted),
+            (
+                LimitError::Rate {
+                    retry_after: std::time::Duration::from_millis(5),
+                }
+                .into(),
+                Code::ResourceExhausted,
+            ),
+            (LimitError::Concurrency.into(), Code::ResourceExhausted),
+            (RequestError::EmptySql.into(), Code::InvalidArgument),
+            (RequestError::NulInSql.into(), Code::InvalidArgument),
+            (RequestError::MissingStatement.into(), Code::InvalidArgument),
+            (RequestError::EmptyBatch.into(), Code::InvalidArgument),
+            (
+                RequestError::TransactionControl.into(),
+                Code::InvalidArgument,
+            ),
+            (RequestError::Invalid("x").into(), Code::InvalidArgument),
+            (
+                RequestError::Param {
+                    index: 1,
+                    source: ValueError::RaggedArray,
+                }
+                .into(),
+                Code::InvalidArgument,
+            ),
+            (
+                RequestError::Unsupported("COPY").into(),
+                Code::Unimplemented,
+            ),
+            (
+                CallError::Value(ValueError::UnsupportedType("tsvector".into())).into(),
+                Code::InvalidArgument,
+            ),
+            (
+                CallError::Value(ValueError::Unreadable("x".into())).into(),
+                Code::InvalidArgument,
+            ),
+            (
+                CallError::ParamCount {
+                    expected: 1,
+                    got: 2,
+                }
+                .into(),
+                Code::InvalidArgument,
+            ),
+            (CallError::TooManyRows(1).into(), Code::ResourceExhausted),
+            (CallError::TooLarge(1).into(), Code::ResourceExhausted),
+            (CallError::RowTooLarge(1).into(), Code::ResourceExhausted),
+            (CallError::DeadlineExceeded.into(), Code::DeadlineExceeded),
+            (
+                CallError::Idle(std::time::Duration::from_secs(1)).into(),
+                Code::Aborted,
+            ),
+            (CallError::StaleStatement.into(), Code::Aborted),
+            (CallError::TransactionLost("COMMIT").into(), Code::Internal),
+        ];
+        for (error, code) in rows {
+            let shown = format!("{error:?}");
+            assert_eq!(Status::from(error).code(), code, "{shown}");
+        }
     }
 
     #[test]
