@@ -49,6 +49,9 @@ pub enum CallError {
          and can be retried"
     )]
     StaleStatement,
+    /// The connection to the tenant's database ended while the call held it.
+    #[error("connection to the tenant database lost; the transaction was rolled back")]
+    ConnectionLost,
     /// Our transaction had already ended when the router went to end it: what ran before
     /// may or may not be committed.
     #[error("the transaction had already ended before {0}; its outcome is unknown")]
@@ -124,6 +127,15 @@ impl Lease {
     pub fn for_one_statement(mut self) -> Self {
         self.session.one_statement = true;
         self
+    }
+
+    /// Resolves once the leased connection has ended (the server went away).
+    pub fn connection_closed(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        match &self.conn {
+            Some(conn) => conn.closed(),
+            // Only `Drop` takes the connection out.
+            None => unreachable!("lease used after drop"),
+        }
     }
 
     /// The connection and the session state, borrowed apart.

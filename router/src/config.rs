@@ -9,7 +9,7 @@ use secrecy::SecretString;
 
 use crate::core::CallLimits;
 use crate::pool::PoolConfig;
-use crate::routes::RouteCacheConfig;
+use crate::routes::{LinkConfig, RouteCacheConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -44,9 +44,28 @@ pub struct RouterConfig {
     #[arg(long, env = "SILO_CONTROL_PLANE_TOKEN", value_parser = secret, hide_env_values = true)]
     pub control_plane_token: SecretString,
 
-    /// Longest wait for a ResolveTenant answer, in milliseconds.
+    /// Longest wait for a ResolveTenant answer or a connection to the control plane, in
+    /// milliseconds.
     #[arg(long, env = "SILO_RESOLVE_TIMEOUT_MS", default_value_t = 2000)]
     pub resolve_timeout_ms: u64,
+
+    /// HTTP/2 keepalive ping interval on the control-plane connection, in seconds.
+    #[arg(long, env = "SILO_CONTROL_PLANE_KEEPALIVE_SECS", default_value_t = 2)]
+    pub control_plane_keepalive_secs: u64,
+
+    /// A keepalive ping unanswered this long drops the control-plane connection, in
+    /// seconds.
+    #[arg(
+        long,
+        env = "SILO_CONTROL_PLANE_KEEPALIVE_TIMEOUT_SECS",
+        default_value_t = 3
+    )]
+    pub control_plane_keepalive_timeout_secs: u64,
+
+    /// The tenant-event stream silent this long (it carries a heartbeat every 2 s) is
+    /// reconnected, in seconds.
+    #[arg(long, env = "SILO_CONTROL_PLANE_SILENCE_SECS", default_value_t = 6)]
+    pub control_plane_silence_secs: u64,
 
     #[command(flatten)]
     pub jwt: JwtArgs,
@@ -62,6 +81,12 @@ pub struct RouterConfig {
     /// "Unknown tenant" remembered for this long, in milliseconds.
     #[arg(long, env = "SILO_ROUTE_NEGATIVE_TTL_MS", default_value_t = 2000)]
     pub route_negative_ttl_ms: u64,
+
+    /// A route the control plane has not confirmed for this long is no longer served
+    /// (its calls get UNAVAILABLE until it can be resolved), in seconds; 0 serves it for
+    /// as long as the control plane cannot be asked (availability first).
+    #[arg(long, env = "SILO_ROUTE_MAX_STALE_SECS", default_value_t = 0)]
+    pub route_max_stale_secs: u64,
 
     /// Most tenant pools open at once (least recently used closed first).
     #[arg(long, env = "SILO_POOL_CAPACITY", default_value_t = 1000)]
@@ -128,7 +153,18 @@ impl RouterConfig {
         RouteCacheConfig {
             ttl: Duration::from_secs(self.route_ttl_secs),
             negative_ttl: Duration::from_millis(self.route_negative_ttl_ms),
+            max_stale: (self.route_max_stale_secs > 0)
+                .then(|| Duration::from_secs(self.route_max_stale_secs)),
             ..RouteCacheConfig::default()
+        }
+    }
+
+    pub fn link(&self) -> LinkConfig {
+        LinkConfig {
+            call_timeout: Duration::from_millis(self.resolve_timeout_ms),
+            keepalive_interval: Duration::from_secs(self.control_plane_keepalive_secs),
+            keepalive_timeout: Duration::from_secs(self.control_plane_keepalive_timeout_secs),
+            silence: Duration::from_secs(self.control_plane_silence_secs),
         }
     }
 

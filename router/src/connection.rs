@@ -6,11 +6,13 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryStream, Statement};
+use tokio_util::sync::CancellationToken;
 
 /// Statements prepared per connection before the cache starts over.
 const STATEMENT_CACHE_SIZE: usize = 256;
@@ -58,6 +60,8 @@ pub struct PgConnection {
     pub broken: bool,
     /// This connection's share of the global budget, returned when it closes.
     _budget: Option<OwnedSemaphorePermit>,
+    /// Cancelled when the connection has ended (the server went away, or it was closed).
+    closed: CancellationToken,
 }
 
 impl PgConnection {
@@ -141,6 +145,12 @@ impl PgConnection {
         Ok(())
     }
 
+    /// Resolves once the connection has ended: the server closed it (crashed, was
+    /// stopped, terminated the backend) or the network failed.
+    pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.closed.clone().cancelled_owned()
+    }
+
     /// A reset was sent and its answer not read yet.
     pub fn has_pending_reset(&self) -> bool {
         self.pending_reset.is_some()
@@ -181,6 +191,9 @@ pub struct PgManager {
     config: tokio_postgres::Config,
     server: Server,
     budget: Option<Arc<Semaphore>>,
+    /// Connection attempts that failed, ever: a wait for a connection that saw this grow
+    /// was a wait for an unreachable server, not for a busy pool.
+    failures: Arc<AtomicU64>,
 }
 
 impl PgManager {
@@ -194,7 +207,13 @@ impl PgManager {
             config,
             server,
             budget,
+            failures: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The count of failed connection attempts, shared.
+    pub(crate) fn failures(&self) -> Arc<AtomicU64> {
+        self.failures.clone()
     }
 }
 
@@ -212,8 +231,17 @@ impl bb8::ManageConnection for PgManager {
             ),
             None => None,
         };
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let (client, connection) = match self.config.connect(NoTls).await {
+            Ok(connected) => connected,
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
+        let closed = CancellationToken::new();
+        let ended = closed.clone().drop_guard();
         tokio::spawn(async move {
+            let _ended = ended;
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "tenant connection ended with an error");
             }
@@ -227,6 +255,7 @@ impl bb8::ManageConnection for PgManager {
             pending_reset: None,
             broken: false,
             _budget: budget,
+            closed,
         })
     }
 

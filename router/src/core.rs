@@ -180,6 +180,9 @@ impl<S: RouteSource> RouterCore<S> {
     /// ends its open transactions if it is no longer active.
     pub async fn apply(self: &Arc<Self>, invalidation: &Invalidation) {
         let tenant = &invalidation.tenant_id;
+        // An event is an answer from the control plane: tenants the router does not know
+        // need not wait for the breaker's next probe.
+        self.routes.breaker().close();
         if self.routes.invalidate(tenant, invalidation.sequence).await {
             tracing::info!(tenant_id = %tenant, sequence = invalidation.sequence, "tenant changed; dropping its route and pool");
             self.pools.invalidate(tenant).await;

@@ -118,6 +118,7 @@ fn call_status(error: CallError) -> Status {
         CallError::DeadlineExceeded => Status::deadline_exceeded(error.to_string()),
         CallError::Idle(_) | CallError::StaleStatement => Status::aborted(error.to_string()),
         CallError::TransactionLost(_) => Status::internal(error.to_string()),
+        CallError::ConnectionLost => Status::unavailable(error.to_string()),
     }
 }
 
@@ -325,6 +326,7 @@ mod tests {
             ),
             (CallError::StaleStatement.into(), Code::Aborted),
             (CallError::TransactionLost("COMMIT").into(), Code::Internal),
+            (CallError::ConnectionLost.into(), Code::Unavailable),
         ];
         for (error, code) in rows {
             let shown = format!("{error:?}");

@@ -135,14 +135,9 @@ async fn follow_health(
 pub async fn run(config: RouterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let verifier = silo_auth::JwtVerifier::new(config.jwt.verifier_config()?)?;
     let auth = Authenticator::new(verifier, config.tenant_claim.clone());
-    let channel = tonic::transport::Endpoint::from_shared(config.control_plane_url.clone())?
-        .connect_timeout(Duration::from_millis(config.resolve_timeout_ms))
-        .connect_lazy();
-    let source = ControlPlaneRoutes::new(
-        channel,
-        config.control_plane_token.clone(),
-        Duration::from_millis(config.resolve_timeout_ms),
-    );
+    let link = config.link();
+    let channel = routes::control_plane_channel(&config.control_plane_url, &link)?;
+    let source = ControlPlaneRoutes::new(channel, config.control_plane_token.clone(), &link);
     let connected = source.connected();
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = metrics::RouterMetrics::register(&mut registry);

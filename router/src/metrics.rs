@@ -20,6 +20,8 @@ pub struct ReasonLabels {
 #[derive(Clone, Debug, Default)]
 pub struct RouterMetrics {
     pub route_lookups: Family<ResultLabels, Counter>,
+    /// Resolutions asked of the control plane (or refused by the circuit breaker).
+    pub route_resolutions: Family<ResultLabels, Counter>,
     pub pool_creations: Counter,
     pub pool_evictions: Family<ReasonLabels, Counter>,
     pub pools_open: Gauge,
@@ -36,6 +38,12 @@ impl RouterMetrics {
             "silo_router_route_lookups",
             "route cache lookups, by result (hit: cached; miss: resolved by the control plane)",
             metrics.route_lookups.clone(),
+        );
+        registry.register(
+            "silo_router_route_resolutions",
+            "ResolveTenant calls, by result (found, not_found, unavailable, invalid; refused: not \
+             sent, the circuit breaker is open)",
+            metrics.route_resolutions.clone(),
         );
         registry.register(
             "silo_router_pool_creations",
@@ -68,6 +76,23 @@ impl RouterMetrics {
             metrics.pool_waits.clone(),
         );
         metrics
+    }
+
+    pub fn route_resolution(&self, result: &str) {
+        self.route_resolutions
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Resolutions with `result` so far.
+    pub fn route_resolutions(&self, result: &str) -> u64 {
+        self.route_resolutions
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .get()
     }
 
     pub fn route_lookup(&self, hit: bool) {

@@ -20,7 +20,8 @@ pub struct PoolConfig {
     pub capacity: u64,
     /// A pool unused this long is closed.
     pub time_to_idle: Duration,
-    /// Longest wait for a connection (connecting included): after it, UNAVAILABLE.
+    /// Longest wait for a connection, connecting included: after it UNAVAILABLE if
+    /// connecting failed meanwhile, else RESOURCE_EXHAUSTED (the pool was busy).
     pub connect_timeout: Duration,
     /// Upper bound on any tenant's pool, whatever its tier says.
     pub max_connections_per_tenant: u32,
@@ -51,7 +52,8 @@ pub enum PoolError {
     /// The tenant's database did not accept a connection within the connect timeout.
     #[error("tenant database unreachable")]
     Unreachable,
-    /// Every connection of the tenant's pool stayed busy for the whole timeout.
+    /// Every connection of the tenant's pool stayed busy for the whole timeout, and no
+    /// attempt to open another one failed.
     #[error("all connections of the tenant are busy")]
     Exhausted,
 }
@@ -60,6 +62,8 @@ pub enum PoolError {
 pub struct TenantPool {
     key: PoolKey,
     pool: bb8::Pool<PgManager>,
+    /// The manager's failed connection attempts.
+    connect_failures: Arc<std::sync::atomic::AtomicU64>,
     max_size: u32,
     pub limiter: TenantLimiter,
 }
@@ -87,16 +91,19 @@ impl TenantPool {
             .limits
             .max_connections
             .clamp(1, config.max_connections_per_tenant.max(1));
+        let manager = PgManager::new(pg, server, budget);
+        let connect_failures = manager.failures();
         let pool = bb8::Pool::builder()
             .max_size(max_size)
             .min_idle(None)
             .connection_timeout(config.connect_timeout)
             .test_on_check_out(config.test_on_check_out)
             .idle_timeout(Some(config.time_to_idle))
-            .build_unchecked(PgManager::new(pg, server, budget));
+            .build_unchecked(manager);
         Self {
             key: route.pool_key(),
             pool,
+            connect_failures,
             max_size,
             limiter: TenantLimiter::new(&route.limits),
         }
@@ -124,16 +131,19 @@ impl TenantPool {
         Err(PoolError::Unreachable)
     }
 
+    /// A connection; after the timeout, unreachable if an attempt to connect failed while
+    /// the call waited, else exhausted (every connection stayed busy).
     async fn checkout(&self) -> Result<PooledConnection, PoolError> {
+        use std::sync::atomic::Ordering;
+        let failures = self.connect_failures.load(Ordering::Relaxed);
         match self.pool.get_owned().await {
             Ok(conn) => Ok(conn),
             Err(bb8::RunError::User(_)) => Err(PoolError::Unreachable),
             Err(bb8::RunError::TimedOut) => {
-                let state = self.pool.state();
-                if state.connections >= self.max_size && state.idle_connections == 0 {
-                    Err(PoolError::Exhausted)
-                } else {
+                if self.connect_failures.load(Ordering::Relaxed) > failures {
                     Err(PoolError::Unreachable)
+                } else {
+                    Err(PoolError::Exhausted)
                 }
             }
         }

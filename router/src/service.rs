@@ -212,6 +212,9 @@ impl<S: RouteSource> Router for RouterService<S> {
                 let next = tokio::select! {
                     next = next_message(&mut incoming, idle) => next,
                     reason = revocation.revoked(&core) => Err(RouterError::from(reason).into()),
+                    // The server went away while the caller was thinking: the transaction
+                    // is gone (PostgreSQL rolled it back); free the slot now.
+                    () = lease.connection_closed() => Err(RouterError::from(CallError::ConnectionLost).into()),
                     () = tx.closed() => return,
                 };
                 let message = match next {

@@ -4,6 +4,7 @@
 pub mod fake_rds;
 mod logs;
 pub mod moto;
+pub mod proxy;
 pub mod rds;
 pub mod router;
 

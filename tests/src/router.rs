@@ -6,8 +6,10 @@ use std::{sync::Arc, time::Duration};
 use silo_auth::{Algorithm, JwtVerifier, KeySource, StandardClaims, VerifierConfig};
 use silo_proto::router::v1::{self as rpb, router_client::RouterClient};
 use silo_router::{
-    Authenticator, CallLimits, ControlPlaneRoutes, RouterCore, ServeTelemetry, pool::PoolConfig,
-    routes::RouteCacheConfig,
+    Authenticator, CallLimits, ControlPlaneRoutes, RouterCore, ServeTelemetry,
+    metrics::RouterMetrics,
+    pool::PoolConfig,
+    routes::{LinkConfig, RouteCacheConfig, control_plane_channel},
 };
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -19,6 +21,8 @@ pub const ROUTER_AUDIENCE: &str = "silo-router";
 pub struct TestRouter {
     pub address: std::net::SocketAddr,
     pub client: RouterClient<Channel>,
+    /// The router's own metrics (route resolutions, pools).
+    pub metrics: RouterMetrics,
     shutdown: CancellationToken,
 }
 
@@ -70,6 +74,23 @@ pub fn int(value: i64) -> rpb::Value {
 impl TestRouter {
     /// A router whose route source is `control_plane`, with `pools` for its pool settings.
     pub async fn start(control_plane: &TestControlPlane, pools: PoolConfig) -> Self {
+        Self::start_with(
+            control_plane.address(),
+            pools,
+            &RouteCacheConfig::default(),
+            &LinkConfig::default(),
+        )
+        .await
+    }
+
+    /// A router that reaches its control plane at `control_plane` (a proxy, say), with
+    /// its pool, route-cache and link settings.
+    pub async fn start_with(
+        control_plane: std::net::SocketAddr,
+        pools: PoolConfig,
+        routes: &RouteCacheConfig,
+        link: &LinkConfig,
+    ) -> Self {
         let verifier = JwtVerifier::new(VerifierConfig {
             algorithms: vec![Algorithm::RS256],
             keys: KeySource::PemFile(fixture("rsa_public.pem")),
@@ -78,18 +99,17 @@ impl TestRouter {
             leeway: Duration::from_secs(5),
         })
         .expect("verifier");
-        let channel = Channel::from_shared(format!("http://{}", control_plane.address()))
-            .expect("uri")
-            .connect_lazy();
-        let source =
-            ControlPlaneRoutes::new(channel, token("router").into(), Duration::from_secs(2));
+        let channel = control_plane_channel(&format!("http://{control_plane}"), link).expect("uri");
+        let source = ControlPlaneRoutes::new(channel, token("router").into(), link);
         let connected = source.connected();
-        let core = Arc::new(RouterCore::new(
+        let metrics = RouterMetrics::default();
+        let core = Arc::new(RouterCore::with_metrics(
             Authenticator::new(verifier, "tenant_id"),
             Arc::new(source),
-            &RouteCacheConfig::default(),
+            routes,
             pools,
             CallLimits::default(),
+            metrics.clone(),
         ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -114,6 +134,7 @@ impl TestRouter {
         Self {
             address,
             client,
+            metrics,
             shutdown,
         }
     }

@@ -132,6 +132,17 @@ pub fn operation(record: &OperationRecord) -> pb::Operation {
     }
 }
 
+/// A heartbeat on a tenant-event stream whose last event has sequence `last`.
+pub fn heartbeat(last: i64) -> pb::TenantEvent {
+    pb::TenantEvent {
+        sequence: u64::try_from(last).unwrap_or(0),
+        tenant_id: String::new(),
+        kind: pb::TenantEventKind::Heartbeat.into(),
+        state: pb::TenantState::Unspecified.into(),
+        occurred_at: Some(timestamp(SystemTime::now())),
+    }
+}
+
 pub fn event(record: &TenantEvent) -> pb::TenantEvent {
     let kind = match record.kind {
         EventKind::Created => pb::TenantEventKind::Created,

@@ -19,6 +19,10 @@ pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send
 
 const RECHECK: Duration = Duration::from_secs(1);
 const EVENT_BATCH: i64 = 500;
+/// An idle tenant-event stream carries a heartbeat this often (the proto documents it), so
+/// that a router can tell a quiet stream from a dead one. The stream re-reads the log at
+/// least every [`RECHECK`], which bounds the interval from above.
+const HEARTBEAT: Duration = Duration::from_secs(2);
 const MIGRATION_UPDATE_INTERVAL: Duration = Duration::from_millis(250);
 
 pub fn operation(
@@ -124,6 +128,7 @@ pub fn tenant_events(
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
         let mut last = from;
+        let mut last_sent = tokio::time::Instant::now();
         loop {
             let wait = catalog.changes().wait(RECHECK);
             tokio::pin!(wait);
@@ -140,9 +145,16 @@ pub fn tenant_events(
                     return;
                 }
                 last = event.sequence;
+                last_sent = tokio::time::Instant::now();
             }
             if full {
                 continue;
+            }
+            if last_sent.elapsed() >= HEARTBEAT {
+                if tx.send(Ok(convert::heartbeat(last))).await.is_err() {
+                    return;
+                }
+                last_sent = tokio::time::Instant::now();
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,

@@ -26,12 +26,67 @@ pub struct WatchBackoff {
 }
 
 impl Default for WatchBackoff {
+    /// 100 ms doubling to 1 s: once the control plane is back, a router is watching again
+    /// within about a second, so a change made right then reaches it soon after.
     fn default() -> Self {
         Self {
             initial: Duration::from_millis(100),
-            max: Duration::from_secs(5),
+            max: Duration::from_secs(1),
         }
     }
+}
+
+impl WatchBackoff {
+    /// `delay` with full jitter in its upper half, so that routers that lost the control
+    /// plane together do not all come back in the same instant.
+    fn jittered(delay: Duration) -> Duration {
+        use rand::Rng;
+        let half = delay / 2;
+        half + rand::rng().random_range(Duration::ZERO..=half)
+    }
+}
+
+/// How the router keeps its link to the control plane honest: HTTP/2 keepalive pings on
+/// the connection, and a bound on silence of the tenant-event stream, which carries a
+/// heartbeat every 2 s when idle.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkConfig {
+    /// Timeout of a connection attempt and of one ResolveTenant call.
+    pub call_timeout: Duration,
+    /// An HTTP/2 ping this often, whether or not calls are in flight.
+    pub keepalive_interval: Duration,
+    /// A ping unanswered this long closes the connection (calls on it fail, the next
+    /// ones reconnect).
+    pub keepalive_timeout: Duration,
+    /// The event stream silent this long (no event, no heartbeat) counts as dead.
+    pub silence: Duration,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_secs(2),
+            keepalive_interval: Duration::from_secs(2),
+            keepalive_timeout: Duration::from_secs(3),
+            silence: Duration::from_secs(6),
+        }
+    }
+}
+
+/// A lazily connected channel to the control plane at `url`, with `link`'s connect
+/// timeout and keepalive: the router starts even when the control plane is down, and a
+/// connection that stops answering pings is replaced.
+pub fn control_plane_channel(
+    url: &str,
+    link: &LinkConfig,
+) -> Result<Channel, tonic::transport::Error> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(link.call_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(link.keepalive_interval)
+        .keep_alive_timeout(link.keepalive_timeout)
+        .keep_alive_while_idle(true)
+        .connect_lazy())
 }
 
 /// Routes from the control plane.
@@ -42,6 +97,7 @@ pub struct ControlPlaneRoutes {
     connected: Arc<AtomicBool>,
     token: SecretString,
     call_timeout: Duration,
+    silence: Duration,
     backoff: WatchBackoff,
 }
 
@@ -53,12 +109,13 @@ impl ControlPlaneRoutes {
         self.connected.clone()
     }
 
-    pub fn new(channel: Channel, token: SecretString, call_timeout: Duration) -> Self {
+    pub fn new(channel: Channel, token: SecretString, link: &LinkConfig) -> Self {
         Self {
             client: ControlPlaneClient::new(channel),
             connected: Arc::new(AtomicBool::new(false)),
             token,
-            call_timeout,
+            call_timeout: link.call_timeout,
+            silence: link.silence,
             backoff: WatchBackoff::default(),
         }
     }
@@ -104,12 +161,23 @@ impl ControlPlaneRoutes {
                     loop {
                         let next = tokio::select! {
                             () = shutdown.cancelled() => return,
-                            next = events.message() => next,
+                            next = tokio::time::timeout(self.silence, events.message()) => next,
+                        };
+                        let Ok(next) = next else {
+                            tracing::warn!(
+                                from_sequence,
+                                silence_secs = self.silence.as_secs_f32(),
+                                "tenant event stream silent; reconnecting"
+                            );
+                            break;
                         };
                         match next {
                             Ok(Some(event)) => {
                                 delay = self.backoff.initial;
                                 from_sequence = from_sequence.max(event.sequence);
+                                if event.kind() == pb::TenantEventKind::Heartbeat {
+                                    continue;
+                                }
                                 let Some(tenant_id) = TenantId::parse(&event.tenant_id) else {
                                     continue;
                                 };
@@ -139,7 +207,7 @@ impl ControlPlaneRoutes {
             self.connected.store(false, Ordering::Relaxed);
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
+                () = tokio::time::sleep(WatchBackoff::jittered(delay)) => {}
             }
             delay = (delay * 2).min(self.backoff.max);
         }

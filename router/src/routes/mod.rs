@@ -1,6 +1,7 @@
 //! Where each tenant's database is: a [`RouteSource`] (the control plane, or a fake in
 //! tests) behind a [`RouteCache`].
 
+mod breaker;
 mod cache;
 mod control_plane;
 
@@ -11,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::tenant::{Route, TenantId};
 
+pub use breaker::Breaker;
 pub use cache::{RouteCache, RouteCacheConfig};
-pub use control_plane::{ControlPlaneRoutes, WatchBackoff};
+pub use control_plane::{ControlPlaneRoutes, LinkConfig, WatchBackoff, control_plane_channel};
 
 /// Why a route could not be found.
 #[derive(Debug, Clone, thiserror::Error)]

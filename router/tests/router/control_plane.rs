@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use secrecy::SecretString;
 use silo_proto::controlplane::v1 as pb;
-use silo_router::routes::{ControlPlaneRoutes, WatchBackoff};
+use silo_router::routes::{ControlPlaneRoutes, LinkConfig, WatchBackoff};
 use silo_router::tenant::TenantState;
 use silo_router::{RouteError, RouteSource};
 use std::convert::Infallible;
@@ -198,7 +198,7 @@ async fn resolves_routes_and_follows_events_across_reconnects() {
     let routes = ControlPlaneRoutes::new(
         channel,
         SecretString::from("svc-token"),
-        Duration::from_secs(2),
+        &LinkConfig::default(),
     )
     .with_backoff(WatchBackoff {
         initial: Duration::from_millis(10),

@@ -7,7 +7,7 @@ use silo_router::pool::PoolConfig;
 use silo_router::tenant::TierLimits;
 use tonic::Code;
 
-use crate::harness::{Harness, query};
+use crate::harness::{Harness, execute, query};
 
 #[tokio::test]
 async fn concurrent_first_calls_make_one_pool() {
@@ -296,4 +296,109 @@ async fn a_connection_whose_backend_died_is_not_handed_out() {
         .expect("a fresh connection serves the call")
         .into_inner();
     assert_eq!(rows.rows.len(), 1);
+}
+
+#[tokio::test]
+async fn a_busy_pool_is_resource_exhausted_not_unavailable() {
+    let pools = PoolConfig {
+        connect_timeout: Duration::from_millis(300),
+        ..PoolConfig::default()
+    };
+    let harness = Harness::start(pools).await;
+    harness
+        .add_tenant(
+            "acme",
+            0,
+            TierLimits {
+                max_connections: 1,
+                ..TierLimits::default()
+            },
+        )
+        .await;
+    // An open transaction holds the tenant's only connection; the database is up.
+    let held = harness.begin("acme").await;
+    let status = harness
+        .client
+        .clone()
+        .query(harness.request("acme", query("SELECT 1", vec![])))
+        .await
+        .expect_err("the pool is busy");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.metadata().get("retry-after-ms").is_some());
+    drop(held);
+
+    // Many callers racing for two connections: those that wait too long are told the pool
+    // is busy, never that the database is unreachable, however the timeout falls.
+    harness
+        .add_tenant(
+            "busy",
+            0,
+            TierLimits {
+                max_connections: 2,
+                ..TierLimits::default()
+            },
+        )
+        .await;
+    // Half of them close their connection after the call (a DISCARD does), so connections
+    // come and go while others wait.
+    let calls = (0..24).map(|i| {
+        let mut client = harness.client.clone();
+        let sql = if i % 2 == 0 {
+            "SELECT pg_sleep(0.1)"
+        } else {
+            "DISCARD PLANS"
+        };
+        let request = harness.request("busy", execute(sql, vec![]));
+        async move { client.execute(request).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    let codes: Vec<Code> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(tonic::Status::code))
+        .collect();
+    assert!(!codes.is_empty(), "some callers waited too long");
+    assert!(
+        codes.iter().all(|code| *code == Code::ResourceExhausted),
+        "{codes:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_transaction_whose_database_goes_away_ends_at_once() {
+    let harness = Harness::start(PoolConfig::default()).await;
+    harness
+        .add_tenant(
+            "acme",
+            0,
+            TierLimits {
+                max_connections: 1,
+                ..TierLimits::default()
+            },
+        )
+        .await;
+    let mut transaction = harness.begin("acme").await;
+    harness.servers[0].stop().await.expect("server stops");
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(5), transaction.next())
+        .await
+        .expect("the stream ends while the caller is idle")
+        .expect_err("ended");
+    println!(
+        "idle stream ended {:?} after the server stopped",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Its pool slot is free: with the server back, the single connection serves again.
+    harness.servers[0].restart().await.expect("server restarts");
+    let served = crate::harness::eventually(Duration::from_secs(5), || async {
+        harness
+            .client
+            .clone()
+            .query(harness.request("acme", query("SELECT 1", vec![])))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(served, "the slot was freed");
 }
