@@ -123,6 +123,20 @@ pub struct ControlPlaneConfig {
     #[command(flatten)]
     pub rds: crate::provisioner::rds::RdsArgs,
 
+    /// Tenant events older than this are deleted, in hours (the newest one always stays).
+    /// A router away for longer re-resolves what it caches instead of replaying.
+    #[arg(long, env = "SILO_EVENT_RETENTION_HOURS", default_value_t = 72)]
+    pub event_retention_hours: u64,
+
+    /// Finished operations older than this are deleted, in days; tenant deletions are
+    /// kept.
+    #[arg(long, env = "SILO_OPERATION_RETENTION_DAYS", default_value_t = 30)]
+    pub operation_retention_days: u64,
+
+    /// How often the retention pass runs, in seconds; 0 turns it off.
+    #[arg(long, env = "SILO_RETENTION_INTERVAL_SECS", default_value_t = 600)]
+    pub retention_interval_secs: u64,
+
     /// Address of the Prometheus endpoint (`GET /metrics`).
     #[arg(long, env = "SILO_METRICS_LISTEN", default_value = "127.0.0.1:9152")]
     pub metrics_listen: SocketAddr,
@@ -138,6 +152,17 @@ pub struct ControlPlaneConfig {
 }
 
 pub use silo_telemetry::LogFormat;
+
+impl ControlPlaneConfig {
+    /// What the retention pass keeps, and how often it runs (`None`: never).
+    pub fn retention(&self) -> Option<crate::retention::Retention> {
+        (self.retention_interval_secs > 0).then(|| crate::retention::Retention {
+            events: std::time::Duration::from_secs(self.event_retention_hours * 3600),
+            operations: std::time::Duration::from_secs(self.operation_retention_days * 86_400),
+            every: std::time::Duration::from_secs(self.retention_interval_secs),
+        })
+    }
+}
 
 pub use silo_auth::JwtArgs;
 

@@ -23,6 +23,9 @@ pub enum ControlPlaneError {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A position in a log that is no longer kept.
+    #[error("{0}")]
+    OutOfRange(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -79,6 +82,7 @@ impl From<ControlPlaneError> for Status {
                 Code::FailedPrecondition
             }
             ControlPlaneError::Unavailable(_) => Code::Unavailable,
+            ControlPlaneError::OutOfRange(_) => Code::OutOfRange,
             ControlPlaneError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 Code::Internal

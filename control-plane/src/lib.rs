@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod migrations;
 pub mod onboarding;
 pub mod provisioner;
+pub mod retention;
 pub mod server;
 pub mod service;
 pub mod tenant;

@@ -209,6 +209,14 @@ pub async fn start(
         ));
     }
 
+    if let Some(retention) = config.retention() {
+        tasks.spawn(crate::retention::run_periodically(
+            catalog.clone(),
+            retention,
+            shutdown.clone(),
+        ));
+    }
+
     let service = ControlPlaneService {
         catalog,
         verifier,

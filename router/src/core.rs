@@ -12,7 +12,7 @@ use crate::error::RouterError;
 use crate::identity::Authenticator;
 use crate::metrics::RouterMetrics;
 use crate::pool::{PoolConfig, PoolRegistry};
-use crate::routes::{Invalidation, RouteCache, RouteCacheConfig, RouteError, RouteSource};
+use crate::routes::{Change, Invalidation, RouteCache, RouteCacheConfig, RouteError, RouteSource};
 use crate::tenant::{TenantId, TenantState};
 
 /// The default response-size limit: gRPC clients refuse messages over 4 MiB unless told
@@ -52,6 +52,8 @@ pub struct RouterCore<S> {
     pub routes: RouteCache<S>,
     pub pools: PoolRegistry,
     pub limits: CallLimits,
+    /// The router's own metrics.
+    pub metrics: RouterMetrics,
     /// Tenants that stopped being servable (suspended, deleting, gone), for the open
     /// Transaction streams, which must end rather than run on.
     revocations: broadcast::Sender<Revocation>,
@@ -136,7 +138,8 @@ impl<S: RouteSource> RouterCore<S> {
         Self {
             auth,
             routes: RouteCache::with_metrics(source, routes, metrics.clone()),
-            pools: PoolRegistry::with_metrics(pools, metrics),
+            pools: PoolRegistry::with_metrics(pools, metrics.clone()),
+            metrics,
             limits,
             revocations: broadcast::channel(256).0,
         }
@@ -177,14 +180,16 @@ impl<S: RouteSource> RouterCore<S> {
 
     /// Drops what an event makes stale: the route, and with it the pool. While
     /// Transaction streams are open, looks the tenant up again (in the background) and
-    /// ends its open transactions if it is no longer active.
-    pub async fn apply(self: &Arc<Self>, invalidation: &Invalidation) {
+    /// ends its open transactions if it is no longer active. Returns whether a cached
+    /// route was dropped.
+    pub async fn apply(self: &Arc<Self>, invalidation: &Invalidation) -> bool {
         let tenant = &invalidation.tenant_id;
         // An event is an answer from the control plane: tenants the router does not know
         // need not wait for the breaker's next probe.
         self.routes.breaker().close();
-        if self.routes.invalidate(tenant, invalidation.sequence).await {
-            tracing::info!(tenant_id = %tenant, sequence = invalidation.sequence, "tenant changed; dropping its route and pool");
+        let dropped = self.routes.invalidate(tenant, invalidation.sequence).await;
+        tracing::debug!(tenant_id = %tenant, sequence = invalidation.sequence, dropped, "tenant event");
+        if dropped || self.pools.contains(tenant) {
             self.pools.invalidate(tenant).await;
         }
         if self.revocations.receiver_count() > 0 {
@@ -199,6 +204,22 @@ impl<S: RouteSource> RouterCore<S> {
                 }
             });
         }
+        dropped
+    }
+
+    /// The event stream restarted at `sequence` without replaying what came before: every
+    /// cached route read before it is dropped (and resolved again at its next call).
+    /// Returns how many were.
+    pub async fn resync(self: &Arc<Self>, sequence: u64) -> usize {
+        let mut dropped = 0;
+        for tenant_id in self.routes.cached_tenants() {
+            let invalidation = Invalidation {
+                tenant_id,
+                sequence,
+            };
+            dropped += usize::from(self.apply(&invalidation).await);
+        }
+        dropped
     }
 
     /// Follows the source's invalidations until `shutdown`.
@@ -215,14 +236,43 @@ impl<S: RouteSource> RouterCore<S> {
                 .await;
         });
         tokio::spawn(async move {
-            let mut events = core.routes.source().invalidations(shutdown.clone());
+            // Whatever has arrived is applied together and logged as one line: a burst (a
+            // tier change for every tenant, a replay after a break) never floods the log.
+            let mut changes = core
+                .routes
+                .source()
+                .invalidations(shutdown.clone())
+                .ready_chunks(1024);
             loop {
-                tokio::select! {
+                let batch = tokio::select! {
                     () = shutdown.cancelled() => return,
-                    event = events.next() => match event {
-                        Some(event) => core.apply(&event).await,
+                    batch = changes.next() => match batch {
+                        Some(batch) => batch,
                         None => return,
                     },
+                };
+                let (mut events, mut dropped) = (0usize, 0usize);
+                for change in &batch {
+                    match change {
+                        Change::Tenant(invalidation) => {
+                            events += 1;
+                            core.metrics.tenant_events.inc();
+                            dropped += usize::from(core.apply(invalidation).await);
+                        }
+                        Change::Resync { sequence } => {
+                            let resynced = core.resync(*sequence).await;
+                            tracing::info!(
+                                sequence,
+                                routes_dropped = resynced,
+                                "following tenant events from the head of the log"
+                            );
+                        }
+                    }
+                }
+                if dropped > 0 {
+                    tracing::info!(events, routes_dropped = dropped, "tenant events applied");
+                } else if events > 0 {
+                    tracing::debug!(events, "tenant events applied; no cached route changed");
                 }
             }
         })

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::config::RouterConfig;
 pub use crate::core::{CallLimits, RouterCore};
 pub use crate::identity::Authenticator;
-pub use crate::routes::{ControlPlaneRoutes, Invalidation, RouteError, RouteSource};
+pub use crate::routes::{Change, ControlPlaneRoutes, Invalidation, RouteError, RouteSource};
 pub use crate::service::RouterService;
 
 /// What `serve` reports to: request metrics, and whether the control-plane connection

@@ -22,6 +22,8 @@ pub struct RouterMetrics {
     pub route_lookups: Family<ResultLabels, Counter>,
     /// Resolutions asked of the control plane (or refused by the circuit breaker).
     pub route_resolutions: Family<ResultLabels, Counter>,
+    /// Tenant events received from the control plane (heartbeats and resyncs not counted).
+    pub tenant_events: Counter,
     pub pool_creations: Counter,
     pub pool_evictions: Family<ReasonLabels, Counter>,
     pub pools_open: Gauge,
@@ -44,6 +46,11 @@ impl RouterMetrics {
             "ResolveTenant calls, by result (found, not_found, unavailable, invalid; refused: not \
              sent, the circuit breaker is open)",
             metrics.route_resolutions.clone(),
+        );
+        registry.register(
+            "silo_router_tenant_events",
+            "tenant events received from the control plane's WatchTenants stream",
+            metrics.tenant_events.clone(),
         );
         registry.register(
             "silo_router_pool_creations",

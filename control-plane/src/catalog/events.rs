@@ -68,6 +68,56 @@ impl Catalog {
             .collect()
     }
 
+    /// The oldest sequence number still kept (0 when the log is empty).
+    pub async fn oldest_sequence(&self) -> Result<i64, CatalogError> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_one("SELECT coalesce(min(sequence), 0) FROM tenant_events", &[])
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Deletes at most `batch` of the oldest events that occurred before `cutoff`, never the
+    /// newest one (the next sequence number is computed from it). Returns how many went.
+    pub async fn delete_events_before(
+        &self,
+        cutoff: std::time::SystemTime,
+        batch: i64,
+    ) -> Result<u64, CatalogError> {
+        let conn = self.conn().await?;
+        Ok(conn
+            .execute(
+                "DELETE FROM tenant_events WHERE sequence IN (
+                     SELECT sequence FROM tenant_events
+                     WHERE occurred_at < $1
+                       AND sequence < (SELECT max(sequence) FROM tenant_events)
+                     ORDER BY sequence LIMIT $2)",
+                &[&cutoff, &batch],
+            )
+            .await?)
+    }
+
+    /// Deletes at most `batch` of the finished operations (with their steps and migration
+    /// rows) that finished before `cutoff`, except tenant deletions, which stay as the
+    /// record of who deleted what and when. Returns how many went.
+    pub async fn delete_operations_before(
+        &self,
+        cutoff: std::time::SystemTime,
+        batch: i64,
+    ) -> Result<u64, CatalogError> {
+        let conn = self.conn().await?;
+        Ok(conn
+            .execute(
+                "DELETE FROM operations WHERE operation_id IN (
+                     SELECT operation_id FROM operations
+                     WHERE status IN ('succeeded', 'failed') AND finished_at < $1
+                       AND kind <> 'delete_tenant'
+                     ORDER BY finished_at LIMIT $2)",
+                &[&cutoff, &batch],
+            )
+            .await?)
+    }
+
     /// The newest sequence number (0 when the log is empty).
     pub async fn latest_sequence(&self) -> Result<i64, CatalogError> {
         let conn = self.conn().await?;

@@ -465,11 +465,35 @@ impl ControlPlane for ControlPlaneService {
         request: Request<pb::WatchTenantsRequest>,
     ) -> Result<Response<Self::WatchTenantsStream>, Status> {
         self.authorize(&request, Permission::WatchEvents)?;
-        let from = i64::try_from(request.get_ref().from_sequence)
-            .map_err(|_| ControlPlaneError::InvalidArgument("from_sequence is too large".into()))?;
+        let request = request.into_inner();
+        let start = if request.from_head {
+            watch::Start::Head(
+                self.catalog
+                    .latest_sequence()
+                    .await
+                    .map_err(ControlPlaneError::from)?,
+            )
+        } else {
+            let from = i64::try_from(request.from_sequence).map_err(|_| {
+                ControlPlaneError::InvalidArgument("from_sequence is too large".into())
+            })?;
+            let oldest = self
+                .catalog
+                .oldest_sequence()
+                .await
+                .map_err(ControlPlaneError::from)?;
+            if from > 0 && from + 1 < oldest {
+                return Err(ControlPlaneError::OutOfRange(format!(
+                    "events before sequence {oldest} are no longer kept; watch from the head \
+                     and resolve cached tenants again"
+                ))
+                .into());
+            }
+            watch::Start::After(from)
+        };
         Ok(Response::new(watch::tenant_events(
             self.catalog.clone(),
-            from,
+            start,
             self.shutdown.clone(),
         )))
     }

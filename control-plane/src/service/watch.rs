@@ -120,14 +120,31 @@ fn comparable(operation: &pb::Operation) -> pb::Operation {
     copy
 }
 
+/// Where a tenant-event stream starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Start {
+    /// After the event with this sequence number.
+    After(i64),
+    /// After the newest event, whose sequence number this is; announced by a heartbeat.
+    Head(i64),
+}
+
 pub fn tenant_events(
     catalog: Catalog,
-    from: i64,
+    start: Start,
     shutdown: CancellationToken,
 ) -> ResponseStream<pb::TenantEvent> {
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
-        let mut last = from;
+        let mut last = match start {
+            Start::After(from) => from,
+            Start::Head(head) => {
+                if tx.send(Ok(convert::heartbeat(head))).await.is_err() {
+                    return;
+                }
+                head
+            }
+        };
         let mut last_sent = tokio::time::Instant::now();
         loop {
             let wait = catalog.changes().wait(RECHECK);

@@ -275,18 +275,32 @@ impl<S: RouteSource> RouteCache<S> {
         });
     }
 
-    /// Drops the tenant's route unless it was read at or after `sequence`. Returns whether
-    /// anything older was dropped (or nothing was cached), i.e. whether the tenant's pool
-    /// must go too.
+    /// Drops the tenant's cached answer unless it was read at or after `sequence`.
+    /// Returns whether a route was dropped (then the tenant's pool must go too).
     pub async fn invalidate(&self, tenant: &TenantId, sequence: u64) -> bool {
-        if let Some(entry) = self.routes.get(tenant).await
-            && let Lookup::Found(route) = &entry.lookup
-            && route.sequence >= sequence
-        {
+        let Some(entry) = self.routes.get(tenant).await else {
             return false;
+        };
+        match &entry.lookup {
+            Lookup::Found(route) if route.sequence >= sequence => false,
+            Lookup::Found(_) => {
+                self.routes.invalidate(tenant).await;
+                true
+            }
+            Lookup::NotFound => {
+                self.routes.invalidate(tenant).await;
+                false
+            }
         }
-        self.routes.invalidate(tenant).await;
-        true
+    }
+
+    /// The tenants whose routes are cached.
+    pub fn cached_tenants(&self) -> Vec<TenantId> {
+        self.routes
+            .iter()
+            .filter(|(_, entry)| matches!(entry.lookup, Lookup::Found(_)))
+            .map(|(tenant, _)| (*tenant).clone())
+            .collect()
     }
 }
 
@@ -300,7 +314,7 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::routes::Invalidation;
+    use crate::routes::Change;
     use crate::tenant::{TenantState, TierLimits};
 
     /// Answers with `route` (or the error set), counting resolutions.
@@ -316,7 +330,7 @@ mod tests {
             self.answer.lock().expect("lock").clone()
         }
 
-        fn invalidations(&self, _shutdown: CancellationToken) -> BoxStream<'static, Invalidation> {
+        fn invalidations(&self, _shutdown: CancellationToken) -> BoxStream<'static, Change> {
             Box::pin(futures::stream::pending())
         }
     }

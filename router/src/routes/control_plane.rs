@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use super::{Invalidation, RouteError, RouteSource};
+use super::{Change, Invalidation, RouteError, RouteSource};
 use crate::tenant::{Route, TenantId, TenantState, TierLimits};
 
 /// How `WatchTenants` reconnects after the stream fails.
@@ -135,17 +135,22 @@ impl ControlPlaneRoutes {
         Ok(request)
     }
 
-    /// Follows `WatchTenants` from `from_sequence`, reconnecting with backoff, until
-    /// `shutdown`.
-    async fn watch(
-        self,
-        mut from_sequence: u64,
-        out: mpsc::Sender<Invalidation>,
-        shutdown: CancellationToken,
-    ) {
+    /// Follows `WatchTenants`, reconnecting with backoff, until `shutdown`. It starts at
+    /// the log's head (nothing is cached yet, so nothing older matters); after a break it
+    /// resumes after the last event seen, and when the control plane no longer keeps that
+    /// far back (OUT_OF_RANGE) it starts at the head again and asks for a resync.
+    async fn watch(self, out: mpsc::Sender<Change>, shutdown: CancellationToken) {
         let mut delay = self.backoff.initial;
+        // `None`: start at the head.
+        let mut resume: Option<u64> = None;
         loop {
-            let Ok(request) = self.request(pb::WatchTenantsRequest { from_sequence }) else {
+            let request = pb::WatchTenantsRequest {
+                from_sequence: resume.unwrap_or(0),
+                from_head: resume.is_none(),
+            };
+            let from_head = request.from_head;
+            let mut from_sequence = request.from_sequence;
+            let Ok(request) = self.request(request) else {
                 tracing::error!("the control plane token is not a valid header; not watching");
                 return;
             };
@@ -157,7 +162,9 @@ impl ControlPlaneRoutes {
             match stream {
                 Ok(response) => {
                     self.connected.store(true, Ordering::Relaxed);
+                    tracing::info!(from_sequence, from_head, "watching tenant events");
                     let mut events = response.into_inner();
+                    let mut first = true;
                     loop {
                         let next = tokio::select! {
                             () = shutdown.cancelled() => return,
@@ -175,17 +182,27 @@ impl ControlPlaneRoutes {
                             Ok(Some(event)) => {
                                 delay = self.backoff.initial;
                                 from_sequence = from_sequence.max(event.sequence);
-                                if event.kind() == pb::TenantEventKind::Heartbeat {
-                                    continue;
-                                }
-                                let Some(tenant_id) = TenantId::parse(&event.tenant_id) else {
-                                    continue;
+                                resume = Some(from_sequence);
+                                let heartbeat = event.kind() == pb::TenantEventKind::Heartbeat;
+                                let change = if heartbeat && first && from_head {
+                                    // The head: routes read before it may have missed events.
+                                    Some(Change::Resync {
+                                        sequence: event.sequence,
+                                    })
+                                } else if heartbeat {
+                                    None
+                                } else {
+                                    TenantId::parse(&event.tenant_id).map(|tenant_id| {
+                                        Change::Tenant(Invalidation {
+                                            tenant_id,
+                                            sequence: event.sequence,
+                                        })
+                                    })
                                 };
-                                let invalidation = Invalidation {
-                                    tenant_id,
-                                    sequence: event.sequence,
-                                };
-                                if out.send(invalidation).await.is_err() {
+                                first = false;
+                                if let Some(change) = change
+                                    && out.send(change).await.is_err()
+                                {
                                     return;
                                 }
                             }
@@ -199,6 +216,11 @@ impl ControlPlaneRoutes {
                             }
                         }
                     }
+                }
+                Err(status) if status.code() == tonic::Code::OutOfRange => {
+                    tracing::warn!(from_sequence, error = %status.message(), "missed events are no longer kept; starting at the head and resolving cached tenants again");
+                    resume = None;
+                    continue;
                 }
                 Err(status) => {
                     tracing::warn!(from_sequence, code = ?status.code(), error = %status.message(), "cannot watch tenant events");
@@ -253,11 +275,9 @@ impl RouteSource for ControlPlaneRoutes {
         }
     }
 
-    fn invalidations(&self, shutdown: CancellationToken) -> BoxStream<'static, Invalidation> {
+    fn invalidations(&self, shutdown: CancellationToken) -> BoxStream<'static, Change> {
         let (tx, rx) = mpsc::channel(1024);
-        // From 0: the whole log is replayed once at startup; the cache ignores events older
-        // than the routes it holds.
-        tokio::spawn(self.clone().watch(0, tx, shutdown));
+        tokio::spawn(self.clone().watch(tx, shutdown));
         ReceiverStream::new(rx).boxed()
     }
 }

@@ -38,6 +38,17 @@ pub struct Invalidation {
     pub sequence: u64,
 }
 
+/// What the tenant-event stream tells the router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// One tenant changed.
+    Tenant(Invalidation),
+    /// The stream (re)started at the log's head, `sequence`, without replaying what came
+    /// before it (the router had just started, or the events it missed are no longer
+    /// kept): a route read before that point may be stale.
+    Resync { sequence: u64 },
+}
+
 /// The source of truth for tenant routes.
 pub trait RouteSource: Send + Sync + 'static {
     /// The tenant's current route.
@@ -45,5 +56,5 @@ pub trait RouteSource: Send + Sync + 'static {
 
     /// Every change from now on, until `shutdown` is cancelled. Implementations reconnect
     /// on their own; the stream ends only at shutdown.
-    fn invalidations(&self, shutdown: CancellationToken) -> BoxStream<'static, Invalidation>;
+    fn invalidations(&self, shutdown: CancellationToken) -> BoxStream<'static, Change>;
 }

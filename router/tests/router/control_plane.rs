@@ -9,7 +9,7 @@ use secrecy::SecretString;
 use silo_proto::controlplane::v1 as pb;
 use silo_router::routes::{ControlPlaneRoutes, LinkConfig, WatchBackoff};
 use silo_router::tenant::TenantState;
-use silo_router::{RouteError, RouteSource};
+use silo_router::{Change, Invalidation, RouteError, RouteSource};
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
@@ -30,8 +30,11 @@ type EventSender = mpsc::Sender<Result<pb::TenantEvent, Status>>;
 
 #[derive(Default)]
 struct Scripted {
-    /// Each WatchTenants call: its from_sequence, and the sender feeding its stream.
-    watches: Mutex<Vec<(u64, EventSender)>>,
+    /// Each WatchTenants call: its from_sequence and from_head, and the sender feeding its
+    /// stream.
+    watches: Mutex<Vec<(u64, bool, EventSender)>>,
+    /// The answer to the next WatchTenants call instead of a stream.
+    refuse_next_watch: Mutex<Option<Status>>,
     tokens: Mutex<Vec<String>>,
 }
 
@@ -157,12 +160,33 @@ impl Scripted {
         &self,
         request: Request<pb::WatchTenantsRequest>,
     ) -> Result<Response<Stream<pb::TenantEvent>>, Status> {
+        if let Some(status) = self.refuse_next_watch.lock().expect("lock").take() {
+            return Err(status);
+        }
         let (tx, rx) = mpsc::channel(16);
+        let request = request.get_ref();
         self.watches
             .lock()
             .expect("lock")
-            .push((request.get_ref().from_sequence, tx));
+            .push((request.from_sequence, request.from_head, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn next(events: &mut futures::stream::BoxStream<'static, Change>) -> Change {
+    tokio::time::timeout(Duration::from_secs(2), events.next())
+        .await
+        .expect("in time")
+        .expect("a change")
+}
+
+fn heartbeat(sequence: u64) -> pb::TenantEvent {
+    pb::TenantEvent {
+        sequence,
+        tenant_id: String::new(),
+        kind: pb::TenantEventKind::Heartbeat.into(),
+        state: pb::TenantState::Unspecified.into(),
+        occurred_at: None,
     }
 }
 
@@ -226,19 +250,33 @@ async fn resolves_routes_and_follows_events_across_reconnects() {
     ));
 
     let mut events = routes.invalidations(shutdown.clone());
-    let first = crate::harness::eventually(Duration::from_secs(2), || async {
-        !scripted.watches.lock().expect("lock").is_empty()
-    })
-    .await;
-    assert!(first, "the router watches");
-    let sender = scripted.watches.lock().expect("lock")[0].1.clone();
-    assert_eq!(scripted.watches.lock().expect("lock")[0].0, 0);
+    let watch = |i: usize| {
+        let scripted = scripted.clone();
+        async move {
+            let found = crate::harness::eventually(Duration::from_secs(3), || async {
+                scripted.watches.lock().expect("lock").len() > i
+            })
+            .await;
+            assert!(found, "watch {i} was opened");
+            scripted.watches.lock().expect("lock")[i].clone()
+        }
+    };
+    // A router that has just started watches from the head: the first message, a
+    // heartbeat with the head's sequence, is a resync point.
+    let (_, from_head, sender) = watch(0).await;
+    assert!(from_head, "a new router starts at the head");
+    sender.send(Ok(heartbeat(17))).await.expect("send");
+    assert_eq!(next(&mut events).await, Change::Resync { sequence: 17 });
+    sender.send(Ok(heartbeat(17))).await.expect("send");
     sender.send(Ok(event(18, "acme"))).await.expect("send");
-    let got = tokio::time::timeout(Duration::from_secs(2), events.next())
-        .await
-        .expect("in time")
-        .expect("an event");
-    assert_eq!((got.tenant_id, got.sequence), (tenant_id("acme"), 18));
+    assert_eq!(
+        next(&mut events).await,
+        Change::Tenant(Invalidation {
+            tenant_id: tenant_id("acme"),
+            sequence: 18
+        }),
+        "later heartbeats are not changes"
+    );
 
     // The stream fails: the router reconnects and resumes after the last event it saw.
     sender
@@ -246,20 +284,35 @@ async fn resolves_routes_and_follows_events_across_reconnects() {
         .await
         .expect("send");
     drop(sender);
-    scripted.watches.lock().expect("lock").remove(0);
-    let resumed = crate::harness::eventually(Duration::from_secs(2), || async {
-        !scripted.watches.lock().expect("lock").is_empty()
-    })
-    .await;
-    assert!(resumed, "the router reconnects");
-    let (from, sender) = scripted.watches.lock().expect("lock")[0].clone();
-    assert_eq!(from, 18);
+    let (from, from_head, sender) = watch(1).await;
+    assert_eq!((from, from_head), (18, false));
     sender.send(Ok(event(19, "globex"))).await.expect("send");
-    let got = tokio::time::timeout(Duration::from_secs(2), events.next())
+    assert_eq!(
+        next(&mut events).await,
+        Change::Tenant(Invalidation {
+            tenant_id: tenant_id("globex"),
+            sequence: 19
+        })
+    );
+
+    // Back after a gap the control plane no longer keeps: OUT_OF_RANGE, then the head
+    // and a resync instead of a replay.
+    *scripted.refuse_next_watch.lock().expect("lock") = Some(Status::out_of_range(
+        "events before sequence 500 are no longer kept",
+    ));
+    sender
+        .send(Err(Status::unavailable("control plane restarting")))
         .await
-        .expect("in time")
-        .expect("an event");
-    assert_eq!((got.tenant_id, got.sequence), (tenant_id("globex"), 19));
+        .expect("send");
+    drop(sender);
+    let (_, from_head, sender) = watch(2).await;
+    assert!(
+        from_head,
+        "after OUT_OF_RANGE the router starts at the head"
+    );
+    sender.send(Ok(heartbeat(900))).await.expect("send");
+    assert_eq!(next(&mut events).await, Change::Resync { sequence: 900 });
+    drop(sender);
 
     // The control plane goes away entirely: resolution fails as unavailable, fast.
     shutdown.cancel();

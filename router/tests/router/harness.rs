@@ -16,7 +16,9 @@ use silo_proto::router::v1::router_client::RouterClient;
 use silo_router::pool::PoolConfig;
 use silo_router::routes::RouteCacheConfig;
 use silo_router::tenant::{Route, TenantId, TenantState, TierLimits};
-use silo_router::{Authenticator, CallLimits, Invalidation, RouteError, RouteSource, RouterCore};
+use silo_router::{
+    Authenticator, CallLimits, Change, Invalidation, RouteError, RouteSource, RouterCore,
+};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
@@ -94,11 +96,11 @@ impl RouteSource for FakeRoutes {
             .ok_or(RouteError::NotFound)
     }
 
-    fn invalidations(&self, _shutdown: CancellationToken) -> BoxStream<'static, Invalidation> {
+    fn invalidations(&self, _shutdown: CancellationToken) -> BoxStream<'static, Change> {
         let (tx, rx) = broadcast::channel(1024);
         *self.events.lock().expect("lock") = Some(tx);
         BroadcastStream::new(rx)
-            .filter_map(|e| async move { e.ok() })
+            .filter_map(|e| async move { e.ok().map(Change::Tenant) })
             .boxed()
     }
 }

@@ -10,6 +10,7 @@ async fn watch(cp: &TestControlPlane, from: u64) -> tonic::Streaming<pb::TenantE
         .watch_tenants(with_token(
             pb::WatchTenantsRequest {
                 from_sequence: from,
+                from_head: false,
             },
             &token("router"),
         ))

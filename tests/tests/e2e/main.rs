@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod bad_input;
+mod catalog_history;
 mod control_plane_link;
 mod crash_resume;
 mod fleet_migrations;
