@@ -206,8 +206,14 @@ impl TestEnv {
 
     /// The control plane's configuration, parsed from flags like the binary does.
     pub fn config(&self, extra: &[&str]) -> ControlPlaneConfig {
+        let mut args = vec!["silo-control-plane".to_owned()];
+        args.extend(self.args(extra));
+        <ControlPlaneConfig as clap::Parser>::try_parse_from(args).expect("test config parses")
+    }
+
+    /// The control plane's flags for this environment, then `extra` (for the binary).
+    pub fn args(&self, extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = vec![
-            "silo-control-plane".into(),
             "--listen=127.0.0.1:0".into(),
             "--metrics-listen=127.0.0.1:0".into(),
             format!(
@@ -231,7 +237,7 @@ impl TestEnv {
             ));
         }
         args.extend(extra.iter().map(|arg| (*arg).to_owned()));
-        <ControlPlaneConfig as clap::Parser>::try_parse_from(args).expect("test config parses")
+        args
     }
 
     pub async fn control_plane(&self, hooks: Hooks) -> TestControlPlane {

@@ -120,32 +120,35 @@ pub struct PlanTenant {
 }
 
 impl Catalog {
-    /// Every tenant that is not DELETED, by id.
+    /// Every tenant that is not DELETED, by id. Rows are read as they arrive, so the
+    /// fleet is in memory once (as plan entries), not twice.
     pub async fn plan_tenants(&self) -> Result<Vec<PlanTenant>, CatalogError> {
+        use futures::TryStreamExt;
         let conn = self.conn().await?;
         let rows = conn
-            .query(
+            .query_raw(
                 "SELECT tenant_id, tier, state, schema_version FROM tenants
                  WHERE state <> 'DELETED' ORDER BY tenant_id",
-                &[],
+                std::iter::empty::<&str>(),
             )
             .await?;
-        rows.iter()
-            .map(|row| {
-                let id: String = row.try_get(0)?;
-                let state: String = row.try_get(2)?;
-                Ok(PlanTenant {
-                    id: parse_tenant_id(&id)?,
-                    tier: row.try_get(1)?,
-                    state: state
-                        .parse()
-                        .map_err(|e: crate::tenant::UnknownTenantState| {
-                            CatalogError::Corrupt(e.to_string())
-                        })?,
-                    schema_version: row.try_get(3)?,
-                })
-            })
-            .collect()
+        let mut rows = std::pin::pin!(rows);
+        let mut tenants = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            let id: &str = row.try_get(0)?;
+            let state: &str = row.try_get(2)?;
+            tenants.push(PlanTenant {
+                id: parse_tenant_id(id)?,
+                tier: row.try_get(1)?,
+                state: state
+                    .parse()
+                    .map_err(|e: crate::tenant::UnknownTenantState| {
+                        CatalogError::Corrupt(e.to_string())
+                    })?,
+                schema_version: row.try_get(3)?,
+            });
+        }
+        Ok(tenants)
     }
 
     /// Records a run with its planned tenants; returns the earlier run for a repeated

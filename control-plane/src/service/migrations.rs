@@ -118,6 +118,8 @@ impl ControlPlaneService {
                 ControlPlaneError::FailedPrecondition(e.to_string())
             }
         })?;
+        // One entry per tenant of the fleet: gone before the next one is built.
+        drop(tenants);
         let request_id = if request.request_id.is_empty() {
             Uuid::new_v4().to_string()
         } else {
