@@ -12,6 +12,7 @@ pub mod onboarding;
 pub mod provisioner;
 pub mod server;
 pub mod service;
+pub mod silo_guard;
 pub mod tenant;
 
 pub use config::ControlPlaneConfig;
