@@ -503,3 +503,74 @@ async fn a_tenant_that_changes_its_own_password_and_defaults_is_healed_within_te
         .get(0);
     assert_eq!(settings, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silo_made_before_keyed_names_keeps_them_and_gets_the_isolation() {
+    let env = TestEnv::start(1).await;
+    let cp = env.control_plane(Hooks::default()).await;
+    cp.onboard(&["oldco"]).await;
+    let made = cp.get_tenant("oldco").await.unwrap();
+
+    // Turn it into a silo as the previous release made it: named after the tenant id,
+    // owned by the tenant, the cluster catalogs open.
+    let admin = env.admin_client(0, "postgres").await;
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE {0} RENAME TO t_oldco; ALTER DATABASE {0} RENAME TO t_oldco;
+             ALTER DATABASE t_oldco OWNER TO t_oldco",
+            made.role
+        ))
+        .await
+        .unwrap();
+    env.admin_client(0, "t_oldco")
+        .await
+        .batch_execute(
+            "GRANT SELECT ON pg_database, pg_roles, pg_stat_activity TO PUBLIC;
+             ALTER SCHEMA public OWNER TO pg_database_owner",
+        )
+        .await
+        .unwrap();
+    env.admin_client(0, &env.catalog_database)
+        .await
+        .execute(
+            "UPDATE tenants SET database_name = 't_oldco', role_name = 't_oldco',
+                                name_scheme = 'tenant-id', isolation_version = 0
+             WHERE tenant_id = 'oldco'",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let route = cp.resolve("oldco").await.unwrap();
+    assert_eq!(
+        (route.database.as_str(), route.user.as_str()),
+        ("t_oldco", "t_oldco")
+    );
+    let record = cp.get_tenant("oldco").await.unwrap();
+    assert_eq!(record.name_scheme, "tenant-id");
+    eventually(Duration::from_secs(10), "the old silo isolated", || async {
+        let owner: String = admin
+            .query_one(
+                "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = 't_oldco'",
+                &[],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (owner == "postgres").then_some(())
+    })
+    .await;
+    let tenant = login(&route).await;
+    eventually(Duration::from_secs(10), "the catalogs closed", || async {
+        let refused = tenant
+            .query("SELECT datname FROM pg_database", &[])
+            .await
+            .err()?;
+        (refused.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE)).then_some(())
+    })
+    .await;
+    tenant
+        .batch_execute("CREATE TABLE still_mine (x int)")
+        .await
+        .unwrap();
+}
