@@ -200,7 +200,7 @@ pub async fn start(
         migrations: migrations.clone(),
         hooks,
         max_attempts: config.max_step_attempts.max(1),
-        metrics,
+        metrics: metrics.clone(),
     });
     for worker in 0..config.workers {
         tasks.spawn(onboarding.clone().run_worker(worker, shutdown.clone()));
@@ -218,7 +218,12 @@ pub async fn start(
 
     silo_guard::spawn(
         &mut tasks,
-        SiloGuard::new(catalog.clone(), provisioners.clone(), cipher.clone()),
+        SiloGuard::new(
+            catalog.clone(),
+            provisioners.clone(),
+            cipher.clone(),
+            metrics,
+        ),
         Duration::from_millis(config.guard_interval_ms),
         shutdown.clone(),
     );

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     catalog::{Catalog, TenantRecord},
     crypto::CredentialCipher,
+    metrics::ControlPlaneMetrics,
     provisioner::{
         AnyProvisioner, ProvisionError, Provisioner, Provisioners, TenantSpec, bootstrap,
         isolation, scram,
@@ -40,6 +41,10 @@ pub struct SiloGuard {
     catalog: Catalog,
     provisioners: Provisioners,
     cipher: CredentialCipher,
+    metrics: ControlPlaneMetrics,
+    /// What failed last round (the round itself, a server, a silo's isolation): a failure
+    /// is logged when it starts and when it ends, not every round.
+    failing: HashSet<String>,
     /// Verifiers already checked against the catalog's password, by tenant and credentials
     /// version: the costly check runs once per password, not every round.
     verified: HashMap<(TenantId, i32), String>,
@@ -48,11 +53,18 @@ pub struct SiloGuard {
 }
 
 impl SiloGuard {
-    pub fn new(catalog: Catalog, provisioners: Provisioners, cipher: CredentialCipher) -> Self {
+    pub fn new(
+        catalog: Catalog,
+        provisioners: Provisioners,
+        cipher: CredentialCipher,
+        metrics: ControlPlaneMetrics,
+    ) -> Self {
         Self {
             catalog,
             provisioners,
             cipher,
+            metrics,
+            failing: HashSet::new(),
             verified: HashMap::new(),
             suspects: HashMap::new(),
         }
@@ -61,9 +73,8 @@ impl SiloGuard {
     /// Runs a round every `interval` until `shutdown`.
     pub async fn run(mut self, interval: Duration, shutdown: CancellationToken) {
         loop {
-            if let Err(error) = self.round().await {
-                tracing::warn!(error = %error, "silo guard round failed");
-            }
+            let result = self.round().await;
+            self.note("round", result.as_ref().err());
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(interval) => {}
@@ -92,11 +103,24 @@ impl SiloGuard {
             }
         }
         for (server, tenants) in by_server {
-            if let Err(error) = self.guard_server(&provisioner, &tenants).await {
-                tracing::warn!(server = %server, error = %error, "silo guard skipped a server");
-            }
+            let result = self.guard_server(&provisioner, &tenants).await;
+            self.note(&format!("server {server}"), result.as_ref().err());
         }
         Ok(())
+    }
+
+    /// Logs a failure of `what` when it starts and when it ends.
+    fn note(&mut self, what: &str, error: Option<&impl std::fmt::Display>) {
+        match error {
+            Some(error) if self.failing.insert(what.to_owned()) => {
+                tracing::warn!(what, error = %error, "silo guard cannot check this; retrying every round");
+            }
+            Some(_) => {}
+            None if self.failing.remove(what) => {
+                tracing::info!(what, "silo guard checks this again");
+            }
+            None => {}
+        }
     }
 
     async fn guard_server(
@@ -140,21 +164,22 @@ impl SiloGuard {
         for tenant in tenants {
             let spec = TenantSpec::of(tenant);
             if tenant.isolation_version < isolation::VERSION {
-                match isolation::harden(&admin, &spec).await {
-                    Ok(()) => {
-                        self.catalog
-                            .set_isolation_version(&tenant.id, isolation::VERSION)
-                            .await?;
-                        tracing::info!(
-                            audit = true, tenant_id = %tenant.id, action = "isolate_silo",
-                            from = tenant.isolation_version, to = isolation::VERSION,
-                            "silo given the current isolation"
-                        );
-                    }
-                    Err(error) => {
-                        tracing::warn!(tenant_id = %tenant.id, error = %error, "isolating a silo failed");
-                    }
+                let result = isolation::harden(&admin, &spec).await;
+                self.metrics.guard_repair("isolation", result.is_ok());
+                if result.is_ok() {
+                    self.catalog
+                        .set_isolation_version(&tenant.id, isolation::VERSION)
+                        .await?;
+                    tracing::info!(
+                        audit = true, tenant_id = %tenant.id, action = "isolate_silo",
+                        from = tenant.isolation_version, to = isolation::VERSION,
+                        "silo given the current isolation"
+                    );
                 }
+                self.note(
+                    &format!("isolation of {}", tenant.id),
+                    result.err().as_ref(),
+                );
             }
             // A role that is gone is not ours to make again here (a deletion may be under way).
             let Some(state) = states.remove(&tenant.role_name) else {
@@ -175,6 +200,9 @@ impl SiloGuard {
             }
             self.suspects.remove(&tenant.id);
             let result = bootstrap::reassert_role(&client, &spec, &password).await;
+            for what in &drift {
+                self.metrics.guard_repair(what, result.is_ok());
+            }
             match &result {
                 Ok(()) => tracing::warn!(
                     audit = true, tenant_id = %tenant.id, action = "repair_tenant_role",

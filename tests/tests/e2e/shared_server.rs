@@ -490,6 +490,15 @@ async fn a_tenant_that_changes_its_own_password_and_defaults_is_healed_within_te
         logs.contents().contains("repair_tenant_role"),
         "the repair is audited"
     );
+    let metrics = silo_tests::http_get(cp.metrics_address(), "/metrics").await;
+    for what in ["password", "settings"] {
+        assert!(
+            metrics.contains(&format!(
+                "silo_controlplane_guard_repairs_total{{what=\"{what}\",result=\"ok\"}} 1"
+            )),
+            "{metrics}"
+        );
+    }
     let settings: i64 = env
         .admin_client(0, "postgres")
         .await
