@@ -166,7 +166,6 @@ impl Catalog {
         let mut names = new.names.clone();
         if let Some(row) = existing {
             let record = TenantRecord::from_row(&row)?;
-            let state = record.state.as_str();
             let earlier = operations::find_by_request(
                 &tx,
                 OperationKind::CreateTenant,
@@ -177,7 +176,7 @@ impl Catalog {
             if let Some(operation) = earlier {
                 return Ok(operation);
             }
-            if state != TenantState::Failed.as_str() && state != TenantState::Deleted.as_str() {
+            if !matches!(record.state, TenantState::Failed | TenantState::Deleted) {
                 return Err(CatalogError::TenantExists);
             }
             if record.state == TenantState::Failed {

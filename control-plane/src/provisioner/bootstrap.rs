@@ -306,22 +306,24 @@ pub async fn teardown(
 
 /// What other databases hold for the tenant's role (privileges another tenant granted it,
 /// default privileges, policies naming it) would make `DROP ROLE` fail; each such database
-/// (from `pg_shdepend`) lets go of it first. Anything the role might own there goes to the
-/// admin rather than being dropped, so no other tenant's data is ever removed.
+/// (from `pg_shdepend`) lets go of it first, and so do shared objects (a privilege on
+/// another database, granted before silo's admin owned them all). Anything the role might
+/// own there goes to the admin rather than being dropped, so no other tenant's data is
+/// ever removed.
 async fn release_foreign_dependencies(
     admin: &AdminAccess,
     client: &Client,
     tenant: &TenantSpec,
 ) -> Result<(), ProvisionError> {
     let run = |context: &'static str| move |e: tokio_postgres::Error| classify(context, &e);
-    let databases: Vec<String> = client
+    let databases: Vec<Option<String>> = client
         .query(
             "SELECT DISTINCT d.datname FROM pg_shdepend s
-             JOIN pg_database d ON d.oid = s.dbid
+             LEFT JOIN pg_database d ON d.oid = s.dbid
              WHERE s.refclassid = 'pg_authid'::regclass
                AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1)
-               AND d.datallowconn
-             ORDER BY 1",
+               AND (s.dbid = 0 OR d.datallowconn)
+             ORDER BY 1 NULLS FIRST",
             &[&tenant.role],
         )
         .await
@@ -331,23 +333,26 @@ async fn release_foreign_dependencies(
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let role = ident(&tenant.role);
+    let release = format!(
+        "REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}",
+        role = ident(&tenant.role)
+    );
+    let context = "removing what another database holds for the tenant role";
     for database in databases {
-        let mut inside = admin.config.clone();
-        inside.dbname(&database);
-        let other = connect(
-            &inside,
-            "connecting to a database that refers to the tenant",
-        )
-        .await?;
-        other
-            .batch_execute(&format!(
-                "REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}"
-            ))
-            .await
-            .map_err(run(
-                "removing what another database holds for the tenant role",
-            ))?;
+        match database {
+            // Shared objects: released from any database, the admin's own will do.
+            None => client.batch_execute(&release).await.map_err(run(context))?,
+            Some(database) => {
+                let mut inside = admin.config.clone();
+                inside.dbname(&database);
+                let other = connect(
+                    &inside,
+                    "connecting to a database that refers to the tenant",
+                )
+                .await?;
+                other.batch_execute(&release).await.map_err(run(context))?;
+            }
+        }
     }
     Ok(())
 }

@@ -290,7 +290,7 @@ async fn a_tenant_finds_no_trace_of_the_others_in_any_shared_catalog_or_statisti
 async fn a_grant_from_another_tenant_does_not_block_deleting_the_grantee() {
     let env = TestEnv::start(1).await;
     let cp = env.control_plane(Hooks::default()).await;
-    cp.onboard(&["acme", "fcvic"]).await;
+    cp.onboard(&["acme", "fcvic", "umbrella"]).await;
     let router = TestRouter::start(&cp, PoolConfig::default()).await;
     let fcvic = cp.get_tenant("fcvic").await.unwrap();
 
@@ -315,6 +315,21 @@ async fn a_grant_from_another_tenant_does_not_block_deleting_the_grantee() {
     )
     .await
     .unwrap();
+    // Privileges on acme's database, as tenants could grant before the admin owned them;
+    // umbrella holds nothing else.
+    let acme_db = cp.get_tenant("acme").await.unwrap().database;
+    let umbrella = cp.get_tenant("umbrella").await.unwrap();
+    env.admin_client(0, "postgres")
+        .await
+        .batch_execute(&format!(
+            "GRANT CONNECT ON DATABASE {acme_db} TO {}, {}",
+            fcvic.role, umbrella.role
+        ))
+        .await
+        .unwrap();
+    let deletion = delete(&cp, "umbrella", "del-1").await;
+    cp.wait_succeeded(&deletion.operation_id).await;
+    assert_eq!(roles_named(&env, &umbrella.role).await, 0);
 
     let deletion = delete(&cp, "fcvic", "del-1").await;
     cp.wait_succeeded(&deletion.operation_id).await;
@@ -327,7 +342,6 @@ async fn a_grant_from_another_tenant_does_not_block_deleting_the_grantee() {
     run(&router, "acme", "INSERT INTO g VALUES (1)")
         .await
         .unwrap();
-    let acme_db = cp.get_tenant("acme").await.unwrap().database;
     let grants: i64 = env
         .admin_client(0, &acme_db)
         .await
