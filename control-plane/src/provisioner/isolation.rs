@@ -123,6 +123,28 @@ fn revoke_cluster_metadata() -> String {
     )
 }
 
+/// `information_schema.columns` and `.domains` compute `character_octet_length` with a SQL
+/// function that reads `pg_database` as the caller, which the tenant may no longer do;
+/// this one asks `getdatabaseencoding()` instead and returns the same. Replaced only where
+/// the admin may (it owns it as a superuser; on RDS nothing was revoked).
+const CHAR_OCTET_LENGTH: &str = "DO $silo$
+BEGIN
+  IF pg_catalog.pg_has_role((SELECT proowner FROM pg_catalog.pg_proc
+        WHERE oid = 'information_schema._pg_char_octet_length(oid, integer)'::regprocedure),
+      'USAGE') THEN
+    CREATE OR REPLACE FUNCTION information_schema._pg_char_octet_length(typid oid, typmod integer)
+      RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
+    RETURN CASE WHEN typid = ANY (ARRAY[25::oid, 1042::oid, 1043::oid])
+      THEN CASE WHEN typmod = -1 THEN (2::double precision ^ 30::double precision)::integer
+        ELSE information_schema._pg_char_max_length(typid, typmod)
+          * pg_catalog.pg_encoding_max_length(
+              pg_catalog.pg_char_to_encoding(pg_catalog.getdatabaseencoding()))
+        END
+      ELSE NULL::integer END;
+  END IF;
+END
+$silo$";
+
 /// Gives the tenant's silo the current isolation; idempotent, and safe on a silo made
 /// before it (a database the tenant owns is handed to the admin).
 pub async fn harden(admin: &AdminAccess, tenant: &TenantSpec) -> Result<(), ProvisionError> {
@@ -142,7 +164,7 @@ pub(super) async fn close_cluster_metadata(
     let client = bootstrap::connect(&inside, "connecting to the tenant database as admin").await?;
     client
         .batch_execute(&format!(
-            "ALTER SCHEMA public OWNER TO {role}; {revoke}",
+            "ALTER SCHEMA public OWNER TO {role}; {revoke}; {CHAR_OCTET_LENGTH}",
             role = bootstrap::ident(&tenant.role),
             revoke = revoke_cluster_metadata(),
         ))
