@@ -3,7 +3,7 @@
 use std::{fmt, str::FromStr};
 
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use thiserror::Error;
 
 /// A tenant id: a lower-case letter, then 1 to 62 lower-case letters, digits or hyphens.
@@ -33,17 +33,6 @@ impl TenantId {
 
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-
-    /// The names tenants got before names were keyed (`acme-eu` → `t_acme_eu`). Tenants
-    /// made then keep them; nothing new is named this way.
-    pub fn legacy_silo_name(&self) -> String {
-        let name = format!("t_{}", self.0.replace('-', "_"));
-        if name.len() <= 63 {
-            return name;
-        }
-        let digest = hex(&Sha256::digest(self.0.as_bytes()));
-        format!("{}_{}", &name[..54], &digest[..8])
     }
 }
 
@@ -248,18 +237,6 @@ mod tests {
                 "{bad} should be invalid"
             );
         }
-    }
-
-    #[test]
-    fn legacy_silo_names_are_valid_identifiers_and_distinct() {
-        let long_a = TenantId::parse(&format!("a{}x", "b".repeat(61))).unwrap();
-        let long_b = TenantId::parse(&format!("a{}y", "b".repeat(61))).unwrap();
-        assert!(long_a.legacy_silo_name().len() <= 63);
-        assert_ne!(long_a.legacy_silo_name(), long_b.legacy_silo_name());
-        assert_eq!(
-            TenantId::parse("acme-eu").unwrap().legacy_silo_name(),
-            "t_acme_eu"
-        );
     }
 
     #[test]
