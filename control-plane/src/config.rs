@@ -101,7 +101,8 @@ pub struct ControlPlaneConfig {
     pub guard_interval_ms: u64,
 
     /// Servers of the `postgres` provisioner's fleet, `NAME=DSN`, comma-separated in the
-    /// environment. The DSN logs in as a role that may create roles and databases.
+    /// environment. The DSN logs in as a superuser: besides roles and databases, it closes
+    /// the cluster's catalogs inside each silo (onboarding fails when it cannot).
     #[arg(
         long = "postgres-server",
         env = "SILO_POSTGRES_SERVERS",

@@ -86,11 +86,14 @@ pub async fn ensure_silo(
         .await
         .map_err(run("looking up the tenant role"))?
         .is_some();
-    let verb = if role_exists { "ALTER" } else { "CREATE" };
+    let (verb, attributes) = if role_exists {
+        ("ALTER", ROLE_ATTRIBUTES)
+    } else {
+        ("CREATE", NEW_ROLE_ATTRIBUTES)
+    };
     client
         .batch_execute(&format!(
-            "{verb} ROLE {role} WITH {} PASSWORD {}",
-            ROLE_ATTRIBUTES,
+            "{verb} ROLE {role} WITH {attributes} PASSWORD {}",
             password_literal(password)
         ))
         .await
@@ -131,9 +134,12 @@ pub async fn ensure_silo(
 }
 
 /// The tenant role's attributes: a login and nothing more. The silo guard puts them back
-/// if they ever differ.
-pub(crate) const ROLE_ATTRIBUTES: &str = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
-     NOBYPASSRLS INHERIT CONNECTION LIMIT -1 VALID UNTIL 'infinity'";
+/// if they ever differ. (SUPERUSER, REPLICATION and BYPASSRLS only a superuser can give,
+/// and only a superuser may even name them in ALTER ROLE, so they are set at creation.)
+const ROLE_ATTRIBUTES: &str =
+    "LOGIN NOCREATEDB NOCREATEROLE INHERIT CONNECTION LIMIT -1 VALID UNTIL 'infinity'";
+const NEW_ROLE_ATTRIBUTES: &str = "LOGIN NOCREATEDB NOCREATEROLE INHERIT CONNECTION LIMIT -1 \
+     VALID UNTIL 'infinity' NOSUPERUSER NOREPLICATION NOBYPASSRLS";
 
 /// The tenant role's login to its own database on the same server.
 pub fn tenant_config(

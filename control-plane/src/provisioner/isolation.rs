@@ -5,8 +5,9 @@
 //! and the functions that read them are closed to PUBLIC.
 //!
 //! A shared catalog's privileges are kept per database (`pg_class` is not shared), which is
-//! why this runs in every silo. On a server where silo's admin is not a superuser (RDS) the
-//! REVOKEs change nothing and PostgreSQL only warns; there every tenant has its own server.
+//! why this runs in every silo. Only their owner can close them, so a fleet admin must be a
+//! superuser; on a server of its own (RDS, whose admin is not one) there is nobody to hide
+//! from and only the schema is handed over.
 
 use tokio_postgres::Client;
 
@@ -125,8 +126,8 @@ fn revoke_cluster_metadata() -> String {
 
 /// `information_schema.columns` and `.domains` compute `character_octet_length` with a SQL
 /// function that reads `pg_database` as the caller, which the tenant may no longer do;
-/// this one asks `getdatabaseencoding()` instead and returns the same. Replaced only where
-/// the admin may (it owns it as a superuser; on RDS nothing was revoked).
+/// this one asks `getdatabaseencoding()` instead and returns the same. Runs as the
+/// superuser that owns it.
 const CHAR_OCTET_LENGTH: &str = "DO $silo$
 BEGIN
   IF pg_catalog.pg_has_role((SELECT proowner FROM pg_catalog.pg_proc
@@ -162,14 +163,42 @@ pub(super) async fn close_cluster_metadata(
     let mut inside = admin.config.clone();
     inside.dbname(&tenant.database);
     let client = bootstrap::connect(&inside, "connecting to the tenant database as admin").await?;
+    let run =
+        |context: &'static str| move |e: tokio_postgres::Error| bootstrap::classify(context, &e);
+    let public = format!(
+        "ALTER SCHEMA public OWNER TO {}",
+        bootstrap::ident(&tenant.role)
+    );
+    if !admin.shared {
+        // A server of its own (RDS): nobody to hide from, and its admin owns no catalogs.
+        return client
+            .batch_execute(&public)
+            .await
+            .map_err(run("giving the tenant its schema"));
+    }
+    // Only the catalogs' owner can close them.
+    let superuser: bool = client
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(run("checking the fleet admin"))?
+        .get(0);
+    if !superuser {
+        return Err(ProvisionError::Permanent(
+            "the fleet server's admin login is not a superuser, so it cannot close the \
+             cluster catalogs in the silo; on a shared server it must be one"
+                .into(),
+        ));
+    }
     client
         .batch_execute(&format!(
-            "ALTER SCHEMA public OWNER TO {role}; {revoke}; {CHAR_OCTET_LENGTH}",
-            role = bootstrap::ident(&tenant.role),
+            "{public}; {revoke}; {CHAR_OCTET_LENGTH}",
             revoke = revoke_cluster_metadata(),
         ))
         .await
-        .map_err(|e| bootstrap::classify("closing the cluster's catalogs in the silo", &e))
+        .map_err(run("closing the cluster's catalogs in the silo"))
 }
 
 /// The admin owns the tenant database; the tenant may connect, make schemas and temporary

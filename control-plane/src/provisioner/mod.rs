@@ -68,6 +68,9 @@ pub enum Availability {
 #[derive(Clone)]
 pub struct AdminAccess {
     pub config: tokio_postgres::Config,
+    /// Other tenants share this server (`postgres` fleet), so the silo must be isolated
+    /// from them (`isolation`), and onboarding fails if it cannot be.
+    pub shared: bool,
 }
 
 impl std::fmt::Debug for AdminAccess {

@@ -617,3 +617,34 @@ async fn a_silo_made_before_keyed_names_keeps_them_and_gets_the_isolation() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_admin_that_cannot_close_the_catalogs_fails_onboarding() {
+    let env = TestEnv::start(1).await;
+    env.admin_client(0, "postgres")
+        .await
+        .batch_execute("CREATE ROLE weak_admin LOGIN CREATEROLE CREATEDB PASSWORD 'weak-pw'")
+        .await
+        .unwrap();
+    let mut config = env.config(&[]);
+    config.postgres_servers = vec![
+        format!(
+            "pg0=postgres://weak_admin:weak-pw@{}:{}/postgres",
+            env.servers[0].host(),
+            env.servers[0].port()
+        )
+        .parse()
+        .unwrap(),
+    ];
+    let cp = env.control_plane_with(config, Hooks::default()).await;
+    let created = cp.create_tenant("exposed", "req-1").await.unwrap();
+    let done = cp
+        .wait_done(&created.operation_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(done.status(), pb::OperationStatus::Failed);
+    assert!(done.error.contains("superuser"), "{}", done.error);
+    assert_eq!(
+        cp.get_tenant("exposed").await.unwrap().state(),
+        pb::TenantState::Failed
+    );
+}
