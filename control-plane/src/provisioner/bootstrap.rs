@@ -87,9 +87,9 @@ pub async fn ensure_silo(
         .map_err(run("looking up the tenant role"))?
         .is_some();
     let (verb, attributes) = if role_exists {
-        ("ALTER", ROLE_ATTRIBUTES)
+        ("ALTER", ADOPTED_ROLE_ATTRIBUTES)
     } else {
-        ("CREATE", NEW_ROLE_ATTRIBUTES)
+        ("CREATE", ROLE_ATTRIBUTES)
     };
     client
         .batch_execute(&format!(
@@ -133,13 +133,15 @@ pub async fn ensure_silo(
     isolation::close_cluster_metadata(admin, tenant).await
 }
 
-/// The tenant role's attributes: a login and nothing more. The silo guard puts them back
-/// if they ever differ. (SUPERUSER, REPLICATION and BYPASSRLS only a superuser can give,
-/// and only a superuser may even name them in ALTER ROLE, so they are set at creation.)
-const ROLE_ATTRIBUTES: &str =
-    "LOGIN NOCREATEDB NOCREATEROLE INHERIT CONNECTION LIMIT -1 VALID UNTIL 'infinity'";
-const NEW_ROLE_ATTRIBUTES: &str = "LOGIN NOCREATEDB NOCREATEROLE INHERIT CONNECTION LIMIT -1 \
+/// The tenant role's attributes: a login and nothing more. The silo guard (a superuser
+/// on the fleet) puts them back if they ever differ.
+const ROLE_ATTRIBUTES: &str = "LOGIN NOCREATEDB NOCREATEROLE INHERIT CONNECTION LIMIT -1 \
      VALID UNTIL 'infinity' NOSUPERUSER NOREPLICATION NOBYPASSRLS";
+/// The same for a role an earlier attempt made, as any admin may set them: PostgreSQL
+/// refuses even NOSUPERUSER / NOREPLICATION / NOBYPASSRLS in ALTER ROLE from an admin that
+/// is not a superuser (RDS), and only a superuser could have changed those.
+const ADOPTED_ROLE_ATTRIBUTES: &str =
+    "LOGIN NOCREATEDB NOCREATEROLE INHERIT CONNECTION LIMIT -1 VALID UNTIL 'infinity'";
 
 /// The tenant role's login to its own database on the same server.
 pub fn tenant_config(
