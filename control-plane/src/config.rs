@@ -88,8 +88,21 @@ pub struct ControlPlaneConfig {
     #[arg(long, env = "SILO_CREDENTIALS_KEY", value_parser = secret, hide_env_values = true)]
     pub credentials_key: SecretString,
 
+    /// Key of the keyed hash (HMAC-SHA256) that names new tenants' databases and roles, so
+    /// that names on a shared server do not reveal tenant ids. Any secret string; keep it
+    /// for the life of the deployment. Unset: derived from the credentials key.
+    #[arg(long, env = "SILO_NAME_KEY", value_parser = secret, hide_env_values = true)]
+    pub silo_name_key: Option<SecretString>,
+
+    /// How often the silo guard compares every tenant role on the `postgres` fleet with
+    /// the catalog and repairs what a tenant changed (password, role settings), and brings
+    /// older silos up to the current isolation (0: off).
+    #[arg(long, env = "SILO_GUARD_INTERVAL_MS", default_value_t = 2000)]
+    pub guard_interval_ms: u64,
+
     /// Servers of the `postgres` provisioner's fleet, `NAME=DSN`, comma-separated in the
-    /// environment. The DSN logs in as a role that may create roles and databases.
+    /// environment. The DSN logs in as a superuser: besides roles and databases, it closes
+    /// the cluster's catalogs inside each silo (onboarding fails when it cannot).
     #[arg(
         long = "postgres-server",
         env = "SILO_POSTGRES_SERVERS",

@@ -13,6 +13,7 @@ pub mod provisioner;
 pub mod retention;
 pub mod server;
 pub mod service;
+pub mod silo_guard;
 pub mod tenant;
 
 pub use config::ControlPlaneConfig;

@@ -27,6 +27,15 @@ pub struct ControlPlaneMetrics {
     step_duration: Family<StepLabels, Histogram>,
     operations: Family<OperationLabels, Counter>,
     catalog_calls: Family<OutcomeLabels, Counter>,
+    guard_repairs: Family<RepairLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RepairLabels {
+    /// `password`, `attributes`, `settings` (a tenant role put back) or `isolation` (a
+    /// silo given the current isolation).
+    pub what: String,
+    pub result: String,
 }
 
 impl Default for ControlPlaneMetrics {
@@ -40,6 +49,7 @@ impl Default for ControlPlaneMetrics {
             }),
             operations: Family::default(),
             catalog_calls: Family::default(),
+            guard_repairs: Family::default(),
         }
     }
 }
@@ -62,7 +72,21 @@ impl ControlPlaneMetrics {
             "catalog connections taken from the pool, by outcome",
             metrics.catalog_calls.clone(),
         );
+        registry.register(
+            "silo_controlplane_guard_repairs",
+            "what the silo guard put back on the fleet, by what and result",
+            metrics.guard_repairs.clone(),
+        );
         metrics
+    }
+
+    pub fn guard_repair(&self, what: &str, ok: bool) {
+        self.guard_repairs
+            .get_or_create(&RepairLabels {
+                what: what.to_owned(),
+                result: if ok { "ok" } else { "error" }.to_owned(),
+            })
+            .inc();
     }
 
     pub fn step(&self, step: &str, seconds: f64) {

@@ -222,7 +222,7 @@ impl Onboarding {
                 ));
                 return self.step_failed(&tenant, operation, attempts, error).await;
             };
-            let spec = TenantSpec::new(&tenant.id, &tenant.tier, &tenant.request_id);
+            let spec = TenantSpec::of(&tenant);
             let started = std::time::Instant::now();
             let step = self
                 .onboarding_step(&tenant, operation, provisioner, &spec)
@@ -343,6 +343,7 @@ impl Onboarding {
                     EventKind::Activated,
                 );
                 t.schema_version = Some(version);
+                t.isolation_version = Some(crate::provisioner::isolation::VERSION);
                 t.finish_step = Some((StepStatus::Done, format!("schema version {version}")));
                 self.apply(t).await?;
             }
@@ -395,7 +396,7 @@ impl Onboarding {
                     tenant.provisioner
                 )));
             };
-            let spec = TenantSpec::new(&tenant.id, &tenant.tier, &tenant.request_id);
+            let spec = TenantSpec::of(&tenant);
             let keep = operation.delete_params().keep_database;
             match provisioner.retire(&spec, placement, keep).await {
                 Ok(Availability::Ready) => {}

@@ -21,6 +21,8 @@ use crate::{
         RdsProvisioner, rds,
     },
     service::ControlPlaneService,
+    silo_guard::{self, SiloGuard},
+    tenant::SiloNamer,
 };
 
 #[derive(Debug, Error)]
@@ -144,6 +146,11 @@ pub async fn start(
     use secrecy::ExposeSecret;
 
     let cipher = CredentialCipher::from_base64(&config.credentials_key)?;
+    let namer = match &config.silo_name_key {
+        Some(key) => SiloNamer::new(key.expose_secret().as_bytes()),
+        None => SiloNamer::derived_from(config.credentials_key.expose_secret().trim().as_bytes()),
+    }
+    .map_err(|e| ConfigError::Invalid(e.to_string()))?;
     let tiers = Arc::new(Tiers::load(config.tiers_file.as_ref())?);
     let verifier = JwtVerifier::new(config.jwt.verifier_config()?)?;
     let provisioners = provisioners(&config, &tiers, &cipher).await?;
@@ -193,7 +200,7 @@ pub async fn start(
         migrations: migrations.clone(),
         hooks,
         max_attempts: config.max_step_attempts.max(1),
-        metrics,
+        metrics: metrics.clone(),
     });
     for worker in 0..config.workers {
         tasks.spawn(onboarding.clone().run_worker(worker, shutdown.clone()));
@@ -216,6 +223,17 @@ pub async fn start(
             shutdown.clone(),
         ));
     }
+    silo_guard::spawn(
+        &mut tasks,
+        SiloGuard::new(
+            catalog.clone(),
+            provisioners.clone(),
+            cipher.clone(),
+            metrics,
+        ),
+        Duration::from_millis(config.guard_interval_ms),
+        shutdown.clone(),
+    );
 
     let service = ControlPlaneService {
         catalog,
@@ -223,6 +241,7 @@ pub async fn start(
         tiers,
         provisioners,
         cipher,
+        namer,
         migrations: Arc::new(migrations),
         shutdown: shutdown.clone(),
     };

@@ -2,6 +2,8 @@
 
 use std::{fmt, str::FromStr};
 
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use thiserror::Error;
 
 /// A tenant id: a lower-case letter, then 1 to 62 lower-case letters, digits or hyphens.
@@ -26,27 +28,96 @@ impl TenantId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
 
-    /// Name of the tenant's database and of its login role on a shared server. Derived from
-    /// the id alone, so a retried step finds what an earlier attempt made. PostgreSQL
-    /// identifiers hold 63 bytes: `t_` plus the id (at most 63) is cut, then a hash keeps
-    /// two long ids that share a prefix apart.
-    pub fn silo_name(&self) -> String {
-        let name = format!("t_{}", self.0.replace('-', "_"));
-        if name.len() <= 63 {
-            return name;
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The names of a tenant's database and login role on its server, as the catalog keeps
+/// them. Every step reads them from the catalog, never recomputes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiloNames {
+    pub database: String,
+    pub role: String,
+    pub scheme: NameScheme,
+}
+
+/// How a tenant's silo names were made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameScheme {
+    /// `t_<tenant id>`: tenants made before keyed names; they keep them.
+    TenantId,
+    /// `s_<HMAC-SHA256(name key, tenant id), 128 bits in hex>`.
+    HmacSha256,
+}
+
+impl NameScheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TenantId => "tenant-id",
+            Self::HmacSha256 => "hmac-sha256-v1",
         }
-        let digest = sha2_hex(&self.0);
-        format!("{}_{}", &name[..54], &digest[..8])
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [Self::TenantId, Self::HmacSha256]
+            .into_iter()
+            .find(|scheme| scheme.as_str() == raw)
     }
 }
 
-fn sha2_hex(text: &str) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// Derives opaque silo names from tenant ids with a keyed hash, so that a name seen on a
+/// shared server says nothing about which tenant it is, and cannot be computed from a
+/// tenant id without the deployment's name key. Deterministic: a tenant created again
+/// after a failed attempt gets the same names and adopts what the attempt made.
+#[derive(Clone)]
+pub struct SiloNamer {
+    mac: Hmac<Sha256>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("the silo name key must not be empty")]
+pub struct InvalidNameKey;
+
+impl fmt::Debug for SiloNamer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SiloNamer(..)")
+    }
+}
+
+impl SiloNamer {
+    /// A namer keyed with `key` (the `--silo-name-key` secret, or a key derived from the
+    /// credentials key).
+    pub fn new(key: &[u8]) -> Result<Self, InvalidNameKey> {
+        if key.is_empty() {
+            return Err(InvalidNameKey);
+        }
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| InvalidNameKey)?;
+        Ok(Self { mac })
+    }
+
+    /// A name key derived from another secret under a label of its own: knowing the name
+    /// key (or a name) tells nothing about the secret it came from.
+    pub fn derived_from(secret: &[u8]) -> Result<Self, InvalidNameKey> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).map_err(|_| InvalidNameKey)?;
+        mac.update(b"silo name key v1");
+        Self::new(&mac.finalize().into_bytes())
+    }
+
+    /// `s_` and 32 hex digits (34 bytes, well inside PostgreSQL's 63); the same for the
+    /// database and the role.
+    pub fn names(&self, tenant: &TenantId) -> SiloNames {
+        let mut mac = self.mac.clone();
+        mac.update(tenant.as_str().as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let name = format!("s_{}", hex(&digest[..16]));
+        SiloNames {
+            database: name.clone(),
+            role: name,
+            scheme: NameScheme::HmacSha256,
+        }
+    }
 }
 
 impl fmt::Display for TenantId {
@@ -163,12 +234,31 @@ mod tests {
     }
 
     #[test]
-    fn silo_names_are_valid_identifiers_and_distinct() {
-        let long_a = TenantId::parse(&format!("a{}x", "b".repeat(61))).unwrap();
-        let long_b = TenantId::parse(&format!("a{}y", "b".repeat(61))).unwrap();
-        assert!(long_a.silo_name().len() <= 63);
-        assert_ne!(long_a.silo_name(), long_b.silo_name());
-        assert_eq!(TenantId::parse("acme-eu").unwrap().silo_name(), "t_acme_eu");
+    fn keyed_names_are_opaque_deterministic_and_depend_on_the_key() {
+        let namer = SiloNamer::new(b"key one").unwrap();
+        let acme = TenantId::parse("acme").unwrap();
+        let longest = TenantId::parse(&format!("a{}", "b".repeat(62))).unwrap();
+        let names = namer.names(&acme);
+        assert_eq!(names, namer.names(&acme), "deterministic");
+        assert_eq!(names.database, names.role);
+        assert_eq!(names.scheme, NameScheme::HmacSha256);
+        assert!(names.role.starts_with("s_") && names.role.len() == 34);
+        assert!(!names.role.contains("acme"));
+        assert!(
+            names.role[2..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        );
+        assert!(namer.names(&longest).role.len() <= 63);
+        assert_ne!(names, namer.names(&TenantId::parse("acmf").unwrap()));
+        assert_ne!(names, SiloNamer::new(b"key two").unwrap().names(&acme));
+        assert_ne!(
+            SiloNamer::derived_from(b"secret").unwrap().names(&acme),
+            SiloNamer::new(b"secret").unwrap().names(&acme),
+            "a derived key is not the secret itself"
+        );
+        assert!(!format!("{namer:?}").contains("key one"));
+        assert_eq!(SiloNamer::new(b"").unwrap_err(), InvalidNameKey);
     }
 
     #[test]

@@ -95,7 +95,9 @@ def expect_code(call, code, message):
 
 def main():
     proto_dir, router, metrics_url, *tenant_args = sys.argv[1:]
-    pb, pb_grpc = load_stubs(proto_dir, tempfile.mkdtemp(prefix="silo-stubs-"))
+    # The generated modules are imported before the directory goes away.
+    with tempfile.TemporaryDirectory(prefix="silo-stubs-") as stubs:
+        pb, pb_grpc = load_stubs(proto_dir, stubs)
     channel = grpc.insecure_channel(router)
     grpc.channel_ready_future(channel).result(timeout=10)
     stub = pb_grpc.RouterStub(channel)

@@ -146,18 +146,22 @@ fn hba_file() -> PathBuf {
     use std::{os::unix::fs::PermissionsExt, sync::OnceLock};
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let path =
-            std::env::temp_dir().join(format!("silo-tests-pg_hba-{}.conf", std::process::id()));
+        // One file for every test process (same content each time), replaced atomically,
+        // so runs do not leave one behind per process.
+        let path = std::env::temp_dir().join("silo-tests-pg_hba.conf");
+        let staged =
+            std::env::temp_dir().join(format!("silo-tests-pg_hba.conf.{}", std::process::id()));
         std::fs::write(
-            &path,
+            &staged,
             "local all postgres trust\n\
              host all postgres 127.0.0.1/32 trust\n\
              local all all scram-sha-256\n\
              host all all 127.0.0.1/32 scram-sha-256\n",
         )
         .expect("pg_hba file written");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o644))
             .expect("pg_hba readable");
+        std::fs::rename(&staged, &path).expect("pg_hba file in place");
         path
     })
     .clone()

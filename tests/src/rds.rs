@@ -2,8 +2,6 @@
 //! loopback (moto or the scripted fake), with instance endpoints rewritten to one of the
 //! harness's PostgreSQL servers so the bootstrap and the tenant's logins are real.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use std::time::Duration;
 
 use silo_control_plane::ControlPlaneConfig;
@@ -22,14 +20,19 @@ impl TestEnv {
     /// Flags for the `rds` provisioner talking to `endpoint_url`, with every instance
     /// endpoint rewritten to fleet server 0, and fast polls.
     pub fn rds_flags(&self, endpoint_url: &str, tier: RdsTier) -> Vec<String> {
-        static FILES: AtomicUsize = AtomicUsize::new(0);
+        // One file per variant for every test process (same content each time), replaced
+        // atomically, so runs do not leave one behind per process.
         let path = std::env::temp_dir().join(format!(
-            "silo-tests-rds-tiers-{}-{}.toml",
-            std::process::id(),
-            FILES.fetch_add(1, Ordering::SeqCst)
+            "silo-tests-rds-tiers-{}.toml",
+            if tier.managed_password {
+                "managed"
+            } else {
+                "generated"
+            }
         ));
+        let staged = path.with_extension(format!("toml.{}", std::process::id()));
         std::fs::write(
-            &path,
+            &staged,
             format!(
                 "default_tier = \"enterprise\"\n\
                  [tiers.standard]\nprovisioner = \"postgres\"\n\
@@ -40,6 +43,7 @@ impl TestEnv {
             ),
         )
         .expect("tiers file written");
+        std::fs::rename(&staged, &path).expect("tiers file in place");
         let server = &self.servers[0];
         vec![
             format!("--tiers-file={}", path.display()),

@@ -32,6 +32,8 @@ pub fn tenant_json(tenant: &pb::Tenant) -> Value {
         "provisioner": tenant.provisioner,
         "placement": tenant.placement,
         "database": tenant.database,
+        "role": tenant.role,
+        "name_scheme": tenant.name_scheme,
         "schema_version": tenant.schema_version,
         "created_at": timestamp(tenant.created_at.as_ref()),
         "updated_at": timestamp(tenant.updated_at.as_ref()),
@@ -102,6 +104,7 @@ pub fn tenants_table(tenants: &[pb::Tenant]) -> Table {
         "STATE",
         "PLACEMENT",
         "DATABASE",
+        "ROLE",
         "SCHEMA",
         "CREATED",
     ]);
@@ -113,6 +116,7 @@ pub fn tenants_table(tenants: &[pb::Tenant]) -> Table {
             name(tenant.state()),
             tenant.placement.clone(),
             tenant.database.clone(),
+            tenant.role.clone(),
             tenant.schema_version.to_string(),
             timestamp(tenant.created_at.as_ref()),
         ]);

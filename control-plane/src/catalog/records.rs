@@ -7,7 +7,7 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::CatalogError;
-use crate::tenant::{TenantId, TenantState};
+use crate::tenant::{NameScheme, SiloNames, TenantId, TenantState};
 
 /// Where a tenant's silo lives.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +33,9 @@ pub struct TenantRecord {
     pub placement: Option<Placement>,
     pub database_name: String,
     pub role_name: String,
+    pub name_scheme: NameScheme,
+    /// The isolation steps the silo has been given (`provisioner::isolation::VERSION`).
+    pub isolation_version: i32,
     /// Sealed password (see `crypto`); never leaves the control plane but to routers.
     pub credentials: Option<Vec<u8>>,
     pub credentials_version: i32,
@@ -43,10 +46,19 @@ pub struct TenantRecord {
 }
 
 pub(crate) const TENANT_COLUMNS: &str = "tenant_id, display_name, tier, state, failure_reason, \
-     provisioner, placement, database_name, role_name, credentials, credentials_version, \
-     schema_version, request_id, created_at, updated_at";
+     provisioner, placement, database_name, role_name, name_scheme, isolation_version, credentials, \
+     credentials_version, schema_version, request_id, created_at, updated_at";
 
 impl TenantRecord {
+    /// The names of the tenant's database and role, as stored.
+    pub fn silo_names(&self) -> SiloNames {
+        SiloNames {
+            database: self.database_name.clone(),
+            role: self.role_name.clone(),
+            scheme: self.name_scheme,
+        }
+    }
+
     pub(crate) fn from_row(row: &Row) -> Result<Self, CatalogError> {
         let id: String = row.try_get("tenant_id")?;
         let state: String = row.try_get("state")?;
@@ -68,6 +80,12 @@ impl TenantRecord {
                 .map_err(|e| CatalogError::Corrupt(format!("placement: {e}")))?,
             database_name: row.try_get("database_name")?,
             role_name: row.try_get("role_name")?,
+            name_scheme: {
+                let raw: String = row.try_get("name_scheme")?;
+                NameScheme::parse(&raw)
+                    .ok_or_else(|| CatalogError::Corrupt(format!("name scheme {raw:?}")))?
+            },
+            isolation_version: row.try_get("isolation_version")?,
             credentials: row.try_get("credentials")?,
             credentials_version: row.try_get("credentials_version")?,
             schema_version: row.try_get("schema_version")?,

@@ -7,7 +7,7 @@ use super::{
     Catalog, CatalogError, DeleteParams, EventKind, OperationKind, OperationRecord, Placement,
     StepStatus, TENANT_COLUMNS, TenantRecord, events, operations,
 };
-use crate::tenant::{TenantId, TenantState};
+use crate::tenant::{SiloNames, TenantId, TenantState};
 
 /// A tenant to onboard.
 #[derive(Clone, Debug)]
@@ -17,6 +17,9 @@ pub struct NewTenant {
     pub tier: String,
     pub provisioner: String,
     pub request_id: String,
+    /// The silo names for a new tenant (a tenant created again after FAILED keeps the
+    /// names its earlier attempt stored, so it adopts what that attempt made).
+    pub names: SiloNames,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -49,6 +52,8 @@ pub struct Transition {
     pub credentials: Option<Vec<u8>>,
     pub clear_credentials: bool,
     pub schema_version: Option<i64>,
+    /// The isolation the silo has now been given (`provisioner::isolation::VERSION`).
+    pub isolation_version: Option<i32>,
     pub failure_reason: Option<String>,
     /// The operation whose steps record this transition.
     pub operation: Option<Uuid>,
@@ -69,6 +74,7 @@ impl Transition {
             credentials: None,
             clear_credentials: false,
             schema_version: None,
+            isolation_version: None,
             failure_reason: None,
             operation: None,
             finish_step: None,
@@ -92,7 +98,7 @@ impl Transition {
             .transpose()
             .map_err(|e| CatalogError::Corrupt(e.to_string()))?;
         let server = self.placement.as_ref().map(|p| p.server.clone());
-        let params: [&(dyn ToSql + Sync); 10] = [
+        let params: [&(dyn ToSql + Sync); 11] = [
             &self.tenant.as_str(),
             &self.from.as_str(),
             &self.to.as_str(),
@@ -103,6 +109,7 @@ impl Transition {
             &self.schema_version,
             &self.failure_reason,
             &(self.to == TenantState::Failed),
+            &self.isolation_version,
         ];
         let updated = tx
             .execute(
@@ -114,6 +121,7 @@ impl Transition {
                      credentials_version = credentials_version
                          + CASE WHEN $6::bytea IS NOT NULL THEN 1 ELSE 0 END,
                      schema_version = coalesce($8, schema_version),
+                     isolation_version = coalesce($11, isolation_version),
                      failure_reason = CASE WHEN $10 THEN coalesce($9, failure_reason) ELSE '' END,
                      updated_at = now()
                  WHERE tenant_id = $1 AND state = $2",
@@ -151,12 +159,13 @@ impl Catalog {
         let tx = conn.transaction().await?;
         let existing = tx
             .query_opt(
-                "SELECT state FROM tenants WHERE tenant_id = $1 FOR UPDATE",
+                &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE tenant_id = $1 FOR UPDATE"),
                 &[&new.id.as_str()],
             )
             .await?;
+        let mut names = new.names.clone();
         if let Some(row) = existing {
-            let state: String = row.try_get(0)?;
+            let record = TenantRecord::from_row(&row)?;
             let earlier = operations::find_by_request(
                 &tx,
                 OperationKind::CreateTenant,
@@ -167,8 +176,12 @@ impl Catalog {
             if let Some(operation) = earlier {
                 return Ok(operation);
             }
-            if state != TenantState::Failed.as_str() && state != TenantState::Deleted.as_str() {
+            if !matches!(record.state, TenantState::Failed | TenantState::Deleted) {
                 return Err(CatalogError::TenantExists);
+            }
+            if record.state == TenantState::Failed {
+                // What the failed attempt made is found again under the names it used.
+                names = record.silo_names();
             }
             tx.execute(
                 "DELETE FROM tenants WHERE tenant_id = $1",
@@ -176,18 +189,19 @@ impl Catalog {
             )
             .await?;
         }
-        let silo_name = new.id.silo_name();
         tx.execute(
             "INSERT INTO tenants (tenant_id, display_name, tier, state, provisioner,
-                                  database_name, role_name, request_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
+                                  database_name, role_name, name_scheme, request_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 &new.id.as_str(),
                 &new.display_name,
                 &new.tier,
                 &TenantState::Requested.as_str(),
                 &new.provisioner,
-                &silo_name,
+                &names.database,
+                &names.role,
+                &names.scheme.as_str(),
                 &new.request_id,
             ],
         )
@@ -316,7 +330,8 @@ impl Catalog {
     }
 
     /// Moves the tenant to DELETING and records the deletion operation, or returns the
-    /// deletion already under way.
+    /// deletion already under way (or the one this request id started). A tenant whose
+    /// deletion failed is still DELETING; calling this again starts a new attempt.
     pub async fn start_delete(
         &self,
         id: &TenantId,
@@ -339,10 +354,19 @@ impl Catalog {
         match state {
             TenantState::Deleted => return Err(CatalogError::TenantNotFound),
             TenantState::Deleting => {
-                let running = operations::find_pending(&tx, OperationKind::DeleteTenant, id)
-                    .await?
-                    .ok_or(CatalogError::WrongState(state))?;
-                return Ok(running);
+                if let Some(running) =
+                    operations::find_pending(&tx, OperationKind::DeleteTenant, id).await?
+                {
+                    return Ok(running);
+                }
+                if let Some(earlier) =
+                    operations::find_by_request(&tx, OperationKind::DeleteTenant, id, request_id)
+                        .await?
+                {
+                    return Ok(earlier);
+                }
+                // The last deletion failed: this call runs it again, from wherever it
+                // stopped (every step adopts what an earlier attempt did).
             }
             _ => {}
         }
@@ -356,7 +380,11 @@ impl Catalog {
             params,
         )
         .await?;
-        let mut transition = Transition::new(id, state, TenantState::Deleting, EventKind::Deleting);
+        let mut transition = if state == TenantState::Deleting {
+            Transition::quiet(id, state)
+        } else {
+            Transition::new(id, state, TenantState::Deleting, EventKind::Deleting)
+        };
         transition.operation = Some(operation);
         transition.start_step = Some(TenantState::Deleting.as_str().to_owned());
         transition.apply_in(&tx).await?;
@@ -366,6 +394,44 @@ impl Catalog {
         drop(conn);
         self.changes.notify();
         self.get_operation(operation).await
+    }
+
+    /// The tenants whose silos the silo guard watches: ACTIVE or SUSPENDED, placed by
+    /// `provisioner`, with credentials.
+    pub async fn guarded_tenants(
+        &self,
+        provisioner: &str,
+    ) -> Result<Vec<TenantRecord>, CatalogError> {
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(
+                &format!(
+                    "SELECT {TENANT_COLUMNS} FROM tenants
+                     WHERE provisioner = $1 AND state IN ('ACTIVE', 'SUSPENDED')
+                       AND placement IS NOT NULL AND credentials IS NOT NULL
+                     ORDER BY placement_server, tenant_id"
+                ),
+                &[&provisioner],
+            )
+            .await?;
+        rows.iter().map(TenantRecord::from_row).collect()
+    }
+
+    /// Records that the tenant's silo has the isolation `version` (no event: routers serve
+    /// it the same).
+    pub async fn set_isolation_version(
+        &self,
+        id: &TenantId,
+        version: i32,
+    ) -> Result<(), CatalogError> {
+        let conn = self.conn().await?;
+        conn.execute(
+            "UPDATE tenants SET isolation_version = $2, updated_at = now()
+             WHERE tenant_id = $1 AND state IN ('ACTIVE', 'SUSPENDED')",
+            &[&id.as_str(), &version],
+        )
+        .await?;
+        Ok(())
     }
 
     /// Stores a new sealed password for an ACTIVE or SUSPENDED tenant and tells routers.

@@ -175,7 +175,7 @@ impl Onboarding {
             .decrypt(record.id.as_str(), sealed)
             .map_err(|e| ProvisionError::Permanent(e.to_string()))?;
         let admin = provisioner.admin_access(placement).await?;
-        let spec = TenantSpec::new(&record.id, &record.tier, &record.request_id);
+        let spec = TenantSpec::of(record);
         bootstrap::migrate_silo_to(&admin, &spec, &password, &self.migrations, target).await
     }
 }

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::{Client, NoTls, error::SqlState};
 
-use super::{AdminAccess, ProvisionError, TenantSpec};
+use super::{AdminAccess, ProvisionError, TenantSpec, isolation};
 use crate::migrations::{MigrationError, MigrationSet};
 
 /// Maps a database error to a provisioning error without echoing connection details:
@@ -21,8 +21,11 @@ pub(crate) fn classify(context: &str, error: &tokio_postgres::Error) -> Provisio
                 db.message(),
                 db.code().code()
             );
+            // 2BP01: something came to depend on a role being dropped meanwhile; the
+            // next attempt releases it too.
             if matches!(class, "08" | "53" | "57")
                 || db.code() == &SqlState::T_R_SERIALIZATION_FAILURE
+                || db.code() == &SqlState::DEPENDENT_OBJECTS_STILL_EXIST
             {
                 ProvisionError::Transient(message)
             } else {
@@ -49,7 +52,7 @@ pub(crate) async fn connect(
     Ok(client)
 }
 
-fn ident(name: &str) -> String {
+pub(crate) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -65,8 +68,9 @@ fn password_literal(password: &SecretString) -> String {
     ))
 }
 
-/// Creates (or adopts) the tenant's login role and database, owned by that role, closed to
-/// every other non-superuser role.
+/// Creates (or adopts) the tenant's login role and its database, owned by the admin and
+/// closed to every other non-superuser role, and gives the silo the current isolation
+/// (`isolation`).
 pub async fn ensure_silo(
     admin: &AdminAccess,
     tenant: &TenantSpec,
@@ -82,35 +86,41 @@ pub async fn ensure_silo(
         .await
         .map_err(run("looking up the tenant role"))?
         .is_some();
-    let verb = if role_exists { "ALTER" } else { "CREATE" };
+    let (verb, attributes) = if role_exists {
+        ("ALTER", ADOPTED_ROLE_ATTRIBUTES)
+    } else {
+        ("CREATE", ROLE_ATTRIBUTES)
+    };
     client
         .batch_execute(&format!(
-            "{verb} ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
-             NOBYPASSRLS INHERIT PASSWORD {}",
+            "{verb} ROLE {role} WITH {attributes} PASSWORD {}",
             password_literal(password)
         ))
         .await
         .map_err(run("creating the tenant role"))?;
-    // An admin that is not a superuser (RDS) must be a member to create a database it owns.
+    // An admin that is not a superuser (RDS) must be a member to take over what the role
+    // owns when the tenant is deleted.
     client
         .batch_execute(&format!("GRANT {role} TO CURRENT_USER"))
         .await
         .map_err(run("granting the tenant role to the admin"))?;
 
-    let owner: Option<String> = client
+    let owner = client
         .query_opt(
-            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
+            "SELECT pg_get_userbyid(datdba), current_user::text FROM pg_database
+             WHERE datname = $1",
             &[&tenant.database],
         )
         .await
         .map_err(run("looking up the tenant database"))?
-        .map(|row| row.get(0));
+        .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)));
     match owner {
         None => client
-            .batch_execute(&format!("CREATE DATABASE {database} OWNER {role}"))
+            .batch_execute(&format!("CREATE DATABASE {database}"))
             .await
             .map_err(run("creating the tenant database"))?,
-        Some(owner) if owner == tenant.role => {}
+        // Made by an earlier attempt, or (owned by the tenant) before the admin owned silos.
+        Some((owner, admin)) if owner == admin || owner == tenant.role => {}
         Some(_) => {
             return Err(ProvisionError::Permanent(format!(
                 "database {} already exists and belongs to another role",
@@ -118,15 +128,20 @@ pub async fn ensure_silo(
             )));
         }
     }
-    client
-        .batch_execute(&format!(
-            "REVOKE ALL ON DATABASE {database} FROM PUBLIC;
-             GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {role}"
-        ))
-        .await
-        .map_err(run("closing the tenant database to other roles"))?;
-    Ok(())
+    isolation::take_database(&client, tenant).await?;
+    drop(client);
+    isolation::close_cluster_metadata(admin, tenant).await
 }
+
+/// The tenant role's attributes: a login and nothing more. The silo guard (a superuser
+/// on the fleet) puts them back if they ever differ.
+const ROLE_ATTRIBUTES: &str = "LOGIN NOCREATEDB NOCREATEROLE INHERIT CONNECTION LIMIT -1 \
+     VALID UNTIL 'infinity' NOSUPERUSER NOREPLICATION NOBYPASSRLS";
+/// The same for a role an earlier attempt made, as any admin may set them: PostgreSQL
+/// refuses even NOSUPERUSER / NOREPLICATION / NOBYPASSRLS in ALTER ROLE from an admin that
+/// is not a superuser (RDS), and only a superuser could have changed those.
+const ADOPTED_ROLE_ATTRIBUTES: &str =
+    "LOGIN NOCREATEDB NOCREATEROLE INHERIT CONNECTION LIMIT -1 VALID UNTIL 'infinity'";
 
 /// The tenant role's login to its own database on the same server.
 pub fn tenant_config(
@@ -192,6 +207,27 @@ pub async fn set_password(
         ))
         .await
         .map_err(|e| classify("changing the tenant password", &e))
+}
+
+/// Puts the tenant role back as silo made it: its attributes, the password the catalog
+/// holds, and no role-level settings (a tenant may change its own password and defaults
+/// through SQL; nothing else of its role).
+pub async fn reassert_role(
+    server: &Client,
+    tenant: &TenantSpec,
+    password: &SecretString,
+) -> Result<(), ProvisionError> {
+    let role = ident(&tenant.role);
+    server
+        .batch_execute(&format!(
+            "ALTER ROLE {role} WITH {ROLE_ATTRIBUTES} PASSWORD {};
+             ALTER ROLE {role} RESET ALL;
+             ALTER ROLE {role} IN DATABASE {} RESET ALL",
+            password_literal(password),
+            ident(&tenant.database),
+        ))
+        .await
+        .map_err(|e| classify("putting the tenant role back", &e))
 }
 
 /// Drops the tenant's database (or keeps it renamed, owned by the admin) and its role.
@@ -267,10 +303,64 @@ pub async fn teardown(
         }
     }
     if role_exists {
+        release_foreign_dependencies(admin, &client, tenant).await?;
         client
             .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
             .await
             .map_err(run("dropping the tenant role"))?;
+    }
+    Ok(())
+}
+
+/// What other databases hold for the tenant's role (privileges another tenant granted it,
+/// default privileges, policies naming it) would make `DROP ROLE` fail; each such database
+/// (from `pg_shdepend`) lets go of it first, and so do shared objects (a privilege on
+/// another database, granted before silo's admin owned them all). Anything the role might
+/// own there goes to the admin rather than being dropped, so no other tenant's data is
+/// ever removed.
+async fn release_foreign_dependencies(
+    admin: &AdminAccess,
+    client: &Client,
+    tenant: &TenantSpec,
+) -> Result<(), ProvisionError> {
+    let run = |context: &'static str| move |e: tokio_postgres::Error| classify(context, &e);
+    let databases: Vec<Option<String>> = client
+        .query(
+            "SELECT DISTINCT d.datname FROM pg_shdepend s
+             LEFT JOIN pg_database d ON d.oid = s.dbid
+             WHERE s.refclassid = 'pg_authid'::regclass
+               AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1)
+               AND (s.dbid = 0 OR d.datallowconn)
+             ORDER BY 1 NULLS FIRST",
+            &[&tenant.role],
+        )
+        .await
+        .map_err(run(
+            "looking up what other databases hold for the tenant role",
+        ))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let release = format!(
+        "REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}",
+        role = ident(&tenant.role)
+    );
+    let context = "removing what another database holds for the tenant role";
+    for database in databases {
+        match database {
+            // Shared objects: released from any database, the admin's own will do.
+            None => client.batch_execute(&release).await.map_err(run(context))?,
+            Some(database) => {
+                let mut inside = admin.config.clone();
+                inside.dbname(&database);
+                let other = connect(
+                    &inside,
+                    "connecting to a database that refers to the tenant",
+                )
+                .await?;
+                other.batch_execute(&release).await.map_err(run(context))?;
+            }
+        }
     }
     Ok(())
 }

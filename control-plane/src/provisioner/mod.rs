@@ -4,8 +4,10 @@
 //! tenant's role, database, grants and schema — live in `bootstrap`.
 
 pub mod bootstrap;
+pub mod isolation;
 mod postgres;
 pub mod rds;
+pub mod scram;
 
 use std::{collections::BTreeMap, future::Future, time::Duration};
 
@@ -14,9 +16,12 @@ use thiserror::Error;
 pub use postgres::{FleetServer, PostgresProvisioner};
 pub use rds::RdsProvisioner;
 
-use crate::{catalog::Placement, tenant::TenantId};
+use crate::{
+    catalog::{Placement, TenantRecord},
+    tenant::{SiloNames, TenantId},
+};
 
-/// The tenant a provisioner works for, with the names derived from its id.
+/// The tenant a provisioner works for, with the names the catalog keeps for its silo.
 #[derive(Clone, Debug)]
 pub struct TenantSpec {
     pub id: TenantId,
@@ -27,14 +32,24 @@ pub struct TenantSpec {
 }
 
 impl TenantSpec {
-    pub fn new(id: &TenantId, tier: &str, request_id: &str) -> Self {
+    pub fn new(id: &TenantId, tier: &str, request_id: &str, names: &SiloNames) -> Self {
         Self {
             id: id.clone(),
             tier: tier.to_owned(),
             request_id: request_id.to_owned(),
-            database: id.silo_name(),
-            role: id.silo_name(),
+            database: names.database.clone(),
+            role: names.role.clone(),
         }
+    }
+
+    /// The spec of a tenant in the catalog: its stored names, whatever scheme made them.
+    pub fn of(record: &TenantRecord) -> Self {
+        Self::new(
+            &record.id,
+            &record.tier,
+            &record.request_id,
+            &record.silo_names(),
+        )
     }
 }
 
@@ -53,6 +68,9 @@ pub enum Availability {
 #[derive(Clone)]
 pub struct AdminAccess {
     pub config: tokio_postgres::Config,
+    /// Other tenants share this server (`postgres` fleet), so the silo must be isolated
+    /// from them (`isolation`), and onboarding fails if it cannot be.
+    pub shared: bool,
 }
 
 impl std::fmt::Debug for AdminAccess {

@@ -123,6 +123,7 @@ impl Provisioner for PostgresProvisioner {
     async fn admin_access(&self, placement: &Placement) -> Result<AdminAccess, ProvisionError> {
         Ok(AdminAccess {
             config: self.server(&placement.server)?.admin.clone(),
+            shared: true,
         })
     }
 

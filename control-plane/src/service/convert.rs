@@ -68,6 +68,8 @@ pub fn tenant(record: &TenantRecord) -> pb::Tenant {
             .map(|p| p.server.clone())
             .unwrap_or_default(),
         database: record.database_name.clone(),
+        role: record.role_name.clone(),
+        name_scheme: record.name_scheme.as_str().to_owned(),
         schema_version: record.schema_version,
         created_at: Some(timestamp(record.created_at)),
         updated_at: Some(timestamp(record.updated_at)),

@@ -27,7 +27,7 @@ use crate::{
     error::ControlPlaneError,
     migrations::MigrationSet,
     provisioner::{Provisioner, Provisioners, TenantSpec, bootstrap},
-    tenant::{TenantId, TenantState},
+    tenant::{SiloNamer, TenantId, TenantState},
 };
 
 const MAX_PAGE_SIZE: u32 = 1000;
@@ -39,6 +39,7 @@ pub struct ControlPlaneService {
     pub(crate) tiers: Arc<Tiers>,
     pub(crate) provisioners: Provisioners,
     pub(crate) cipher: CredentialCipher,
+    pub(crate) namer: SiloNamer,
     pub(crate) migrations: Arc<MigrationSet>,
     pub(crate) shutdown: CancellationToken,
 }
@@ -126,6 +127,7 @@ impl ControlPlaneService {
             } else {
                 request.request_id
             },
+            names: self.namer.names(&id),
             id,
         };
         let operation = self.catalog.create_tenant(&new).await?;
@@ -150,7 +152,7 @@ impl ControlPlaneService {
             .as_ref()
             .ok_or_else(|| ControlPlaneError::Internal("active tenant without placement".into()))?;
         let admin = provisioner.admin_access(placement).await?;
-        let spec = TenantSpec::new(&tenant.id, &tenant.tier, &tenant.request_id);
+        let spec = TenantSpec::of(&tenant);
         let password = generate_password();
         let sealed = self
             .cipher

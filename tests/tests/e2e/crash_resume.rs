@@ -67,7 +67,14 @@ async fn crash_and_resume(state: TenantState, tenant: &str) {
         second.get_tenant(tenant).await.unwrap().state(),
         pb::TenantState::Active
     );
-    let name = format!("t_{}", tenant.replace('-', "_"));
+    let record = second.get_tenant(tenant).await.unwrap();
+    assert_eq!(record.database, record.role);
+    assert!(
+        record.role.starts_with("s_"),
+        "an opaque name: {}",
+        record.role
+    );
+    let name = record.role;
     assert_eq!(
         count(
             &env,

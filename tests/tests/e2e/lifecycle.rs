@@ -134,12 +134,13 @@ async fn suspend_resume_delete_show_in_the_catalog_and_as_ordered_events() {
     let all = read_until(&mut replay, "umbrella", K::Deleted).await;
     assert!(all.windows(2).all(|w| w[1].sequence == w[0].sequence + 1));
 
+    let name = cp.get_tenant("umbrella").await.unwrap().role;
     let admin = env.admin_client(0, "postgres").await;
     let leftovers: i64 = admin
         .query_one(
-            "SELECT (SELECT count(*) FROM pg_database WHERE datname LIKE 't_umbrella%')
-                  + (SELECT count(*) FROM pg_roles WHERE rolname = 't_umbrella')",
-            &[],
+            "SELECT (SELECT count(*) FROM pg_database WHERE datname LIKE $1 || '%')
+                  + (SELECT count(*) FROM pg_roles WHERE rolname = $1)",
+            &[&name],
         )
         .await
         .unwrap()
@@ -171,9 +172,10 @@ async fn delete_can_keep_the_database_renamed() {
     {
         let admin = env.admin_client(0, &route.database).await;
         admin
-            .batch_execute(
-                "SET ROLE t_wayne; CREATE TABLE invoices (id int); INSERT INTO invoices VALUES (1)",
-            )
+            .batch_execute(&format!(
+                "SET ROLE {}; CREATE TABLE invoices (id int); INSERT INTO invoices VALUES (1)",
+                route.user
+            ))
             .await
             .unwrap();
     }
@@ -195,8 +197,8 @@ async fn delete_can_keep_the_database_renamed() {
     let admin = env.admin_client(0, "postgres").await;
     let kept: Vec<String> = admin
         .query(
-            "SELECT datname FROM pg_database WHERE datname LIKE 't_wayne_deleted_%'",
-            &[],
+            "SELECT datname FROM pg_database WHERE datname LIKE $1 || '\\_deleted\\_%'",
+            &[&route.database],
         )
         .await
         .unwrap()
@@ -206,8 +208,8 @@ async fn delete_can_keep_the_database_renamed() {
     assert_eq!(kept.len(), 1, "the database is kept under a new name");
     let role: i64 = admin
         .query_one(
-            "SELECT count(*) FROM pg_roles WHERE rolname = 't_wayne'",
-            &[],
+            "SELECT count(*) FROM pg_roles WHERE rolname = $1",
+            &[&route.user],
         )
         .await
         .unwrap()

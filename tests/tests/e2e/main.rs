@@ -16,3 +16,4 @@ mod rds_scripted;
 mod replicas;
 mod routing;
 mod secrets;
+mod shared_server;

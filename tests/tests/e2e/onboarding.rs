@@ -82,7 +82,18 @@ async fn three_concurrent_tenants_get_their_own_database_spread_over_the_fleet()
 
     for (tenant, route) in &routes {
         assert_eq!(route.state(), pb::TenantState::Active);
-        assert_eq!(route.database, format!("t_{tenant}"));
+        // Opaque names: nothing on the server says which tenant a database belongs to.
+        let record = cp.get_tenant(tenant).await.unwrap();
+        assert_eq!(
+            (&route.database, &route.user),
+            (&record.database, &record.role)
+        );
+        assert_eq!(record.name_scheme, "hmac-sha256-v1");
+        assert!(
+            route.database.starts_with("s_") && !route.database.contains(tenant),
+            "{}",
+            route.database
+        );
         assert!(
             route.password.len() >= 43,
             "password is at least 32 random bytes"
@@ -105,9 +116,9 @@ async fn three_concurrent_tenants_get_their_own_database_spread_over_the_fleet()
             .query_one(
                 "SELECT r.rolsuper, r.rolcreatedb, r.rolcreaterole, r.rolcanlogin,
                         pg_get_userbyid(d.datdba), has_database_privilege('public', d.datname, 'CONNECT')
-                 FROM pg_roles r JOIN pg_database d ON d.datname = r.rolname
-                 WHERE r.rolname = $1",
-                &[&route.user],
+                 FROM pg_roles r, pg_database d
+                 WHERE r.rolname = $1 AND d.datname = $2",
+                &[&route.user, &route.database],
             )
             .await
             .unwrap();
@@ -119,10 +130,8 @@ async fn three_concurrent_tenants_get_their_own_database_spread_over_the_fleet()
             row.get(4),
             row.get(5),
         );
-        assert_eq!(
-            flags,
-            (false, false, false, true, route.user.clone(), false)
-        );
+        // silo's admin owns the database, not the tenant.
+        assert_eq!(flags, (false, false, false, true, "postgres".into(), false));
     }
 
     // A tenant's credentials do not open another tenant's database: not on the same server
@@ -167,11 +176,12 @@ async fn create_is_idempotent_on_the_request_id() {
         tonic::Code::AlreadyExists
     );
 
+    let name = cp.get_tenant("hooli").await.unwrap().database;
     let admin = env.admin_client(0, "postgres").await;
     let databases: i64 = admin
         .query_one(
-            "SELECT count(*) FROM pg_database WHERE datname LIKE 't_hooli%'",
-            &[],
+            "SELECT count(*) FROM pg_database WHERE datname LIKE $1 || '%'",
+            &[&name],
         )
         .await
         .unwrap()

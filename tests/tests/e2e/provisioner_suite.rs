@@ -15,7 +15,7 @@ use silo_control_plane::{
         Availability, FleetServer, PostgresProvisioner, Provisioner, RdsProvisioner, TenantSpec,
         bootstrap,
     },
-    tenant::TenantId,
+    tenant::{SiloNamer, TenantId},
 };
 use silo_tests::{
     TestEnv,
@@ -70,7 +70,8 @@ async fn tenant_can_log_in(
 /// The shared suite. Returns the final placement for implementation-specific checks.
 async fn provisioner_suite<P: Provisioner>(provisioner: &P, tenant: &str, tier: &str) -> Placement {
     let id = TenantId::parse(tenant).unwrap();
-    let spec = TenantSpec::new(&id, tier, &format!("req-{tenant}"));
+    let names = SiloNamer::new(b"provisioner suite").unwrap().names(&id);
+    let spec = TenantSpec::new(&id, tier, &format!("req-{tenant}"), &names);
 
     let placed = provisioner.place(&spec, &[]).expect("placed");
     assert!(!placed.server.is_empty());
@@ -139,7 +140,7 @@ async fn postgres_provisioner_passes_the_suite() {
     let admin = env.admin_client(0, "postgres").await;
     let left: i64 = admin
         .query_one(
-            "SELECT count(*) FROM pg_database WHERE datname = 't_suite_pg'",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 's\\_%'",
             &[],
         )
         .await

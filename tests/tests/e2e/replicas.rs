@@ -25,13 +25,17 @@ async fn two_replicas_start_on_one_catalog_and_share_the_work() {
             done.steps
         );
     }
+    let mut names = Vec::new();
+    for tenant in &tenants {
+        names.push(a.get_tenant(tenant).await.unwrap().database);
+    }
     let mut databases = 0;
     for index in 0..env.servers.len() {
         let admin = env.admin_client(index, "postgres").await;
         let n: i64 = admin
             .query_one(
-                "SELECT count(*) FROM pg_database WHERE datname LIKE 't_shared_%'",
-                &[],
+                "SELECT count(*) FROM pg_database WHERE datname = ANY($1)",
+                &[&names],
             )
             .await
             .unwrap()

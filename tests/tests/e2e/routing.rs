@@ -351,10 +351,11 @@ async fn forged_and_broken_tokens_are_unauthenticated_and_events_reach_the_route
     })
     .await;
     let admin_db = env.admin_client(0, "postgres").await;
+    let acme_database = cp.get_tenant("acme").await.unwrap().database;
     admin_db
         .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 't_acme'",
-            &[],
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&acme_database],
         )
         .await
         .unwrap();

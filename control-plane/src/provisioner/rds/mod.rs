@@ -345,7 +345,10 @@ impl Provisioner for RdsProvisioner {
             .password(password.expose_secret())
             .dbname("postgres")
             .connect_timeout(Duration::from_secs(10));
-        Ok(AdminAccess { config })
+        Ok(AdminAccess {
+            config,
+            shared: false,
+        })
     }
 
     async fn retire(
