@@ -10,6 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{
     catalog::{
@@ -117,45 +118,51 @@ impl Onboarding {
     ) -> Result<(), RunError> {
         let operation = claimed.operation.clone();
         let attempts = claimed.attempts;
+        // Attached to the future, not entered across its awaits: an entered span stays on
+        // the thread while the task is parked, and other tasks' lines would carry it (a
+        // warning with two nested operations of different ids).
         let span = tracing::info_span!(
             "operation",
             operation_id = %operation.id,
             kind = operation.kind.as_str(),
             tenant_id = operation.tenant_id.as_ref().map(TenantId::as_str),
         );
-        let _entered = span.enter();
-        let outcome = match operation.kind {
-            OperationKind::CreateTenant => self.onboard(&operation, attempts, shutdown).await,
-            OperationKind::DeleteTenant => self.delete(&operation, attempts).await,
-            OperationKind::MigrateTenants => self.migrate_fleet(&operation, shutdown).await,
-        };
-        match &outcome {
-            Ok(Outcome::Done) => self.metrics.operation(operation.kind.as_str(), "succeeded"),
-            Ok(Outcome::Failed(_)) => self.metrics.operation(operation.kind.as_str(), "failed"),
-            _ => {}
+        async {
+            let outcome = match operation.kind {
+                OperationKind::CreateTenant => self.onboard(&operation, attempts, shutdown).await,
+                OperationKind::DeleteTenant => self.delete(&operation, attempts).await,
+                OperationKind::MigrateTenants => self.migrate_fleet(&operation, shutdown).await,
+            };
+            match &outcome {
+                Ok(Outcome::Done) => self.metrics.operation(operation.kind.as_str(), "succeeded"),
+                Ok(Outcome::Failed(_)) => self.metrics.operation(operation.kind.as_str(), "failed"),
+                _ => {}
+            }
+            match outcome {
+                Ok(Outcome::Done) => {
+                    tracing::info!("operation succeeded");
+                    claimed.finish(&self.catalog, None).await?;
+                }
+                Ok(Outcome::Failed(reason)) => {
+                    tracing::warn!(reason = %reason, "operation failed");
+                    claimed.finish(&self.catalog, Some(&reason)).await?;
+                }
+                Ok(Outcome::Retry(delay, note)) => {
+                    tracing::debug!(delay_ms = delay.as_millis() as u64, note = %note, "operation waits");
+                    claimed.retry_after(delay, &note).await?;
+                }
+                Err(StepError::Halted(Halted)) => return Err(RunError::Halted),
+                Err(StepError::Catalog(error)) => {
+                    tracing::warn!(error = %error, "catalog error during a step; retrying");
+                    claimed
+                        .retry_after(backoff(attempts), "catalog unavailable")
+                        .await?;
+                }
+            }
+            Ok(())
         }
-        match outcome {
-            Ok(Outcome::Done) => {
-                tracing::info!("operation succeeded");
-                claimed.finish(&self.catalog, None).await?;
-            }
-            Ok(Outcome::Failed(reason)) => {
-                tracing::warn!(reason = %reason, "operation failed");
-                claimed.finish(&self.catalog, Some(&reason)).await?;
-            }
-            Ok(Outcome::Retry(delay, note)) => {
-                tracing::debug!(delay_ms = delay.as_millis() as u64, note = %note, "operation waits");
-                claimed.retry_after(delay, &note).await?;
-            }
-            Err(StepError::Halted(Halted)) => return Err(RunError::Halted),
-            Err(StepError::Catalog(error)) => {
-                tracing::warn!(error = %error, "catalog error during a step; retrying");
-                claimed
-                    .retry_after(backoff(attempts), "catalog unavailable")
-                    .await?;
-            }
-        }
-        Ok(())
+        .instrument(span)
+        .await
     }
 
     fn after(&self, tenant: &TenantId, state: TenantState) -> Result<(), StepError> {

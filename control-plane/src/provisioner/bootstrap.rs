@@ -10,8 +10,17 @@ use tokio_postgres::{Client, NoTls, error::SqlState};
 use super::{AdminAccess, ProvisionError, TenantSpec, isolation};
 use crate::migrations::{MigrationError, MigrationSet};
 
-/// Maps a database error to a provisioning error without echoing connection details:
-/// connection trouble and resource shortage are transient, anything else is permanent.
+/// Maps a database error to a provisioning error without echoing connection details, by
+/// what another attempt can do about it:
+///
+/// - transient (the step runs again after a back-off): connection trouble (08), resource
+///   shortage (53), operator intervention (57), serialization failure (40001), lock
+///   timeouts (55P03), something that came to depend on a role being dropped meanwhile
+///   (2BP01: the next attempt releases it too), and a duplicate of what the step itself
+///   makes (23505 on the catalogs, 42P04 database, 42710 role): every step looks first and
+///   adopts what exists, so the next attempt adopts what an earlier one (perhaps a killed
+///   process whose statement was still running) made;
+/// - permanent (the operation fails with the reason): anything else.
 pub(crate) fn classify(context: &str, error: &tokio_postgres::Error) -> ProvisionError {
     match error.as_db_error() {
         Some(db) => {
@@ -21,11 +30,14 @@ pub(crate) fn classify(context: &str, error: &tokio_postgres::Error) -> Provisio
                 db.message(),
                 db.code().code()
             );
-            // 2BP01: something came to depend on a role being dropped meanwhile; the
-            // next attempt releases it too.
+            let code = db.code();
             if matches!(class, "08" | "53" | "57")
-                || db.code() == &SqlState::T_R_SERIALIZATION_FAILURE
-                || db.code() == &SqlState::DEPENDENT_OBJECTS_STILL_EXIST
+                || code == &SqlState::T_R_SERIALIZATION_FAILURE
+                || code == &SqlState::LOCK_NOT_AVAILABLE
+                || code == &SqlState::DEPENDENT_OBJECTS_STILL_EXIST
+                || code == &SqlState::UNIQUE_VIOLATION
+                || code == &SqlState::DUPLICATE_DATABASE
+                || code == &SqlState::DUPLICATE_OBJECT
             {
                 ProvisionError::Transient(message)
             } else {
@@ -34,6 +46,27 @@ pub(crate) fn classify(context: &str, error: &tokio_postgres::Error) -> Provisio
         }
         None => ProvisionError::Transient(format!("{context}: server unreachable")),
     }
+}
+
+/// An admin connection to the server's maintenance database that holds the tenant's
+/// provisioning lock (a session advisory lock keyed by the tenant's role) until it is
+/// dropped. Every step that creates, changes or drops the tenant's objects runs under it,
+/// so a step never overlaps an earlier attempt's statement that is still running on the
+/// server (a killed control plane's `CREATE DATABASE` runs on to its end): PostgreSQL
+/// releases that attempt's lock only when its backend is done.
+pub(crate) async fn locked(
+    admin: &AdminAccess,
+    tenant: &TenantSpec,
+) -> Result<Client, ProvisionError> {
+    let client = connect(&admin.config, "connecting to the server as admin").await?;
+    client
+        .execute(
+            "SELECT pg_advisory_lock(hashtextextended('silo-tenant:' || $1, 0))",
+            &[&tenant.role],
+        )
+        .await
+        .map_err(|e| classify("waiting for an earlier attempt on the tenant", &e))?;
+    Ok(client)
 }
 
 pub(crate) async fn connect(
@@ -76,7 +109,7 @@ pub async fn ensure_silo(
     tenant: &TenantSpec,
     password: &SecretString,
 ) -> Result<(), ProvisionError> {
-    let client = connect(&admin.config, "connecting to the server as admin").await?;
+    let client = locked(admin, tenant).await?;
     let role = ident(&tenant.role);
     let database = ident(&tenant.database);
     let run = |context: &'static str| move |e: tokio_postgres::Error| classify(context, &e);
@@ -129,8 +162,10 @@ pub async fn ensure_silo(
         }
     }
     isolation::take_database(&client, tenant).await?;
+    let closed = isolation::close_cluster_metadata(admin, tenant).await;
+    // The lock goes with the connection, once the last step is done.
     drop(client);
-    isolation::close_cluster_metadata(admin, tenant).await
+    closed
 }
 
 /// The tenant role's attributes: a login and nothing more. The silo guard (a superuser
@@ -183,13 +218,16 @@ pub async fn migrate_silo_to(
     migrations: &MigrationSet,
     target: i64,
 ) -> Result<i64, ProvisionError> {
+    let lock = locked(admin, tenant).await?;
     let config = tenant_config(admin, tenant, password);
     let mut client = connect(&config, "connecting to the tenant database").await?;
-    match migrations.apply_up_to(&mut client, target).await {
+    let migrated = match migrations.apply_up_to(&mut client, target).await {
         Ok(applied) => Ok(applied.to),
         Err(MigrationError::Database(e)) => Err(classify("migrating the tenant database", &e)),
         Err(other) => Err(ProvisionError::Permanent(other.to_string())),
-    }
+    };
+    drop(lock);
+    migrated
 }
 
 /// Gives the tenant role a new password.
@@ -198,7 +236,7 @@ pub async fn set_password(
     tenant: &TenantSpec,
     password: &SecretString,
 ) -> Result<(), ProvisionError> {
-    let client = connect(&admin.config, "connecting to the server as admin").await?;
+    let client = locked(admin, tenant).await?;
     client
         .batch_execute(&format!(
             "ALTER ROLE {} WITH PASSWORD {}",
@@ -237,7 +275,7 @@ pub async fn teardown(
     tenant: &TenantSpec,
     keep_database: bool,
 ) -> Result<(), ProvisionError> {
-    let client = connect(&admin.config, "connecting to the server as admin").await?;
+    let client = locked(admin, tenant).await?;
     let run = |context: &'static str| move |e: tokio_postgres::Error| classify(context, &e);
     let database = ident(&tenant.database);
     let role = ident(&tenant.role);

@@ -4,6 +4,7 @@
 mod bad_input;
 mod catalog_history;
 mod control_plane_link;
+mod crash_drill;
 mod crash_resume;
 mod fleet_migrations;
 mod helm_chart;
