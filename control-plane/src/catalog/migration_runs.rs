@@ -248,6 +248,32 @@ impl Catalog {
         self.get_operation(id).await
     }
 
+    /// How many of a run's tenants are in each state, counted by the catalog (a run can
+    /// hold every tenant of the fleet).
+    pub async fn migration_state_counts(
+        &self,
+        id: Uuid,
+    ) -> Result<Vec<(TenantMigrationState, u32)>, CatalogError> {
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(
+                "SELECT state, count(*) FROM migration_tenants WHERE operation_id = $1
+                 GROUP BY state",
+                &[&id],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let state: &str = row.try_get(0)?;
+                let count: i64 = row.try_get(1)?;
+                Ok((
+                    TenantMigrationState::parse(state)?,
+                    u32::try_from(count).unwrap_or(u32::MAX),
+                ))
+            })
+            .collect()
+    }
+
     pub async fn migration_tenants(&self, id: Uuid) -> Result<Vec<TenantMigration>, CatalogError> {
         let conn = self.conn().await?;
         let rows = conn

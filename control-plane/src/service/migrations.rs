@@ -7,9 +7,7 @@ use uuid::Uuid;
 
 use super::{ControlPlaneService, convert, tenant_id};
 use crate::{
-    catalog::{
-        FailurePolicy, OperationKind, OperationRecord, TenantMigration, TenantMigrationState,
-    },
+    catalog::{FailurePolicy, OperationKind, OperationRecord, TenantMigrationState},
     error::ControlPlaneError,
     fleet_migration::{MigrationRequest, WaveSelector, WaveSpec, plan},
 };
@@ -147,8 +145,8 @@ impl ControlPlaneService {
     ) -> Result<pb::Operation, ControlPlaneError> {
         let mut message = convert::operation(record);
         if record.kind == OperationKind::MigrateTenants {
-            let rows = self.catalog.migration_tenants(record.id).await?;
-            message.migration = Some(counts(record, &rows)?);
+            let counted = self.catalog.migration_state_counts(record.id).await?;
+            message.migration = Some(counts(record, &counted)?);
         }
         Ok(message)
     }
@@ -172,7 +170,17 @@ pub(super) async fn migration_run(
     }
     let params = record.migration_params()?;
     let rows = catalog.migration_tenants(record.id).await?;
-    let counts = counts(record, &rows)?;
+    let counted: Vec<(TenantMigrationState, u32)> = {
+        let mut counted: Vec<(TenantMigrationState, u32)> = Vec::new();
+        for row in &rows {
+            match counted.iter_mut().find(|(state, _)| *state == row.state) {
+                Some((_, n)) => *n += 1,
+                None => counted.push((row.state, 1)),
+            }
+        }
+        counted
+    };
+    let counts = counts(record, &counted)?;
     let mut operation = convert::operation(record);
     operation.migration = Some(counts);
     let tenants = rows
@@ -233,17 +241,22 @@ fn state(state: TenantMigrationState) -> pb::TenantMigrationState {
     }
 }
 
+/// A run's counts from how many of its tenants are in each state.
 fn counts(
     record: &OperationRecord,
-    rows: &[TenantMigration],
+    counted: &[(TenantMigrationState, u32)],
 ) -> Result<pb::MigrationCounts, ControlPlaneError> {
     let params = record.migration_params()?;
     let count = |wanted: TenantMigrationState| {
-        u32::try_from(rows.iter().filter(|r| r.state == wanted).count()).unwrap_or(u32::MAX)
+        counted
+            .iter()
+            .filter(|(state, _)| *state == wanted)
+            .map(|(_, n)| *n)
+            .sum::<u32>()
     };
     Ok(pb::MigrationCounts {
         target_version: params.target_version,
-        total: u32::try_from(rows.len()).unwrap_or(u32::MAX),
+        total: counted.iter().map(|(_, n)| *n).sum(),
         done: count(TenantMigrationState::Done),
         failed: count(TenantMigrationState::Failed),
         pending: count(TenantMigrationState::Pending) + count(TenantMigrationState::Planned),
