@@ -130,14 +130,16 @@ async fn pools_are_evicted_least_recently_used_and_close_at_once() {
                 evicted,
                 "round {round}: only {previous} and {tenant} keep pools"
             );
-            // The evicted pool's backend is gone within 100 ms.
-            let closed = crate::harness::eventually(Duration::from_millis(100), || async {
+            // The evicted pool's backend is gone at once (measured: under a millisecond).
+            // The bound leaves room for a loaded test machine and stays well under the
+            // half second of the housekeeping tick that used to close it.
+            let closed = crate::harness::eventually(Duration::from_millis(300), || async {
                 router_backends(&admin).await <= 2
             })
             .await;
             assert!(
                 closed,
-                "round {round}, {tenant}: evicted backends closed in 100 ms"
+                "round {round}, {tenant}: evicted backends closed in 300 ms"
             );
         }
     }
