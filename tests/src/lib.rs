@@ -1,6 +1,7 @@
 //! The end-to-end harness: real PostgreSQL servers started here, the control plane started
 //! in-process through the same `start` its binary calls, and gRPC over loopback.
 
+pub mod calls;
 pub mod fake_rds;
 mod logs;
 pub mod moto;

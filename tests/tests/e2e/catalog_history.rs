@@ -10,53 +10,13 @@ use silo_control_plane::catalog::Catalog;
 use silo_control_plane::metrics::ControlPlaneMetrics;
 use silo_control_plane::retention::{Retention, trim};
 use silo_proto::controlplane::v1 as cpb;
-use silo_proto::router::v1 as rpb;
 use silo_router::pool::PoolConfig;
 use silo_router::routes::{LinkConfig, RouteCacheConfig};
+use silo_tests::calls::{select_one, suspend, until_refused};
 use silo_tests::proxy::LinkProxy;
-use silo_tests::router::{TestRouter, call, statement, tenant_token};
-use silo_tests::{TestControlPlane, TestEnv, token, with_token};
+use silo_tests::router::TestRouter;
+use silo_tests::{TestEnv, token, with_token};
 use tokio_util::sync::CancellationToken;
-use tonic::Code;
-
-async fn select_one(router: &TestRouter, tenant: &str) -> Result<(), tonic::Status> {
-    let request = rpb::QueryRequest {
-        statement: statement("SELECT 1", vec![]),
-        max_rows: 0,
-    };
-    router
-        .client
-        .clone()
-        .query(call(request, &tenant_token(tenant), None))
-        .await
-        .map(drop)
-}
-
-async fn suspend(cp: &TestControlPlane, tenant: &str) {
-    cp.client()
-        .suspend_tenant(with_token(
-            cpb::SuspendTenantRequest {
-                tenant_id: tenant.into(),
-                reason: String::new(),
-            },
-            &token("admin"),
-        ))
-        .await
-        .expect("suspend");
-}
-
-async fn until_refused(router: &TestRouter, tenant: &str, within: Duration) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        if let Err(status) = select_one(router, tenant).await
-            && status.code() == Code::FailedPrecondition
-        {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    None
-}
 
 /// Appends `count` events of tenants that do not exist, straight into the catalog, as a
 /// long history would have left them.

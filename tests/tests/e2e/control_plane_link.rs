@@ -4,67 +4,12 @@
 use std::time::{Duration, Instant};
 
 use silo_control_plane::Hooks;
-use silo_proto::controlplane::v1 as cpb;
-use silo_proto::router::v1 as rpb;
 use silo_router::pool::PoolConfig;
 use silo_router::routes::{LinkConfig, RouteCacheConfig};
+use silo_tests::TestEnv;
+use silo_tests::calls::{resume, select_one, suspend, until_refused};
 use silo_tests::proxy::{LinkProxy, Mode};
-use silo_tests::router::{TestRouter, call, statement, tenant_token};
-use silo_tests::{TestControlPlane, TestEnv, token, with_token};
-use tonic::Code;
-
-async fn select_one(router: &TestRouter, tenant: &str) -> Result<Duration, tonic::Status> {
-    let started = Instant::now();
-    let request = rpb::QueryRequest {
-        statement: statement("SELECT 1", vec![]),
-        max_rows: 0,
-    };
-    router
-        .client
-        .clone()
-        .query(call(request, &tenant_token(tenant), None))
-        .await?;
-    Ok(started.elapsed())
-}
-
-async fn suspend(cp: &TestControlPlane, tenant: &str) {
-    cp.client()
-        .suspend_tenant(with_token(
-            cpb::SuspendTenantRequest {
-                tenant_id: tenant.into(),
-                reason: String::new(),
-            },
-            &token("admin"),
-        ))
-        .await
-        .expect("suspend");
-}
-
-async fn resume(cp: &TestControlPlane, tenant: &str) {
-    cp.client()
-        .resume_tenant(with_token(
-            cpb::ResumeTenantRequest {
-                tenant_id: tenant.into(),
-            },
-            &token("admin"),
-        ))
-        .await
-        .expect("resume");
-}
-
-/// How long until the router refuses `tenant` as suspended, polling every 20 ms.
-async fn until_refused(router: &TestRouter, tenant: &str, within: Duration) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        if let Err(status) = select_one(router, tenant).await
-            && status.code() == Code::FailedPrecondition
-        {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
-}
+use silo_tests::router::TestRouter;
 
 fn percentile(latencies: &mut [Duration], p: f64) -> Duration {
     latencies.sort();
