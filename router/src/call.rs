@@ -19,6 +19,10 @@ use crate::request::{Column, Rows, SqlStatement};
 use crate::session::Residue;
 use crate::value::{SqlValue, ValueError, check_column_type};
 
+/// A server that is down fails every cancel request: one warning per interval.
+static CANCEL_FAILED: silo_telemetry::Throttle =
+    silo_telemetry::Throttle::new(std::time::Duration::from_secs(10));
+
 /// Why a statement failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -397,7 +401,9 @@ impl Drop for Lease {
             if let Err(e) = conn.cancel().await {
                 // The statement may still run and a late cancel could hit the next
                 // borrower's: this connection is not lent again.
-                tracing::warn!(error = %e, "cannot send a cancel request; dropping the connection");
+                if let Some(held_back) = CANCEL_FAILED.allow() {
+                    tracing::warn!(error = %e, held_back, "cannot send a cancel request; dropping the connection");
+                }
                 conn.broken = true;
                 return;
             }

@@ -2,6 +2,7 @@
 
 use std::error::Error as _;
 
+use silo_telemetry::Throttle;
 use tonic::{Code, Status};
 
 use crate::call::CallError;
@@ -17,6 +18,13 @@ use crate::value::ValueError;
 pub const SQLSTATE_METADATA: &str = "x-silo-sqlstate";
 /// Metadata key telling a limited caller when to retry, in milliseconds.
 pub const RETRY_AFTER_METADATA: &str = "retry-after-ms";
+
+/// The warnings a failing control plane or server would repeat on every call: one line
+/// per interval each, with the count held back (`held_back`).
+static UNRESOLVED: Throttle = Throttle::new(LOG_INTERVAL);
+static UNUSABLE_ROUTE: Throttle = Throttle::new(LOG_INTERVAL);
+static UNEXPECTED_ANSWER: Throttle = Throttle::new(LOG_INTERVAL);
+const LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Longest database message passed on to the caller.
 const MAX_MESSAGE_LEN: usize = 512;
@@ -50,11 +58,15 @@ impl From<RouterError> for Status {
             RouterError::Route(e) => match e {
                 RouteError::NotFound => Status::not_found("tenant not found"),
                 RouteError::Unavailable(detail) => {
-                    tracing::warn!(error = %detail, "cannot resolve tenant");
+                    if let Some(held_back) = UNRESOLVED.allow() {
+                        tracing::warn!(error = %detail, held_back, "cannot resolve tenant");
+                    }
                     Status::unavailable("tenant routing is unavailable")
                 }
                 RouteError::Invalid(detail) => {
-                    tracing::error!(error = %detail, "cannot use the tenant's route");
+                    if let Some(held_back) = UNUSABLE_ROUTE.allow() {
+                        tracing::error!(error = %detail, held_back, "cannot use the tenant's route");
+                    }
                     Status::internal("tenant routing failed")
                 }
             },
@@ -153,7 +165,9 @@ fn sql_status(error: &tokio_postgres::Error) -> Status {
     if error.is_closed() || error.source().is_some_and(|s| s.is::<std::io::Error>()) {
         return Status::unavailable("connection to the tenant database lost");
     }
-    tracing::warn!(error = %error, "unexpected answer from the tenant database");
+    if let Some(held_back) = UNEXPECTED_ANSWER.allow() {
+        tracing::warn!(error = %error, held_back, "unexpected answer from the tenant database");
+    }
     Status::internal("unexpected answer from the tenant database")
 }
 

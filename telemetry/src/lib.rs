@@ -5,8 +5,10 @@ mod grpc;
 mod logs;
 mod metrics_http;
 mod request_metrics;
+mod throttle;
 
 pub use grpc::{Health, accepting, reflection};
 pub use logs::{LogFormat, init_logs};
 pub use metrics_http::serve_metrics;
 pub use request_metrics::{CallTenant, GrpcMetrics, GrpcMetricsLayer};
+pub use throttle::Throttle;

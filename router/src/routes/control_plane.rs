@@ -18,6 +18,9 @@ use tonic::transport::Channel;
 use super::{Change, Invalidation, RouteError, RouteSource};
 use crate::tenant::{Route, TenantId, TenantState, TierLimits};
 
+static WATCH_FAILED: silo_telemetry::Throttle =
+    silo_telemetry::Throttle::new(Duration::from_secs(30));
+
 /// How `WatchTenants` reconnects after the stream fails.
 #[derive(Debug, Clone, Copy)]
 pub struct WatchBackoff {
@@ -223,7 +226,10 @@ impl ControlPlaneRoutes {
                     continue;
                 }
                 Err(status) => {
-                    tracing::warn!(from_sequence, code = ?status.code(), error = %status.message(), "cannot watch tenant events");
+                    // Once a second while the control plane is down: once per interval.
+                    if let Some(held_back) = WATCH_FAILED.allow() {
+                        tracing::warn!(from_sequence, code = ?status.code(), error = %status.message(), held_back, "cannot watch tenant events");
+                    }
                 }
             }
             self.connected.store(false, Ordering::Relaxed);
