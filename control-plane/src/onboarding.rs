@@ -58,6 +58,13 @@ pub struct Onboarding {
     pub(crate) metrics: crate::metrics::ControlPlaneMetrics,
 }
 
+/// Every worker retries while the catalog is down: one warning per interval for all of
+/// them, with the count held back.
+static CATALOG_UNREACHABLE: silo_telemetry::Throttle =
+    silo_telemetry::Throttle::new(Duration::from_secs(30));
+static CLAIM_FAILED: silo_telemetry::Throttle =
+    silo_telemetry::Throttle::new(Duration::from_secs(30));
+
 fn backoff(attempts: i32) -> Duration {
     let exponent = u32::try_from(attempts.clamp(0, 8)).unwrap_or(8);
     Duration::from_millis(250 * 2u64.pow(exponent)).min(Duration::from_secs(30))
@@ -71,7 +78,9 @@ impl Onboarding {
             let client = match self.catalog.dedicated_connection().await {
                 Ok(client) => client,
                 Err(error) => {
-                    tracing::warn!(worker, error = %error, "worker cannot reach the catalog");
+                    if let Some(held_back) = CATALOG_UNREACHABLE.allow() {
+                        tracing::warn!(worker, error = %error, held_back, "worker cannot reach the catalog");
+                    }
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = tokio::time::sleep(reconnect) => {}
@@ -88,7 +97,9 @@ impl Onboarding {
                 let claimed = match self.catalog.claim_operation(&client).await {
                     Ok(claimed) => claimed,
                     Err(error) => {
-                        tracing::warn!(worker, error = %error, "claiming an operation failed");
+                        if let Some(held_back) = CLAIM_FAILED.allow() {
+                            tracing::warn!(worker, error = %error, held_back, "claiming an operation failed");
+                        }
                         break;
                     }
                 };
