@@ -253,11 +253,12 @@ async fn resolves_routes_and_follows_events_across_reconnects() {
     let watch = |i: usize| {
         let scripted = scripted.clone();
         async move {
-            let found = crate::harness::eventually(Duration::from_secs(3), || async {
-                scripted.watches.lock().expect("lock").len() > i
-            })
+            crate::harness::eventually(
+                Duration::from_secs(3),
+                &format!("watch {i} was opened"),
+                || async { scripted.watches.lock().expect("lock").len() > i },
+            )
             .await;
-            assert!(found, "watch {i} was opened");
             scripted.watches.lock().expect("lock")[i].clone()
         }
     };
@@ -316,7 +317,23 @@ async fn resolves_routes_and_follows_events_across_reconnects() {
 
     // The control plane goes away entirely: resolution fails as unavailable, fast.
     shutdown.cancel();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    crate::harness::eventually(
+        Duration::from_secs(3),
+        "resolution to fail as unavailable once the control plane is gone",
+        || async {
+            matches!(
+                routes.resolve(&tenant_id("acme")).await,
+                Err(RouteError::Unavailable(_))
+            )
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
     let down = routes.resolve(&tenant_id("acme")).await;
     assert!(matches!(down, Err(RouteError::Unavailable(_))), "{down:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "unavailable fast, not after a hang: {:?}",
+        started.elapsed()
+    );
 }
