@@ -206,7 +206,6 @@ async fn a_change_right_after_a_restart_reaches_the_router_within_a_second_and_a
         tokio::time::sleep(Duration::from_secs(3)).await;
         cp = env.control_plane(Hooks::default()).await;
         proxy.retarget(cp.address());
-        tokio::time::sleep(Duration::from_millis(100)).await;
         suspend(&cp, "phoenix").await;
         let refused = until_refused(&router, "phoenix", Duration::from_secs(5)).await;
         println!("cycle {cycle}: suspension obeyed after {refused:?}");
