@@ -152,6 +152,34 @@ impl Scripted {
                 sequence: 17,
                 ..Default::default()
             })),
+            // Answers a router cannot use: no state, a state it does not know, an active
+            // tenant with nowhere to connect, a port out of range, another tenant's id.
+            "unspecified" => Ok(Response::new(pb::TenantRoute {
+                tenant_id: "unspecified".into(),
+                ..Default::default()
+            })),
+            "odd-state" => Ok(Response::new(pb::TenantRoute {
+                tenant_id: "odd-state".into(),
+                state: 99,
+                ..Default::default()
+            })),
+            "nowhere" => Ok(Response::new(pb::TenantRoute {
+                tenant_id: "nowhere".into(),
+                state: pb::TenantState::Active.into(),
+                ..Default::default()
+            })),
+            "big-port" => Ok(Response::new(pb::TenantRoute {
+                tenant_id: "big-port".into(),
+                state: pb::TenantState::Active.into(),
+                host: "127.0.0.1".into(),
+                port: 70_000,
+                ..Default::default()
+            })),
+            "bad-id" => Ok(Response::new(pb::TenantRoute {
+                tenant_id: "Not A Tenant".into(),
+                state: pb::TenantState::Suspended.into(),
+                ..Default::default()
+            })),
             _ => Err(Status::not_found("tenant not found")),
         }
     }
@@ -248,6 +276,18 @@ async fn resolves_routes_and_follows_events_across_reconnects() {
         routes.resolve(&tenant_id("nobody")).await,
         Err(RouteError::NotFound)
     ));
+    for (tenant, detail) in [
+        ("unspecified", "state unspecified"),
+        ("odd-state", "unknown state 99"),
+        ("nowhere", "an active tenant without an endpoint"),
+        ("big-port", "port"),
+        ("bad-id", "tenant id"),
+    ] {
+        match routes.resolve(&tenant_id(tenant)).await {
+            Err(RouteError::Invalid(got)) => assert_eq!(got, detail, "{tenant}"),
+            other => panic!("{tenant}: expected an invalid route, got {other:?}"),
+        }
+    }
 
     let mut events = routes.invalidations(shutdown.clone());
     let watch = |i: usize| {
