@@ -6,6 +6,7 @@ mod catalog_history;
 mod control_plane_link;
 mod crash_resume;
 mod fleet_migrations;
+mod guards;
 mod helm_chart;
 mod lifecycle;
 mod observability;
