@@ -78,11 +78,13 @@ fn a_killed_process_leaves_no_server_behind() -> TestResult {
     drop(child); // SIGKILL: no destructor, no panic handler runs in the child
 
     for ((port, dir), pid) in servers.iter().zip(pids) {
-        assert!(
-            eventually(Duration::from_secs(20), || !dir.exists()
-                && !process_alive(pid)),
-            "server in {} (pid {pid}) outlived its process",
-            dir.display()
+        eventually(
+            Duration::from_secs(20),
+            &format!(
+                "the server in {} (pid {pid}) to end with its process",
+                dir.display()
+            ),
+            || !dir.exists() && !process_alive(pid),
         );
         assert!(
             !port_accepts(*port),

@@ -45,17 +45,20 @@ async fn suspend(cp: &TestControlPlane, tenant: &str) {
         .expect("suspend");
 }
 
-async fn until_refused(router: &TestRouter, tenant: &str, within: Duration) -> Option<Duration> {
+async fn until_refused(router: &TestRouter, tenant: &str, within: Duration) -> Duration {
     let started = Instant::now();
-    while started.elapsed() < within {
-        if let Err(status) = select_one(router, tenant).await
-            && status.code() == Code::FailedPrecondition
-        {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    None
+    silo_tests::eventually(
+        within,
+        &format!("{tenant} to be refused as suspended"),
+        || async {
+            match select_one(router, tenant).await {
+                Err(status) if status.code() == Code::FailedPrecondition => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    started.elapsed()
 }
 
 /// Appends `count` events of tenants that do not exist, straight into the catalog, as a
@@ -112,11 +115,8 @@ async fn a_router_starts_at_the_head_and_replays_only_what_it_missed() {
     proxy.freeze_existing();
     suspend(&cp, "head-b").await;
     add_history(&env, 10).await;
-    let refused = until_refused(&router, "head-b", Duration::from_secs(15)).await;
-    assert!(
-        refused.is_some(),
-        "the suspension during the break is obeyed"
-    );
+    // The suspension during the break is obeyed.
+    until_refused(&router, "head-b", Duration::from_secs(15)).await;
     // The marker, then the suspension and the 10 events of the break.
     silo_tests::eventually(Duration::from_secs(5), "the replay", || async {
         (router.metrics.tenant_events.get() >= 12).then_some(())
@@ -155,10 +155,6 @@ async fn after_a_break_longer_than_the_log_keeps_the_router_resolves_again() {
     let events_before = router.metrics.tenant_events.get();
     let refused = until_refused(&router, "gap-a", Duration::from_secs(15)).await;
     println!("suspension obeyed {refused:?} after the break");
-    assert!(
-        refused.is_some(),
-        "the suspension made during the gap is obeyed"
-    );
     assert_eq!(
         router.metrics.tenant_events.get(),
         events_before,
