@@ -21,6 +21,11 @@ pub enum ControlPlaneError {
     WrongState(TenantState),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A tier or tenant names a provisioner this control plane was not started with. No
+    /// retry helps until it is configured, so every call that meets it gets the same
+    /// FAILED_PRECONDITION (a migration run records it as a permanent failure).
+    #[error("the {0} provisioner is not configured")]
+    ProvisionerNotConfigured(String),
     #[error("{0}")]
     Unavailable(String),
     /// A position in a log that is no longer kept.
@@ -78,9 +83,9 @@ impl From<ControlPlaneError> for Status {
             ControlPlaneError::PermissionDenied(_) => Code::PermissionDenied,
             ControlPlaneError::NotFound(_) => Code::NotFound,
             ControlPlaneError::AlreadyExists(_) => Code::AlreadyExists,
-            ControlPlaneError::WrongState(_) | ControlPlaneError::FailedPrecondition(_) => {
-                Code::FailedPrecondition
-            }
+            ControlPlaneError::WrongState(_)
+            | ControlPlaneError::FailedPrecondition(_)
+            | ControlPlaneError::ProvisionerNotConfigured(_) => Code::FailedPrecondition,
             ControlPlaneError::Unavailable(_) => Code::Unavailable,
             ControlPlaneError::OutOfRange(_) => Code::OutOfRange,
             ControlPlaneError::Internal(detail) => {
@@ -89,5 +94,142 @@ impl From<ControlPlaneError> for Status {
             }
         };
         Status::new(code, error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrations::MigrationError;
+    use crate::provisioner::rds::reconcile::ReconcileError;
+
+    /// DESIGN.md's error table for the control plane: every variant of
+    /// `ControlPlaneError`, and every domain error that becomes one, to its gRPC code.
+    #[test]
+    fn every_control_plane_error_maps_to_its_row_of_the_error_table() {
+        let rows: Vec<(ControlPlaneError, Code)> = vec![
+            (
+                ControlPlaneError::InvalidArgument("bad id".into()),
+                Code::InvalidArgument,
+            ),
+            (
+                ControlPlaneError::Unauthenticated("expired".into()),
+                Code::Unauthenticated,
+            ),
+            (
+                ControlPlaneError::PermissionDenied("admin only"),
+                Code::PermissionDenied,
+            ),
+            (ControlPlaneError::NotFound("tenant"), Code::NotFound),
+            (
+                ControlPlaneError::AlreadyExists("tenant"),
+                Code::AlreadyExists,
+            ),
+            (
+                ControlPlaneError::WrongState(TenantState::Deleting),
+                Code::FailedPrecondition,
+            ),
+            (
+                ControlPlaneError::FailedPrecondition("contract".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                ControlPlaneError::ProvisionerNotConfigured("rds".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                ControlPlaneError::Unavailable("catalog".into()),
+                Code::Unavailable,
+            ),
+            (
+                ControlPlaneError::OutOfRange("trimmed".into()),
+                Code::OutOfRange,
+            ),
+            (ControlPlaneError::Internal("bug".into()), Code::Internal),
+            // Domain errors, through their one conversion each.
+            (CatalogError::TenantNotFound.into(), Code::NotFound),
+            (CatalogError::OperationNotFound.into(), Code::NotFound),
+            (CatalogError::TenantExists.into(), Code::AlreadyExists),
+            (
+                CatalogError::WrongState(TenantState::Suspended).into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                CatalogError::Conflict("run".into()).into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                CatalogError::Unreachable("refused".into()).into(),
+                Code::Unavailable,
+            ),
+            (
+                CatalogError::Migration(MigrationError::DuplicateVersion(2)).into(),
+                Code::Internal,
+            ),
+            (CatalogError::Corrupt("state".into()).into(), Code::Internal),
+            (
+                ProvisionError::Transient("throttled".into()).into(),
+                Code::Unavailable,
+            ),
+            (
+                ProvisionError::Permanent("quota".into()).into(),
+                Code::Internal,
+            ),
+            (
+                ReconcileError::Aws("listing".into()).into(),
+                Code::Unavailable,
+            ),
+            (
+                ReconcileError::Catalog(CatalogError::TenantNotFound).into(),
+                Code::NotFound,
+            ),
+        ];
+        let mut covered = std::collections::BTreeSet::new();
+        for (error, code) in rows {
+            covered.insert(variant(&error));
+            let shown = format!("{error:?}");
+            assert_eq!(Status::from(error).code(), code, "{shown}");
+        }
+        let missing: Vec<_> = VARIANTS.iter().filter(|v| !covered.contains(*v)).collect();
+        assert!(missing.is_empty(), "no row for {missing:?}");
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_their_detail() {
+        let status = Status::from(ControlPlaneError::Internal("password=hunter2".into()));
+        assert_eq!(status.message(), "internal error");
+    }
+
+    /// Every variant `variant` names: a new variant does not compile until `variant`
+    /// names it, and fails the table test until the table has a row for it.
+    const VARIANTS: &[&str] = &[
+        "InvalidArgument",
+        "Unauthenticated",
+        "PermissionDenied",
+        "NotFound",
+        "AlreadyExists",
+        "WrongState",
+        "FailedPrecondition",
+        "ProvisionerNotConfigured",
+        "Unavailable",
+        "OutOfRange",
+        "Internal",
+    ];
+
+    /// The variant of `error`, by an exhaustive match (no `_` arm, on purpose).
+    fn variant(error: &ControlPlaneError) -> &'static str {
+        match error {
+            ControlPlaneError::InvalidArgument(_) => "InvalidArgument",
+            ControlPlaneError::Unauthenticated(_) => "Unauthenticated",
+            ControlPlaneError::PermissionDenied(_) => "PermissionDenied",
+            ControlPlaneError::NotFound(_) => "NotFound",
+            ControlPlaneError::AlreadyExists(_) => "AlreadyExists",
+            ControlPlaneError::WrongState(_) => "WrongState",
+            ControlPlaneError::FailedPrecondition(_) => "FailedPrecondition",
+            ControlPlaneError::ProvisionerNotConfigured(_) => "ProvisionerNotConfigured",
+            ControlPlaneError::Unavailable(_) => "Unavailable",
+            ControlPlaneError::OutOfRange(_) => "OutOfRange",
+            ControlPlaneError::Internal(_) => "Internal",
+        }
     }
 }

@@ -109,10 +109,9 @@ impl ControlPlaneService {
             ControlPlaneError::InvalidArgument(format!("unknown tier {tier_name:?}"))
         })?;
         if self.provisioners.get(&tier.provisioner).is_none() {
-            return Err(ControlPlaneError::InvalidArgument(format!(
-                "tier {tier_name:?} needs the {} provisioner, which is not configured",
-                tier.provisioner
-            )));
+            return Err(ControlPlaneError::ProvisionerNotConfigured(
+                tier.provisioner.clone(),
+            ));
         }
         let new = NewTenant {
             display_name: if request.display_name.is_empty() {
@@ -142,10 +141,7 @@ impl ControlPlaneService {
             other => return Err(ControlPlaneError::WrongState(other)),
         }
         let provisioner = self.provisioners.get(&tenant.provisioner).ok_or_else(|| {
-            ControlPlaneError::Unavailable(format!(
-                "provisioner {} is not configured",
-                tenant.provisioner
-            ))
+            ControlPlaneError::ProvisionerNotConfigured(tenant.provisioner.clone())
         })?;
         let placement = tenant
             .placement

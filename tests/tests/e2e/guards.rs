@@ -154,3 +154,19 @@ async fn a_second_migration_run_is_refused_while_one_runs() {
         .into_inner();
     assert_eq!(run.counts.expect("counts").done, 2, "the first run went on");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provisioner_that_is_not_configured_is_a_failed_precondition() {
+    let env = TestEnv::start(1).await;
+    let cp = env.control_plane(Hooks::default()).await;
+    let status = cp
+        .client()
+        .reconcile_rds_instances(with_token(
+            pb::ReconcileRdsInstancesRequest::default(),
+            &token("admin"),
+        ))
+        .await
+        .expect_err("no rds provisioner here");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(status.message(), "the rds provisioner is not configured");
+}
