@@ -3,7 +3,10 @@
 use thiserror::Error;
 use tonic::{Code, Status};
 
-use crate::{catalog::CatalogError, provisioner::ProvisionError, tenant::TenantState};
+use crate::{
+    catalog::CatalogError, crypto::CryptoError, fleet_migration::PlanError,
+    provisioner::ProvisionError, tenant::TenantState,
+};
 
 #[derive(Debug, Error)]
 pub enum ControlPlaneError {
@@ -62,6 +65,29 @@ impl From<crate::provisioner::rds::reconcile::ReconcileError> for ControlPlaneEr
         match error {
             ReconcileError::Aws(message) => Self::Unavailable(message),
             ReconcileError::Catalog(error) => error.into(),
+        }
+    }
+}
+
+impl From<PlanError> for ControlPlaneError {
+    fn from(error: PlanError) -> Self {
+        match error {
+            // The request named a tenant the fleet does not have.
+            PlanError::UnknownTenant { .. } => Self::InvalidArgument(error.to_string()),
+            // The fleet is not yet where the migration needs it.
+            PlanError::Barrier { .. } => Self::FailedPrecondition(error.to_string()),
+        }
+    }
+}
+
+/// Sealing or opening stored credentials fails only with a wrong key or damaged data:
+/// the operator's problem, never the caller's, so the detail stays in the logs.
+impl From<CryptoError> for ControlPlaneError {
+    fn from(error: CryptoError) -> Self {
+        match error {
+            CryptoError::BadKey | CryptoError::Decrypt | CryptoError::Encrypt => {
+                Self::Internal(error.to_string())
+            }
         }
     }
 }
@@ -179,6 +205,28 @@ mod tests {
                 ReconcileError::Aws("listing".into()).into(),
                 Code::Unavailable,
             ),
+            (
+                PlanError::UnknownTenant {
+                    wave: "canary".into(),
+                    tenant: "nobody".into(),
+                }
+                .into(),
+                Code::InvalidArgument,
+            ),
+            (
+                PlanError::Barrier {
+                    version: 3,
+                    name: "contract".into(),
+                    requires: 2,
+                    count: 1,
+                    examples: "acme".into(),
+                }
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (CryptoError::BadKey.into(), Code::Internal),
+            (CryptoError::Decrypt.into(), Code::Internal),
+            (CryptoError::Encrypt.into(), Code::Internal),
             (
                 ReconcileError::Catalog(CatalogError::TenantNotFound).into(),
                 Code::NotFound,

@@ -110,14 +110,7 @@ impl ControlPlaneService {
         super::bounded("request_id", &request.request_id, 128)?;
         let parsed = self.migration_request(&request)?;
         let tenants = self.catalog.plan_tenants().await?;
-        let (params, rows) = plan(&tenants, &parsed, &self.migrations).map_err(|e| match e {
-            crate::fleet_migration::PlanError::UnknownTenant { .. } => {
-                ControlPlaneError::InvalidArgument(e.to_string())
-            }
-            crate::fleet_migration::PlanError::Barrier { .. } => {
-                ControlPlaneError::FailedPrecondition(e.to_string())
-            }
-        })?;
+        let (params, rows) = plan(&tenants, &parsed, &self.migrations)?;
         // One entry per tenant of the fleet: gone before the next one is built.
         drop(tenants);
         let request_id = if request.request_id.is_empty() {

@@ -150,10 +150,7 @@ impl ControlPlaneService {
         let admin = provisioner.admin_access(placement).await?;
         let spec = TenantSpec::of(&tenant);
         let password = generate_password();
-        let sealed = self
-            .cipher
-            .encrypt(id.as_str(), &password)
-            .map_err(|e| ControlPlaneError::Internal(e.to_string()))?;
+        let sealed = self.cipher.encrypt(id.as_str(), &password)?;
         bootstrap::set_password(&admin, &spec, &password).await?;
         let updated = self
             .catalog
@@ -201,10 +198,7 @@ impl ControlPlaneService {
         }
         // Credentials go out only for a tenant a router may serve.
         if let (TenantState::Active, Some(sealed)) = (tenant.state, &tenant.credentials) {
-            let password = self
-                .cipher
-                .decrypt(id.as_str(), sealed)
-                .map_err(|e| ControlPlaneError::Internal(e.to_string()))?;
+            let password = self.cipher.decrypt(id.as_str(), sealed)?;
             route.password = password.expose_secret().to_owned();
         }
         Ok(route)
