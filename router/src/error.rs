@@ -21,20 +21,28 @@ pub const RETRY_AFTER_METADATA: &str = "retry-after-ms";
 /// Longest database message passed on to the caller.
 const MAX_MESSAGE_LEN: usize = 512;
 
+/// Why a call failed; `From<RouterError> for Status` is the one mapping to gRPC codes.
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
+    /// The caller's token or tenant choice was refused.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// The tenant's route could not be had.
     #[error(transparent)]
     Route(#[from] RouteError),
+    /// The tenant is in this state, not ACTIVE.
     #[error("tenant is not active ({0:?})")]
     NotActive(TenantState),
+    /// No connection to the tenant's database.
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// The tenant's rate or concurrency limit refused the call.
     #[error(transparent)]
     Limit(#[from] LimitError),
+    /// The request is malformed or asks for what the router does not do.
     #[error(transparent)]
     Request(#[from] RequestError),
+    /// Running the statement failed.
     #[error(transparent)]
     Call(#[from] CallError),
 }

@@ -21,7 +21,9 @@ use crate::tenant::{Route, TenantId, TenantState, TierLimits};
 /// How `WatchTenants` reconnects after the stream fails.
 #[derive(Debug, Clone, Copy)]
 pub struct WatchBackoff {
+    /// The first wait after a failure.
     pub initial: Duration,
+    /// The longest wait; each failure in a row doubles it up to this.
     pub max: Duration,
 }
 
@@ -109,6 +111,7 @@ impl ControlPlaneRoutes {
         self.connected.clone()
     }
 
+    /// Routes from the control plane on `channel`, authenticated with the service `token`.
     pub fn new(channel: Channel, token: SecretString, link: &LinkConfig) -> Self {
         Self {
             client: ControlPlaneClient::new(channel),
@@ -120,6 +123,7 @@ impl ControlPlaneRoutes {
         }
     }
 
+    /// The same, reconnecting WatchTenants with `backoff` instead of the default.
     #[must_use]
     pub fn with_backoff(mut self, backoff: WatchBackoff) -> Self {
         self.backoff = backoff;
