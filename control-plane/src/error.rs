@@ -8,10 +8,47 @@ use crate::{
     provisioner::ProvisionError, tenant::TenantState,
 };
 
+/// A request refused as malformed before anything is read or written.
+#[derive(Debug, Error)]
+pub enum RequestError {
+    /// A tenant id that is not a valid slug.
+    #[error(transparent)]
+    TenantId(#[from] crate::tenant::InvalidTenantId),
+    /// A text field longer than allowed or holding control characters.
+    #[error("{field} must be at most {max} printable characters")]
+    TooLong {
+        /// The field's name in the request.
+        field: &'static str,
+        /// Most characters it may hold.
+        max: usize,
+    },
+    /// A tier the control plane's configuration does not name.
+    #[error("unknown tier {0:?}")]
+    UnknownTier(String),
+    /// A state filter that is no tenant state.
+    #[error("unknown state")]
+    UnknownState,
+    /// A page token this control plane did not hand out.
+    #[error("invalid page_token")]
+    PageToken,
+    /// A `from_sequence` beyond what the event log can hold.
+    #[error("from_sequence is too large")]
+    FromSequenceTooLarge,
+    /// An operation id that is not a UUID.
+    #[error("operation_id must be a UUID")]
+    OperationId,
+    /// A StartMigration field out of range or inconsistent; the message says which.
+    #[error("{0}")]
+    Migration(String),
+    /// A wave naming a tenant the fleet does not have.
+    #[error(transparent)]
+    UnknownWaveTenant(PlanError),
+}
+
 #[derive(Debug, Error)]
 pub enum ControlPlaneError {
-    #[error("{0}")]
-    InvalidArgument(String),
+    #[error(transparent)]
+    Request(#[from] RequestError),
     #[error("missing or invalid token: {0}")]
     Unauthenticated(String),
     #[error("{0}")]
@@ -73,7 +110,7 @@ impl From<PlanError> for ControlPlaneError {
     fn from(error: PlanError) -> Self {
         match error {
             // The request named a tenant the fleet does not have.
-            PlanError::UnknownTenant { .. } => Self::InvalidArgument(error.to_string()),
+            PlanError::UnknownTenant { .. } => RequestError::UnknownWaveTenant(error).into(),
             // The fleet is not yet where the migration needs it.
             PlanError::Barrier { .. } => Self::FailedPrecondition(error.to_string()),
         }
@@ -104,7 +141,17 @@ impl From<ProvisionError> for ControlPlaneError {
 impl From<ControlPlaneError> for Status {
     fn from(error: ControlPlaneError) -> Self {
         let code = match &error {
-            ControlPlaneError::InvalidArgument(_) => Code::InvalidArgument,
+            ControlPlaneError::Request(e) => match e {
+                RequestError::TenantId(_)
+                | RequestError::TooLong { .. }
+                | RequestError::UnknownTier(_)
+                | RequestError::UnknownState
+                | RequestError::PageToken
+                | RequestError::FromSequenceTooLarge
+                | RequestError::OperationId
+                | RequestError::Migration(_)
+                | RequestError::UnknownWaveTenant(_) => Code::InvalidArgument,
+            },
             ControlPlaneError::Unauthenticated(_) => Code::Unauthenticated,
             ControlPlaneError::PermissionDenied(_) => Code::PermissionDenied,
             ControlPlaneError::NotFound(_) => Code::NotFound,
@@ -135,7 +182,30 @@ mod tests {
     fn every_control_plane_error_maps_to_its_row_of_the_error_table() {
         let rows: Vec<(ControlPlaneError, Code)> = vec![
             (
-                ControlPlaneError::InvalidArgument("bad id".into()),
+                RequestError::TenantId(crate::tenant::InvalidTenantId).into(),
+                Code::InvalidArgument,
+            ),
+            (
+                RequestError::TooLong {
+                    field: "display_name",
+                    max: 200,
+                }
+                .into(),
+                Code::InvalidArgument,
+            ),
+            (
+                RequestError::UnknownTier("gold".into()).into(),
+                Code::InvalidArgument,
+            ),
+            (RequestError::UnknownState.into(), Code::InvalidArgument),
+            (RequestError::PageToken.into(), Code::InvalidArgument),
+            (
+                RequestError::FromSequenceTooLarge.into(),
+                Code::InvalidArgument,
+            ),
+            (RequestError::OperationId.into(), Code::InvalidArgument),
+            (
+                RequestError::Migration("concurrency 999 is above 256".into()).into(),
                 Code::InvalidArgument,
             ),
             (
@@ -251,7 +321,15 @@ mod tests {
     /// Every variant `variant` names: a new variant does not compile until `variant`
     /// names it, and fails the table test until the table has a row for it.
     const VARIANTS: &[&str] = &[
-        "InvalidArgument",
+        "Request::TenantId",
+        "Request::TooLong",
+        "Request::UnknownTier",
+        "Request::UnknownState",
+        "Request::PageToken",
+        "Request::FromSequenceTooLarge",
+        "Request::OperationId",
+        "Request::Migration",
+        "Request::UnknownWaveTenant",
         "Unauthenticated",
         "PermissionDenied",
         "NotFound",
@@ -267,7 +345,17 @@ mod tests {
     /// The variant of `error`, by an exhaustive match (no `_` arm, on purpose).
     fn variant(error: &ControlPlaneError) -> &'static str {
         match error {
-            ControlPlaneError::InvalidArgument(_) => "InvalidArgument",
+            ControlPlaneError::Request(e) => match e {
+                RequestError::TenantId(_) => "Request::TenantId",
+                RequestError::TooLong { .. } => "Request::TooLong",
+                RequestError::UnknownTier(_) => "Request::UnknownTier",
+                RequestError::UnknownState => "Request::UnknownState",
+                RequestError::PageToken => "Request::PageToken",
+                RequestError::FromSequenceTooLarge => "Request::FromSequenceTooLarge",
+                RequestError::OperationId => "Request::OperationId",
+                RequestError::Migration(_) => "Request::Migration",
+                RequestError::UnknownWaveTenant(_) => "Request::UnknownWaveTenant",
+            },
             ControlPlaneError::Unauthenticated(_) => "Unauthenticated",
             ControlPlaneError::PermissionDenied(_) => "PermissionDenied",
             ControlPlaneError::NotFound(_) => "NotFound",

@@ -10,7 +10,7 @@ use crate::{
     catalog::{
         FailurePolicy, OperationKind, OperationRecord, TenantMigration, TenantMigrationState,
     },
-    error::ControlPlaneError,
+    error::{ControlPlaneError, RequestError},
     fleet_migration::{MigrationRequest, WaveSelector, WaveSpec, plan},
 };
 
@@ -22,7 +22,7 @@ impl ControlPlaneService {
         &self,
         request: &pb::StartMigrationRequest,
     ) -> Result<MigrationRequest, ControlPlaneError> {
-        let invalid = |message: String| ControlPlaneError::InvalidArgument(message);
+        let invalid = |message: String| ControlPlaneError::from(RequestError::Migration(message));
         let target_version = match request.target_version {
             0 => self.migrations.latest_version(),
             v if v > 0 && self.migrations.contains_version(v) => v,

@@ -24,7 +24,7 @@ use crate::{
     catalog::{Catalog, DeleteParams, NewTenant, TenantFilter},
     config::Tiers,
     crypto::{CredentialCipher, generate_password},
-    error::ControlPlaneError,
+    error::{ControlPlaneError, RequestError},
     migrations::MigrationSet,
     provisioner::{Provisioner, Provisioners, TenantSpec, bootstrap},
     tenant::{SiloNamer, TenantId, TenantState},
@@ -45,14 +45,12 @@ pub struct ControlPlaneService {
 }
 
 fn tenant_id(raw: &str) -> Result<TenantId, ControlPlaneError> {
-    TenantId::parse(raw).map_err(|e| ControlPlaneError::InvalidArgument(e.to_string()))
+    Ok(TenantId::parse(raw).map_err(RequestError::from)?)
 }
 
 fn bounded(field: &'static str, value: &str, max: usize) -> Result<(), ControlPlaneError> {
     if value.chars().count() > max || value.chars().any(char::is_control) {
-        return Err(ControlPlaneError::InvalidArgument(format!(
-            "{field} must be at most {max} printable characters"
-        )));
+        return Err(RequestError::TooLong { field, max }.into());
     }
     Ok(())
 }
@@ -105,9 +103,10 @@ impl ControlPlaneService {
         } else {
             request.tier
         };
-        let tier = self.tiers.get(&tier_name).ok_or_else(|| {
-            ControlPlaneError::InvalidArgument(format!("unknown tier {tier_name:?}"))
-        })?;
+        let tier = self
+            .tiers
+            .get(&tier_name)
+            .ok_or_else(|| ControlPlaneError::from(RequestError::UnknownTier(tier_name.clone())))?;
         if self.provisioners.get(&tier.provisioner).is_none() {
             return Err(ControlPlaneError::ProvisionerNotConfigured(
                 tier.provisioner.clone(),
@@ -275,11 +274,11 @@ impl ControlPlane for ControlPlaneService {
         self.authorize(&request, Permission::Read)?;
         let request = request.into_inner();
         let state = convert::state_filter(request.state)
-            .map_err(|()| ControlPlaneError::InvalidArgument("unknown state".into()))?;
+            .map_err(|()| ControlPlaneError::from(RequestError::UnknownState))?;
         let after = if request.page_token.is_empty() {
             None
         } else {
-            let bad = || ControlPlaneError::InvalidArgument("invalid page_token".into());
+            let bad = || ControlPlaneError::from(RequestError::PageToken);
             let raw = URL_SAFE_NO_PAD
                 .decode(&request.page_token)
                 .map_err(|_| bad())?;
@@ -466,9 +465,8 @@ impl ControlPlane for ControlPlaneService {
                     .map_err(ControlPlaneError::from)?,
             )
         } else {
-            let from = i64::try_from(request.from_sequence).map_err(|_| {
-                ControlPlaneError::InvalidArgument("from_sequence is too large".into())
-            })?;
+            let from = i64::try_from(request.from_sequence)
+                .map_err(|_| ControlPlaneError::from(RequestError::FromSequenceTooLarge))?;
             let oldest = self
                 .catalog
                 .oldest_sequence()
@@ -492,6 +490,5 @@ impl ControlPlane for ControlPlaneService {
 }
 
 fn parse_operation_id(raw: &str) -> Result<Uuid, ControlPlaneError> {
-    Uuid::parse_str(raw)
-        .map_err(|_| ControlPlaneError::InvalidArgument("operation_id must be a UUID".into()))
+    Uuid::parse_str(raw).map_err(|_| RequestError::OperationId.into())
 }
