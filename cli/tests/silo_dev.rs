@@ -278,18 +278,19 @@ async fn silo_dev_serves_two_isolated_tenants_and_stops_cleanly_on_sigterm() {
         "postgresql's pid file is gone"
     );
     // pg_ctl returns once the pid file is gone; the postmaster may take a moment more.
-    let mut alive = process_and_children(postmaster_pid);
-    for _ in 0..100 {
-        if alive.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        alive = process_and_children(postmaster_pid);
-    }
-    assert!(
-        alive.is_empty(),
-        "the postmaster ({postmaster_pid}) and its children are gone: {alive:?}"
-    );
+    silo_tests::eventually_reporting(
+        Duration::from_secs(5),
+        &format!("the postmaster ({postmaster_pid}) and its children to be gone"),
+        || async {
+            let alive = process_and_children(postmaster_pid);
+            if alive.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("still running: {alive:?}"))
+            }
+        },
+    )
+    .await;
     let left = processes_mentioning(&temp.path().to_string_lossy());
     assert!(left.is_empty(), "processes left behind: {left:?}");
     println!("silo dev ready after {ready_after:?}, stopped {stopped_after:?} after SIGTERM");

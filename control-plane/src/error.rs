@@ -3,12 +3,52 @@
 use thiserror::Error;
 use tonic::{Code, Status};
 
-use crate::{catalog::CatalogError, provisioner::ProvisionError, tenant::TenantState};
+use crate::{
+    catalog::CatalogError, crypto::CryptoError, fleet_migration::PlanError,
+    provisioner::ProvisionError, tenant::TenantState,
+};
+
+/// A request refused as malformed before anything is read or written.
+#[derive(Debug, Error)]
+pub enum RequestError {
+    /// A tenant id that is not a valid slug.
+    #[error(transparent)]
+    TenantId(#[from] crate::tenant::InvalidTenantId),
+    /// A text field longer than allowed or holding control characters.
+    #[error("{field} must be at most {max} printable characters")]
+    TooLong {
+        /// The field's name in the request.
+        field: &'static str,
+        /// Most characters it may hold.
+        max: usize,
+    },
+    /// A tier the control plane's configuration does not name.
+    #[error("unknown tier {0:?}")]
+    UnknownTier(String),
+    /// A state filter that is no tenant state.
+    #[error("unknown state")]
+    UnknownState,
+    /// A page token this control plane did not hand out.
+    #[error("invalid page_token")]
+    PageToken,
+    /// A `from_sequence` beyond what the event log can hold.
+    #[error("from_sequence is too large")]
+    FromSequenceTooLarge,
+    /// An operation id that is not a UUID.
+    #[error("operation_id must be a UUID")]
+    OperationId,
+    /// A StartMigration field out of range or inconsistent; the message says which.
+    #[error("{0}")]
+    Migration(String),
+    /// A wave naming a tenant the fleet does not have.
+    #[error(transparent)]
+    UnknownWaveTenant(PlanError),
+}
 
 #[derive(Debug, Error)]
 pub enum ControlPlaneError {
-    #[error("{0}")]
-    InvalidArgument(String),
+    #[error(transparent)]
+    Request(#[from] RequestError),
     #[error("missing or invalid token: {0}")]
     Unauthenticated(String),
     #[error("{0}")]
@@ -21,6 +61,11 @@ pub enum ControlPlaneError {
     WrongState(TenantState),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A tier or tenant names a provisioner this control plane was not started with. No
+    /// retry helps until it is configured, so every call that meets it gets the same
+    /// FAILED_PRECONDITION (a migration run records it as a permanent failure).
+    #[error("the {0} provisioner is not configured")]
+    ProvisionerNotConfigured(String),
     #[error("{0}")]
     Unavailable(String),
     /// A position in a log that is no longer kept.
@@ -61,6 +106,29 @@ impl From<crate::provisioner::rds::reconcile::ReconcileError> for ControlPlaneEr
     }
 }
 
+impl From<PlanError> for ControlPlaneError {
+    fn from(error: PlanError) -> Self {
+        match error {
+            // The request named a tenant the fleet does not have.
+            PlanError::UnknownTenant { .. } => RequestError::UnknownWaveTenant(error).into(),
+            // The fleet is not yet where the migration needs it.
+            PlanError::Barrier { .. } => Self::FailedPrecondition(error.to_string()),
+        }
+    }
+}
+
+/// Sealing or opening stored credentials fails only with a wrong key or damaged data:
+/// the operator's problem, never the caller's, so the detail stays in the logs.
+impl From<CryptoError> for ControlPlaneError {
+    fn from(error: CryptoError) -> Self {
+        match error {
+            CryptoError::BadKey | CryptoError::Decrypt | CryptoError::Encrypt => {
+                Self::Internal(error.to_string())
+            }
+        }
+    }
+}
+
 impl From<ProvisionError> for ControlPlaneError {
     fn from(error: ProvisionError) -> Self {
         match error {
@@ -73,14 +141,24 @@ impl From<ProvisionError> for ControlPlaneError {
 impl From<ControlPlaneError> for Status {
     fn from(error: ControlPlaneError) -> Self {
         let code = match &error {
-            ControlPlaneError::InvalidArgument(_) => Code::InvalidArgument,
+            ControlPlaneError::Request(e) => match e {
+                RequestError::TenantId(_)
+                | RequestError::TooLong { .. }
+                | RequestError::UnknownTier(_)
+                | RequestError::UnknownState
+                | RequestError::PageToken
+                | RequestError::FromSequenceTooLarge
+                | RequestError::OperationId
+                | RequestError::Migration(_)
+                | RequestError::UnknownWaveTenant(_) => Code::InvalidArgument,
+            },
             ControlPlaneError::Unauthenticated(_) => Code::Unauthenticated,
             ControlPlaneError::PermissionDenied(_) => Code::PermissionDenied,
             ControlPlaneError::NotFound(_) => Code::NotFound,
             ControlPlaneError::AlreadyExists(_) => Code::AlreadyExists,
-            ControlPlaneError::WrongState(_) | ControlPlaneError::FailedPrecondition(_) => {
-                Code::FailedPrecondition
-            }
+            ControlPlaneError::WrongState(_)
+            | ControlPlaneError::FailedPrecondition(_)
+            | ControlPlaneError::ProvisionerNotConfigured(_) => Code::FailedPrecondition,
             ControlPlaneError::Unavailable(_) => Code::Unavailable,
             ControlPlaneError::OutOfRange(_) => Code::OutOfRange,
             ControlPlaneError::Internal(detail) => {
@@ -89,5 +167,205 @@ impl From<ControlPlaneError> for Status {
             }
         };
         Status::new(code, error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrations::MigrationError;
+    use crate::provisioner::rds::reconcile::ReconcileError;
+
+    /// DESIGN.md's error table for the control plane: every variant of
+    /// `ControlPlaneError`, and every domain error that becomes one, to its gRPC code.
+    #[test]
+    fn every_control_plane_error_maps_to_its_row_of_the_error_table() {
+        let rows: Vec<(ControlPlaneError, Code)> = vec![
+            (
+                RequestError::TenantId(crate::tenant::InvalidTenantId).into(),
+                Code::InvalidArgument,
+            ),
+            (
+                RequestError::TooLong {
+                    field: "display_name",
+                    max: 200,
+                }
+                .into(),
+                Code::InvalidArgument,
+            ),
+            (
+                RequestError::UnknownTier("gold".into()).into(),
+                Code::InvalidArgument,
+            ),
+            (RequestError::UnknownState.into(), Code::InvalidArgument),
+            (RequestError::PageToken.into(), Code::InvalidArgument),
+            (
+                RequestError::FromSequenceTooLarge.into(),
+                Code::InvalidArgument,
+            ),
+            (RequestError::OperationId.into(), Code::InvalidArgument),
+            (
+                RequestError::Migration("concurrency 999 is above 256".into()).into(),
+                Code::InvalidArgument,
+            ),
+            (
+                ControlPlaneError::Unauthenticated("expired".into()),
+                Code::Unauthenticated,
+            ),
+            (
+                ControlPlaneError::PermissionDenied("admin only"),
+                Code::PermissionDenied,
+            ),
+            (ControlPlaneError::NotFound("tenant"), Code::NotFound),
+            (
+                ControlPlaneError::AlreadyExists("tenant"),
+                Code::AlreadyExists,
+            ),
+            (
+                ControlPlaneError::WrongState(TenantState::Deleting),
+                Code::FailedPrecondition,
+            ),
+            (
+                ControlPlaneError::FailedPrecondition("contract".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                ControlPlaneError::ProvisionerNotConfigured("rds".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                ControlPlaneError::Unavailable("catalog".into()),
+                Code::Unavailable,
+            ),
+            (
+                ControlPlaneError::OutOfRange("trimmed".into()),
+                Code::OutOfRange,
+            ),
+            (ControlPlaneError::Internal("bug".into()), Code::Internal),
+            // Domain errors, through their one conversion each.
+            (CatalogError::TenantNotFound.into(), Code::NotFound),
+            (CatalogError::OperationNotFound.into(), Code::NotFound),
+            (CatalogError::TenantExists.into(), Code::AlreadyExists),
+            (
+                CatalogError::WrongState(TenantState::Suspended).into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                CatalogError::Conflict("run".into()).into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                CatalogError::Unreachable("refused".into()).into(),
+                Code::Unavailable,
+            ),
+            (
+                CatalogError::Migration(MigrationError::DuplicateVersion(2)).into(),
+                Code::Internal,
+            ),
+            (CatalogError::Corrupt("state".into()).into(), Code::Internal),
+            (
+                ProvisionError::Transient("throttled".into()).into(),
+                Code::Unavailable,
+            ),
+            (
+                ProvisionError::Permanent("quota".into()).into(),
+                Code::Internal,
+            ),
+            (
+                ReconcileError::Aws("listing".into()).into(),
+                Code::Unavailable,
+            ),
+            (
+                PlanError::UnknownTenant {
+                    wave: "canary".into(),
+                    tenant: "nobody".into(),
+                }
+                .into(),
+                Code::InvalidArgument,
+            ),
+            (
+                PlanError::Barrier {
+                    version: 3,
+                    name: "contract".into(),
+                    requires: 2,
+                    count: 1,
+                    examples: "acme".into(),
+                }
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (CryptoError::BadKey.into(), Code::Internal),
+            (CryptoError::Decrypt.into(), Code::Internal),
+            (CryptoError::Encrypt.into(), Code::Internal),
+            (
+                ReconcileError::Catalog(CatalogError::TenantNotFound).into(),
+                Code::NotFound,
+            ),
+        ];
+        let mut covered = std::collections::BTreeSet::new();
+        for (error, code) in rows {
+            covered.insert(variant(&error));
+            let shown = format!("{error:?}");
+            assert_eq!(Status::from(error).code(), code, "{shown}");
+        }
+        let missing: Vec<_> = VARIANTS.iter().filter(|v| !covered.contains(*v)).collect();
+        assert!(missing.is_empty(), "no row for {missing:?}");
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_their_detail() {
+        let status = Status::from(ControlPlaneError::Internal("password=hunter2".into()));
+        assert_eq!(status.message(), "internal error");
+    }
+
+    /// Every variant `variant` names: a new variant does not compile until `variant`
+    /// names it, and fails the table test until the table has a row for it.
+    const VARIANTS: &[&str] = &[
+        "Request::TenantId",
+        "Request::TooLong",
+        "Request::UnknownTier",
+        "Request::UnknownState",
+        "Request::PageToken",
+        "Request::FromSequenceTooLarge",
+        "Request::OperationId",
+        "Request::Migration",
+        "Request::UnknownWaveTenant",
+        "Unauthenticated",
+        "PermissionDenied",
+        "NotFound",
+        "AlreadyExists",
+        "WrongState",
+        "FailedPrecondition",
+        "ProvisionerNotConfigured",
+        "Unavailable",
+        "OutOfRange",
+        "Internal",
+    ];
+
+    /// The variant of `error`, by an exhaustive match (no `_` arm, on purpose).
+    fn variant(error: &ControlPlaneError) -> &'static str {
+        match error {
+            ControlPlaneError::Request(e) => match e {
+                RequestError::TenantId(_) => "Request::TenantId",
+                RequestError::TooLong { .. } => "Request::TooLong",
+                RequestError::UnknownTier(_) => "Request::UnknownTier",
+                RequestError::UnknownState => "Request::UnknownState",
+                RequestError::PageToken => "Request::PageToken",
+                RequestError::FromSequenceTooLarge => "Request::FromSequenceTooLarge",
+                RequestError::OperationId => "Request::OperationId",
+                RequestError::Migration(_) => "Request::Migration",
+                RequestError::UnknownWaveTenant(_) => "Request::UnknownWaveTenant",
+            },
+            ControlPlaneError::Unauthenticated(_) => "Unauthenticated",
+            ControlPlaneError::PermissionDenied(_) => "PermissionDenied",
+            ControlPlaneError::NotFound(_) => "NotFound",
+            ControlPlaneError::AlreadyExists(_) => "AlreadyExists",
+            ControlPlaneError::WrongState(_) => "WrongState",
+            ControlPlaneError::FailedPrecondition(_) => "FailedPrecondition",
+            ControlPlaneError::ProvisionerNotConfigured(_) => "ProvisionerNotConfigured",
+            ControlPlaneError::Unavailable(_) => "Unavailable",
+            ControlPlaneError::OutOfRange(_) => "OutOfRange",
+            ControlPlaneError::Internal(_) => "Internal",
+        }
     }
 }

@@ -12,7 +12,7 @@ use crate::options::PgServerOptions;
 use crate::os_user::RunAs;
 use crate::pg_ctl::{PgCtl, StopMode, free_port, is_port_conflict};
 use crate::template::template_data_dir;
-use crate::watchdog::Watchdog;
+use crate::watchdog::{Watchdog, WatchdogStop};
 
 /// How often a start is tried with a fresh port when the chosen one was taken meanwhile.
 const PORT_ATTEMPTS: usize = 5;
@@ -21,8 +21,9 @@ const PORT_ATTEMPTS: usize = 5;
 ///
 /// Methods take `&self`, so a server can be shared (e.g. in an `Arc`) and stopped or
 /// restarted from a test while others hold it. Dropping it stops the server; a temporary
-/// server also deletes its data, and a watchdog process does the same if this process
-/// dies first (panic, kill, or a server kept in a static).
+/// server also deletes its data. A watchdog process does the same if this process dies
+/// first (panic, SIGKILL, or a server kept in a static); for a persistent server it
+/// stops the server and deletes the socket directory, keeping the data.
 #[derive(Debug)]
 pub struct PgServer {
     ctl: PgCtl,
@@ -51,15 +52,20 @@ impl PgServer {
             None => Layout::temporary(&template, &run_as).await?,
             Some(dir) => Layout::persistent(dir, &template, binaries, &run_as).await?,
         };
-        let watchdog = match &layout.temp_root {
-            Some(root) => Some(Watchdog::spawn(
-                &binaries.program("pg_ctl"),
-                &layout.data_dir,
-                root.path(),
-                &run_as,
-            )?),
-            None => None,
+        // A temporary server's watchdog deletes everything; a persistent one's keeps the
+        // data and deletes the socket directory, so a killed `silo dev` leaves neither a
+        // running server nor a directory behind.
+        let (delete_dir, stop) = match &layout.temp_root {
+            Some(root) => (root.path(), WatchdogStop::Immediate),
+            None => (layout.socket_dir.as_path(), WatchdogStop::Fast),
         };
+        let watchdog = Some(Watchdog::spawn(
+            &binaries.program("pg_ctl"),
+            &layout.data_dir,
+            delete_dir,
+            stop,
+            &run_as,
+        )?);
         let server = PgServer {
             ctl: PgCtl::new(
                 binaries,
@@ -193,19 +199,21 @@ impl Drop for PgServer {
         {
             tracing::debug!(error = %e, "could not delete postgresql socket directory");
         }
-        let Some(root) = self.temp_root.take() else {
-            return;
-        };
+        let root = self.temp_root.take();
         if stopped {
-            if let Err(e) = root.close() {
+            if let Some(root) = root
+                && let Err(e) = root.close()
+            {
                 tracing::warn!(error = %e, "could not delete temporary postgresql directory");
             }
             if let Some(watchdog) = self.watchdog.take() {
                 watchdog.dismiss();
             }
         } else {
-            // Leave both to the watchdog: dropping it makes it stop and delete right away.
-            let _ = root.keep();
+            // Leave it to the watchdog: dropping it makes it stop and delete right away.
+            if let Some(root) = root {
+                let _ = root.keep();
+            }
             drop(self.watchdog.take());
         }
     }

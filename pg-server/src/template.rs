@@ -4,7 +4,9 @@
 //! The template lives at `<temp base>/silo-pg-template-<major>-<euid>` (see
 //! [`crate::temp_base`]). It is built in a
 //! sibling directory and renamed into place, so processes that race never see half of
-//! one; whoever loses the race throws its copy away and uses the winner's.
+//! one; whoever loses the race throws its copy away and uses the winner's. The sibling's
+//! name holds the builder's pid: one whose builder is gone (killed during initdb) is
+//! deleted by the next call.
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +38,7 @@ pub(crate) async fn template_data_dir(
         Uid::effective().as_raw()
     );
     let base = temp_base();
+    sweep_abandoned(&base, &name);
     let template = base.join(&name);
     if is_cluster(&template.join(DATA)) {
         return Ok(template.join(DATA));
@@ -43,7 +46,7 @@ pub(crate) async fn template_data_dir(
     discard_broken(&template);
     let started = std::time::Instant::now();
     let building = tempfile::Builder::new()
-        .prefix(&format!("{name}.building-"))
+        .prefix(&format!("{name}.building-{}-", std::process::id()))
         .tempdir_in(&base)
         .map_err(|e| PgServerError::io("create a temporary directory for initdb", e))?;
     set_mode(building.path(), 0o755)?;
@@ -115,5 +118,82 @@ fn discard_broken(template: &Path) {
         if let Err(e) = std::fs::remove_dir_all(&trash) {
             tracing::warn!(path = %trash.display(), error = %e, "could not delete broken template");
         }
+    }
+}
+
+/// Deletes `<name>.building-<pid>-*` directories in `base` whose process `<pid>` is gone:
+/// what an initdb interrupted by a kill left behind. A directory without a pid in its
+/// name, or of a live process, is left alone.
+fn sweep_abandoned(base: &Path, name: &str) {
+    let prefix = format!("{name}.building-");
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if process_exists(pid) {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::info!(path = %path.display(), "deleted an abandoned template build"),
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "could not delete an abandoned template build");
+            }
+        }
+    }
+}
+
+/// Whether a process `pid` exists (signal 0; EPERM means it exists as another user).
+fn process_exists(pid: i32) -> bool {
+    use nix::sys::signal::kill;
+    use nix::unistd::Pid;
+    pid > 0
+        && !matches!(
+            kill(Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_abandoned_by_a_dead_process_are_swept_and_others_kept() -> std::io::Result<()> {
+        let base = tempfile::tempdir()?;
+        let name = "silo-pg-template-test";
+        // A process that has exited: its pid names no process (until reused, which the
+        // kernel does only after cycling through pid_max).
+        let mut child = std::process::Command::new("true").spawn()?;
+        let dead = i32::try_from(child.id()).unwrap_or(i32::MAX);
+        child.wait()?;
+        let abandoned = base.path().join(format!("{name}.building-{dead}-abc"));
+        std::fs::create_dir_all(abandoned.join(DATA).join("global"))?;
+        let live = base
+            .path()
+            .join(format!("{name}.building-{}-def", std::process::id()));
+        std::fs::create_dir(&live)?;
+        let unnamed = base.path().join(format!("{name}.building-xyz"));
+        std::fs::create_dir(&unnamed)?;
+        let other = base.path().join("something-else-1");
+        std::fs::create_dir(&other)?;
+
+        sweep_abandoned(base.path(), name);
+
+        assert!(
+            !abandoned.exists(),
+            "the dead builder's directory is deleted"
+        );
+        assert!(live.is_dir(), "a running builder's directory is kept");
+        assert!(unnamed.is_dir(), "a name without a pid is not guessed at");
+        assert!(other.is_dir(), "other directories are not touched");
+        Ok(())
     }
 }

@@ -1,6 +1,7 @@
-//! A tiny shell process per temporary server that cleans up after this process is gone,
-//! even when it panicked, was killed, or kept the server in a static (statics are never
-//! dropped).
+//! A tiny shell process per server that cleans up after this process is gone, even when
+//! it panicked, was killed, or kept the server in a static (statics are never dropped).
+//! For a temporary server it stops the server and deletes its directory; for a
+//! persistent one (`silo dev`) it stops the server and deletes only its socket directory.
 //!
 //! The watchdog holds the read end of a pipe whose write end only this process holds.
 //! When this process exits, however it exits, the kernel closes the write end, `read`
@@ -16,12 +17,21 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use crate::error::PgServerError;
 use crate::os_user::RunAs;
 
-/// `$1` pg_ctl, `$2` data directory, `$3` directory to delete.
+/// `$1` pg_ctl, `$2` data directory, `$3` directory to delete, `$4` stop mode.
 const SCRIPT: &str = r#"trap '' HUP INT
 while read -r _; do :; done
-"$1" -D "$2" -m immediate -w -t 30 stop >/dev/null 2>&1
+"$1" -D "$2" -m "$4" -w -t 30 stop >/dev/null 2>&1
 rm -rf "$3"
 "#;
+
+/// How the watchdog stops the server.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum WatchdogStop {
+    /// `-m immediate`: the data is about to be deleted anyway.
+    Immediate,
+    /// `-m fast`: the data stays, and its next start needs no recovery.
+    Fast,
+}
 
 /// A running watchdog. It fires when this process exits, or at once when this value is
 /// dropped (its pipe closes); [`Watchdog::dismiss`] ends it without firing.
@@ -33,11 +43,13 @@ pub(crate) struct Watchdog {
 }
 
 impl Watchdog {
-    /// Starts a watchdog for the server in `data_dir` that deletes `delete_dir`.
+    /// Starts a watchdog for the server in `data_dir` that stops it with `stop` and
+    /// deletes `delete_dir`.
     pub(crate) fn spawn(
         pg_ctl: &Path,
         data_dir: &Path,
         delete_dir: &Path,
+        stop: WatchdogStop,
         run_as: &RunAs,
     ) -> Result<Watchdog, PgServerError> {
         use std::os::unix::process::CommandExt;
@@ -49,6 +61,10 @@ impl Watchdog {
             .arg(pg_ctl)
             .arg(data_dir)
             .arg(delete_dir)
+            .arg(match stop {
+                WatchdogStop::Immediate => "immediate",
+                WatchdogStop::Fast => "fast",
+            })
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -33,13 +33,23 @@ pub enum CallError {
     #[error(transparent)]
     Value(#[from] ValueError),
     #[error("the statement has {expected} parameters, {got} given")]
-    ParamCount { expected: usize, got: usize },
+    /// The statement's parameter count and the request's differ.
+    ParamCount {
+        /// Parameters the statement declares (`$1` .. `$n`).
+        expected: usize,
+        /// Parameters the request sent.
+        got: usize,
+    },
+    /// More rows than the call allows (the limit, in rows).
     #[error("the result has more than {0} rows; use QueryStream or a LIMIT")]
     TooManyRows(usize),
+    /// A result larger than one response may carry (the limit, in bytes).
     #[error("the result is larger than {0} bytes; use QueryStream or a LIMIT")]
     TooLarge(usize),
+    /// One row larger than one response may carry (the limit, in bytes).
     #[error("a row is larger than {0} bytes, the most one response may carry")]
     RowTooLarge(usize),
+    /// The call's deadline (or the tier's statement timeout) passed; the statement was cancelled.
     #[error("deadline exceeded")]
     DeadlineExceeded,
     /// An interactive transaction waited this long for the caller's next message.

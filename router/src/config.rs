@@ -11,8 +11,10 @@ use crate::core::CallLimits;
 use crate::pool::PoolConfig;
 use crate::routes::{LinkConfig, RouteCacheConfig};
 
+/// A configuration the router cannot run with.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// Values that contradict each other or cannot be used; the message says which.
     #[error("{0}")]
     Invalid(String),
 }
@@ -27,6 +29,7 @@ fn secret(raw: &str) -> Result<SecretString, std::convert::Infallible> {
     version,
     about = "silo router: SQL calls to each tenant's own database"
 )]
+/// The router's whole configuration: every flag also reads a `SILO_...` environment variable.
 pub struct RouterConfig {
     /// Address the gRPC API listens on.
     #[arg(long, env = "SILO_LISTEN", default_value = "127.0.0.1:50051")]
@@ -67,6 +70,7 @@ pub struct RouterConfig {
     #[arg(long, env = "SILO_CONTROL_PLANE_SILENCE_SECS", default_value_t = 6)]
     pub control_plane_silence_secs: u64,
 
+    /// How callers' JWTs are verified (algorithms, keys, issuer, audience, tenant claim).
     #[command(flatten)]
     pub jwt: JwtArgs,
 
@@ -149,6 +153,7 @@ pub struct RouterConfig {
 pub use silo_telemetry::LogFormat;
 
 impl RouterConfig {
+    /// The route cache's sizes and lifetimes from these flags.
     pub fn route_cache(&self) -> RouteCacheConfig {
         RouteCacheConfig {
             ttl: Duration::from_secs(self.route_ttl_secs),
@@ -159,6 +164,7 @@ impl RouterConfig {
         }
     }
 
+    /// The control-plane link's timeouts from these flags.
     pub fn link(&self) -> LinkConfig {
         LinkConfig {
             call_timeout: Duration::from_millis(self.resolve_timeout_ms),
@@ -168,6 +174,7 @@ impl RouterConfig {
         }
     }
 
+    /// The pool registry's limits from these flags.
     pub fn pools(&self) -> PoolConfig {
         PoolConfig {
             capacity: self.pool_capacity,
@@ -179,6 +186,7 @@ impl RouterConfig {
         }
     }
 
+    /// Per-call limits (rows, bytes) from these flags.
     pub fn call_limits(&self) -> CallLimits {
         CallLimits {
             default_max_rows: self.default_max_rows,

@@ -20,8 +20,10 @@ const STATEMENT_CACHE_SIZE: usize = 256;
 /// Why a connection could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// Opening it would take the router over its global connection budget.
     #[error("the global connection budget is used up")]
     Budget,
+    /// The server refused or could not be reached.
     #[error(transparent)]
     Postgres(#[from] tokio_postgres::Error),
 }
@@ -49,6 +51,7 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One pooled connection.
 pub struct PgConnection {
+    /// The connection's client; statements run through it.
     pub client: Client,
     cancel: CancelToken,
     server: Server,
@@ -187,6 +190,7 @@ pub(crate) fn queue_reset(
     }
 }
 
+/// Opens, checks and recycles one tenant's connections for its bb8 pool.
 pub struct PgManager {
     config: tokio_postgres::Config,
     server: Server,
@@ -269,4 +273,5 @@ impl bb8::ManageConnection for PgManager {
     }
 }
 
+/// A connection lent by a tenant pool; it goes back to the pool when dropped.
 pub type PooledConnection = bb8::PooledConnection<'static, PgManager>;

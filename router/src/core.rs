@@ -47,10 +47,16 @@ impl Default for CallLimits {
     }
 }
 
+/// Everything a call needs, shared by the gRPC service and the background tasks: the
+/// authenticator, the route cache over route source `S`, the pools and the limits.
 pub struct RouterCore<S> {
+    /// Verifies a call's token and picks its tenant.
     pub auth: Authenticator,
+    /// Tenant routes, cached, from the route source.
     pub routes: RouteCache<S>,
+    /// One connection pool per tenant.
     pub pools: PoolRegistry,
+    /// Limits on one call's result.
     pub limits: CallLimits,
     /// The router's own metrics.
     pub metrics: RouterMetrics,
@@ -62,6 +68,7 @@ pub struct RouterCore<S> {
 /// A tenant whose open transactions must end, and why.
 #[derive(Debug, Clone)]
 pub struct Revocation {
+    /// The tenant.
     pub tenant_id: TenantId,
     /// Why: not ACTIVE (its state) or not found.
     pub reason: Revoked,
@@ -70,7 +77,9 @@ pub struct Revocation {
 /// Why a tenant's open transactions end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Revoked {
+    /// It is in this state, not ACTIVE.
     NotActive(TenantState),
+    /// It no longer exists.
     NotFound,
 }
 
@@ -109,6 +118,7 @@ impl RevocationWatch {
 }
 
 impl<S: RouteSource> RouterCore<S> {
+    /// A core resolving routes through `source`, with metrics nobody scrapes.
     pub fn new(
         auth: Authenticator,
         source: Arc<S>,

@@ -29,20 +29,28 @@ const LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 /// Longest database message passed on to the caller.
 const MAX_MESSAGE_LEN: usize = 512;
 
+/// Why a call failed; `From<RouterError> for Status` is the one mapping to gRPC codes.
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
+    /// The caller's token or tenant choice was refused.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// The tenant's route could not be had.
     #[error(transparent)]
     Route(#[from] RouteError),
+    /// The tenant is in this state, not ACTIVE.
     #[error("tenant is not active ({0:?})")]
     NotActive(TenantState),
+    /// No connection to the tenant's database.
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// The tenant's rate or concurrency limit refused the call.
     #[error(transparent)]
     Limit(#[from] LimitError),
+    /// The request is malformed or asks for what the router does not do.
     #[error(transparent)]
     Request(#[from] RequestError),
+    /// Running the statement failed.
     #[error(transparent)]
     Call(#[from] CallError),
 }
@@ -283,6 +291,14 @@ mod tests {
                 RouterError::NotActive(TenantState::Failed),
                 Code::FailedPrecondition,
             ),
+            (
+                RouterError::NotActive(TenantState::Active),
+                Code::FailedPrecondition,
+            ),
+            (
+                RouterError::NotActive(TenantState::Deleted),
+                Code::FailedPrecondition,
+            ),
             (PoolError::Unreachable.into(), Code::Unavailable),
             (PoolError::Exhausted.into(), Code::ResourceExhausted),
             (
@@ -342,9 +358,110 @@ mod tests {
             (CallError::TransactionLost("COMMIT").into(), Code::Internal),
             (CallError::ConnectionLost.into(), Code::Unavailable),
         ];
+        let mut covered = std::collections::BTreeSet::new();
         for (error, code) in rows {
+            covered.insert(variant(&error));
             let shown = format!("{error:?}");
             assert_eq!(Status::from(error).code(), code, "{shown}");
+        }
+        // SQL errors need a server: tests/router/error_codes.rs walks every SQLSTATE class.
+        covered.insert("Call::Sql");
+        let missing: Vec<_> = VARIANTS.iter().filter(|v| !covered.contains(*v)).collect();
+        assert!(missing.is_empty(), "no row for {missing:?}");
+    }
+
+    /// Every variant `variant` can name: a new error variant does not compile until
+    /// `variant` names it, and fails the table test until the table has a row for it.
+    const VARIANTS: &[&str] = &[
+        "Identity::Unauthenticated",
+        "Identity::PermissionDenied",
+        "Identity::TenantNotChosen",
+        "Route::NotFound",
+        "Route::Unavailable",
+        "Route::Invalid",
+        "NotActive::Active",
+        "NotActive::Onboarding",
+        "NotActive::Suspended",
+        "NotActive::Deleting",
+        "NotActive::Deleted",
+        "NotActive::Failed",
+        "Pool::Unreachable",
+        "Pool::Exhausted",
+        "Limit::Rate",
+        "Limit::Concurrency",
+        "Request::MissingStatement",
+        "Request::EmptySql",
+        "Request::Param",
+        "Request::NulInSql",
+        "Request::EmptyBatch",
+        "Request::TransactionControl",
+        "Request::Unsupported",
+        "Request::Invalid",
+        "Call::Sql",
+        "Call::Value",
+        "Call::ParamCount",
+        "Call::TooManyRows",
+        "Call::TooLarge",
+        "Call::RowTooLarge",
+        "Call::DeadlineExceeded",
+        "Call::Idle",
+        "Call::StaleStatement",
+        "Call::ConnectionLost",
+        "Call::TransactionLost",
+    ];
+
+    /// The variant of `error`, by an exhaustive match (no `_` arm, on purpose).
+    fn variant(error: &RouterError) -> &'static str {
+        match error {
+            RouterError::Identity(e) => match e {
+                IdentityError::Unauthenticated(_) => "Identity::Unauthenticated",
+                IdentityError::PermissionDenied => "Identity::PermissionDenied",
+                IdentityError::TenantNotChosen => "Identity::TenantNotChosen",
+            },
+            RouterError::Route(e) => match e {
+                RouteError::NotFound => "Route::NotFound",
+                RouteError::Unavailable(_) => "Route::Unavailable",
+                RouteError::Invalid(_) => "Route::Invalid",
+            },
+            RouterError::NotActive(state) => match state {
+                TenantState::Active => "NotActive::Active",
+                TenantState::Onboarding => "NotActive::Onboarding",
+                TenantState::Suspended => "NotActive::Suspended",
+                TenantState::Deleting => "NotActive::Deleting",
+                TenantState::Deleted => "NotActive::Deleted",
+                TenantState::Failed => "NotActive::Failed",
+            },
+            RouterError::Pool(e) => match e {
+                PoolError::Unreachable => "Pool::Unreachable",
+                PoolError::Exhausted => "Pool::Exhausted",
+            },
+            RouterError::Limit(e) => match e {
+                LimitError::Rate { .. } => "Limit::Rate",
+                LimitError::Concurrency => "Limit::Concurrency",
+            },
+            RouterError::Request(e) => match e {
+                RequestError::MissingStatement => "Request::MissingStatement",
+                RequestError::EmptySql => "Request::EmptySql",
+                RequestError::Param { .. } => "Request::Param",
+                RequestError::NulInSql => "Request::NulInSql",
+                RequestError::EmptyBatch => "Request::EmptyBatch",
+                RequestError::TransactionControl => "Request::TransactionControl",
+                RequestError::Unsupported(_) => "Request::Unsupported",
+                RequestError::Invalid(_) => "Request::Invalid",
+            },
+            RouterError::Call(e) => match e {
+                CallError::Sql(_) => "Call::Sql",
+                CallError::Value(_) => "Call::Value",
+                CallError::ParamCount { .. } => "Call::ParamCount",
+                CallError::TooManyRows(_) => "Call::TooManyRows",
+                CallError::TooLarge(_) => "Call::TooLarge",
+                CallError::RowTooLarge(_) => "Call::RowTooLarge",
+                CallError::DeadlineExceeded => "Call::DeadlineExceeded",
+                CallError::Idle(_) => "Call::Idle",
+                CallError::StaleStatement => "Call::StaleStatement",
+                CallError::ConnectionLost => "Call::ConnectionLost",
+                CallError::TransactionLost(_) => "Call::TransactionLost",
+            },
         }
     }
 

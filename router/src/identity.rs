@@ -43,6 +43,7 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// Verifies tokens with `verifier` and reads the tenant from the claim named `tenant_claim`.
     pub fn new(verifier: JwtVerifier, tenant_claim: impl Into<String>) -> Self {
         Self {
             verifier,

@@ -4,6 +4,8 @@
 //! [`run`] is what the binary calls; tests build a [`RouterCore`] with their own
 //! [`RouteSource`] and [`serve`] it.
 
+#![warn(missing_docs)]
+
 pub mod call;
 pub mod config;
 pub mod connection;
@@ -37,7 +39,9 @@ pub use crate::service::RouterService;
 /// works (the real route source's; health reports it and readiness waits for it once).
 #[derive(Clone)]
 pub struct ServeTelemetry {
+    /// Per-method request counts and latencies.
     pub grpc: silo_telemetry::GrpcMetrics,
+    /// Whether the route source currently reaches the control plane.
     pub control_plane_connected: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 

@@ -11,7 +11,12 @@ use crate::tenant::TierLimits;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitError {
     #[error("tenant call rate limit reached")]
-    Rate { retry_after: Duration },
+    /// Over the tier's calls per second (its token bucket is empty).
+    Rate {
+        /// When the bucket has a token again; sent to the caller as `retry-after-ms`.
+        retry_after: Duration,
+    },
+    /// As many calls as the tier allows are already running.
     #[error("tenant concurrent call limit reached")]
     Concurrency,
 }
@@ -30,6 +35,7 @@ pub struct TenantLimiter {
 }
 
 impl TenantLimiter {
+    /// A limiter for a tier's rate, burst and concurrency; 0 means unlimited.
     pub fn new(limits: &TierLimits) -> Self {
         let burst = f64::from(limits.burst.max(1));
         Self {

@@ -7,33 +7,45 @@ use prometheus_client::{
     registry::Registry,
 };
 
+/// Labels of a counter by outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
+    /// The outcome (`hit`, `miss`, `found`, `not_found`, ...).
     pub result: String,
 }
 
+/// Labels of a counter by cause.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
+    /// The cause (`capacity`, `idle`, `invalidated`, `replaced`).
     pub reason: String,
 }
 
+/// The router's Prometheus metrics; clones share the same series.
 #[derive(Clone, Debug, Default)]
 pub struct RouterMetrics {
+    /// Route cache lookups, by `hit` / `miss`.
     pub route_lookups: Family<ResultLabels, Counter>,
     /// Resolutions asked of the control plane (or refused by the circuit breaker).
     pub route_resolutions: Family<ResultLabels, Counter>,
     /// Tenant events received from the control plane (heartbeats and resyncs not counted).
     pub tenant_events: Counter,
+    /// Tenant pools created.
     pub pool_creations: Counter,
+    /// Tenant pools closed, by reason.
     pub pool_evictions: Family<ReasonLabels, Counter>,
+    /// Tenant pools open now.
     pub pools_open: Gauge,
+    /// Connections open over all pools (idle or lent).
     pub pool_connections: Gauge,
+    /// Idle connections over all pools.
     pub pool_idle_connections: Gauge,
     /// Calls that had to wait for a connection, summed over the pools alive.
     pub pool_waits: Gauge,
 }
 
 impl RouterMetrics {
+    /// New metrics, registered in `registry` under `silo_router_*`.
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
         registry.register(
@@ -85,6 +97,7 @@ impl RouterMetrics {
         metrics
     }
 
+    /// Counts one route resolution with `result`.
     pub fn route_resolution(&self, result: &str) {
         self.route_resolutions
             .get_or_create(&ResultLabels {
@@ -102,6 +115,7 @@ impl RouterMetrics {
             .get()
     }
 
+    /// Counts one route cache lookup.
     pub fn route_lookup(&self, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
         self.route_lookups

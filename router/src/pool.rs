@@ -14,6 +14,7 @@ pub use crate::connection::{ConnectError, PgConnection, PgManager, PooledConnect
 use crate::limits::TenantLimiter;
 use crate::tenant::{PoolKey, Route, TenantId};
 
+/// Limits of the pool registry and of each tenant pool.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     /// Most tenant pools alive at once; the least recently used is closed first.
@@ -65,6 +66,7 @@ pub struct TenantPool {
     /// The manager's failed connection attempts.
     connect_failures: Arc<std::sync::atomic::AtomicU64>,
     max_size: u32,
+    /// The tenant's rate and concurrency limits, kept with its pool.
     pub limiter: TenantLimiter,
 }
 
@@ -177,10 +179,12 @@ pub struct PoolRegistry {
 }
 
 impl PoolRegistry {
+    /// A registry with metrics nobody scrapes.
     pub fn new(config: PoolConfig) -> Self {
         Self::with_metrics(config, crate::metrics::RouterMetrics::default())
     }
 
+    /// A registry reporting pool creations, evictions and sizes to `metrics`.
     pub fn with_metrics(config: PoolConfig, metrics: crate::metrics::RouterMetrics) -> Self {
         let evictions = metrics.pool_evictions.clone();
         let pools = Cache::builder()
@@ -347,6 +351,7 @@ impl PoolRegistry {
         self.pools.entry_count()
     }
 
+    /// Whether no pool is alive, after pending evictions ran.
     pub async fn is_empty(&self) -> bool {
         self.len().await == 0
     }

@@ -8,14 +8,24 @@ use crate::value::{SqlValue, ValueError};
 /// A request the router cannot run, before it reaches the database.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
+    /// The request has no statement.
     #[error("statement is required")]
     MissingStatement,
+    /// The statement's SQL is empty.
     #[error("statement sql is empty")]
     EmptySql,
     #[error("parameter ${index}: {source}")]
-    Param { index: usize, source: ValueError },
+    /// A parameter value that does not fit its parameter.
+    Param {
+        /// The parameter's number, 1-based (`$1` is 1).
+        index: usize,
+        /// What is wrong with the value.
+        source: ValueError,
+    },
+    /// The SQL text contains a NUL character.
     #[error("the statement text contains a NUL character, which PostgreSQL does not accept")]
     NulInSql,
+    /// A Batch without statements.
     #[error("a batch needs at least one statement")]
     EmptyBatch,
     /// `COMMIT`, `ROLLBACK`, `BEGIN` and the like inside Batch or Transaction, where the
@@ -29,6 +39,7 @@ pub enum RequestError {
     /// A statement that needs a part of PostgreSQL's protocol the API does not carry.
     #[error("{0} is not supported through the router")]
     Unsupported(&'static str),
+    /// A message out of place in its stream; the text says which.
     #[error("{0}")]
     Invalid(&'static str),
 }
@@ -36,7 +47,9 @@ pub enum RequestError {
 /// One SQL statement and its parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SqlStatement {
+    /// The SQL text, with `$1` .. `$n` placeholders.
     pub sql: String,
+    /// The placeholders' values, in order.
     pub params: Vec<SqlValue>,
 }
 
@@ -77,7 +90,9 @@ impl TryFrom<Option<pb::Statement>> for SqlStatement {
 /// A result column: its name and PostgreSQL type name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
+    /// The column's name.
     pub name: String,
+    /// Its PostgreSQL type name (`int8`, `text`, `_int4` for arrays, ...).
     pub type_name: String,
 }
 
@@ -96,7 +111,9 @@ impl SqlStatement {
 /// Columns and rows of a query (or one batch of a streamed query).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Rows {
+    /// The result's columns.
     pub columns: Vec<Column>,
+    /// The rows, each with one value per column.
     pub rows: Vec<Vec<SqlValue>>,
 }
 

@@ -24,14 +24,18 @@ use crate::tenant::TenantId;
 /// Answer before the caller's own deadline fires, so it sees DEADLINE_EXCEEDED from us.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
 
+/// A server stream of `T` or a status ending it.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// The Router gRPC service over a [`RouterCore`] with route source `S`.
 pub struct RouterService<S> {
     core: Arc<RouterCore<S>>,
     transaction_idle_timeout: Duration,
 }
 
 impl<S: RouteSource> RouterService<S> {
+    /// The service over `core`; a Transaction stream without a message for
+    /// `transaction_idle_timeout` is rolled back.
     pub fn new(core: Arc<RouterCore<S>>, transaction_idle_timeout: Duration) -> Self {
         Self {
             core,

@@ -100,6 +100,7 @@ impl Residue {
         }
     }
 
+    /// Adds what `other` left behind to this.
     pub fn add(&mut self, other: Self) {
         self.transaction |= other.transaction;
         self.prepared_statements |= other.prepared_statements;

@@ -17,6 +17,7 @@ impl TenantId {
         silo_proto::is_valid_tenant_id(raw).then(|| Self(raw.to_owned()))
     }
 
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -31,22 +32,32 @@ impl fmt::Display for TenantId {
 /// Lifecycle state of a tenant; only [`TenantState::Active`] tenants are served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TenantState {
+    /// Served.
     Active,
     /// Not yet active (requested, provisioning, migrating).
     Onboarding,
+    /// Suspended by an operator; calls are refused until it is resumed.
     Suspended,
+    /// Being deleted.
     Deleting,
+    /// Deleted; kept in the catalog as a record.
     Deleted,
+    /// Onboarding failed; the reason is in the catalog.
     Failed,
 }
 
 /// What the tier allows one tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TierLimits {
+    /// Most connections the tenant's pool opens.
     pub max_connections: u32,
+    /// Calls per second refilled into the bucket; 0 means unlimited.
     pub rate_per_second: u32,
+    /// Size of the bucket: calls allowed at once after a quiet spell.
     pub burst: u32,
+    /// Calls running at once; 0 means unlimited.
     pub max_concurrent_calls: u32,
+    /// Longest a statement may run when the call has no shorter deadline.
     pub statement_timeout: Duration,
 }
 
@@ -65,15 +76,25 @@ impl Default for TierLimits {
 /// Where a tenant's database is and how to log in to it.
 #[derive(Clone)]
 pub struct Route {
+    /// The tenant.
     pub tenant_id: TenantId,
+    /// Its lifecycle state; only ACTIVE is served.
     pub state: TenantState,
+    /// The tier's name.
     pub tier: String,
+    /// Host of the tenant's PostgreSQL server.
     pub host: String,
+    /// Its TCP port.
     pub port: u16,
+    /// The tenant's database on it.
     pub database: String,
+    /// The role the router logs in as.
     pub user: String,
+    /// The role's password (empty when the route is not ACTIVE).
     pub password: SecretString,
+    /// Increases with every credential rotation; a new value replaces the tenant's pool.
     pub credentials_version: u32,
+    /// What the tier allows the tenant.
     pub limits: TierLimits,
     /// The control plane's event sequence when the route was read.
     pub sequence: u64,
@@ -114,12 +135,19 @@ impl fmt::Debug for Route {
 /// The parts of a route a pool depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolKey {
+    /// Host of the tenant's PostgreSQL server.
     pub host: String,
+    /// Its TCP port.
     pub port: u16,
+    /// The tenant's database on it.
     pub database: String,
+    /// The role the pool logs in as.
     pub user: String,
+    /// The credentials' version: a rotation makes a new pool.
     pub credentials_version: u32,
+    /// Most connections of the pool.
     pub max_connections: u32,
+    /// Statement timeout set on every connection.
     pub statement_timeout: Duration,
 }
 

@@ -51,21 +51,20 @@ pub async fn resume(cp: &TestControlPlane, tenant: &str) {
         .expect("resume");
 }
 
-/// How long until `router` refuses `tenant` as not active (FAILED_PRECONDITION), polling
-/// every 20 ms; `None` if it still serves it after `within`.
-pub async fn until_refused(
-    router: &TestRouter,
-    tenant: &str,
-    within: Duration,
-) -> Option<Duration> {
+/// How long until `router` refuses `tenant` as not active (FAILED_PRECONDITION); fails the
+/// test, saying what it waited for, if it still serves it after `within`.
+pub async fn until_refused(router: &TestRouter, tenant: &str, within: Duration) -> Duration {
     let started = Instant::now();
-    while started.elapsed() < within {
-        if let Err(status) = select_one(router, tenant).await
-            && status.code() == Code::FailedPrecondition
-        {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
+    crate::eventually(
+        within,
+        &format!("{tenant} to be refused as not active"),
+        || async {
+            match select_one(router, tenant).await {
+                Err(status) if status.code() == Code::FailedPrecondition => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    started.elapsed()
 }

@@ -92,21 +92,38 @@ pub async fn health_status(
         .ok()
 }
 
-/// Polls `check` until it returns Some, or panics after `timeout`.
+/// Polls `check` until it returns Some, or panics after `timeout` naming `what`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
+    eventually_reporting(timeout, what, || {
+        let looked = check();
+        async move { looked.await.ok_or_else(String::new) }
+    })
+    .await
+}
+
+/// Polls `check` until it returns Ok; panics after `timeout` naming `what` and the last
+/// thing `check` saw (its last Err), so a timeout says why the condition never held.
+pub async fn eventually_reporting<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some(value) = check().await {
-            return value;
+        let last = match check().await {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            if last.is_empty() {
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -389,11 +406,29 @@ impl TestControlPlane {
         }
     }
 
-    /// Waits until the operation is done and returns it.
+    /// Waits until the operation is done and returns it. A GetOperation error fails at
+    /// once with its status (UNAVAILABLE, a control plane between restarts, is retried);
+    /// a timeout says where the operation stood.
     pub async fn wait_done(&self, operation_id: &str, timeout: Duration) -> pb::Operation {
-        eventually(timeout, "the operation to finish", || async {
-            let operation = self.get_operation(operation_id).await.ok()?;
-            operation.done.then_some(operation)
+        let what = format!("operation {operation_id} to finish");
+        eventually_reporting(timeout, &what, || async {
+            match self.get_operation(operation_id).await {
+                Ok(operation) if operation.done => Ok(operation),
+                Ok(operation) => Err(format!(
+                    "{:?}, steps {:?}, error {:?}",
+                    operation.status(),
+                    operation
+                        .steps
+                        .iter()
+                        .map(|s| (s.name.as_str(), s.status()))
+                        .collect::<Vec<_>>(),
+                    operation.error
+                )),
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    Err(format!("GetOperation: {status}"))
+                }
+                Err(status) => panic!("GetOperation({operation_id}) failed: {status}"),
+            }
         })
         .await
     }

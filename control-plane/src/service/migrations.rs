@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::{ControlPlaneService, convert, tenant_id};
 use crate::{
     catalog::{FailurePolicy, OperationKind, OperationRecord, TenantMigrationState},
-    error::ControlPlaneError,
+    error::{ControlPlaneError, RequestError},
     fleet_migration::{MigrationRequest, WaveSelector, WaveSpec, plan},
 };
 
@@ -20,7 +20,7 @@ impl ControlPlaneService {
         &self,
         request: &pb::StartMigrationRequest,
     ) -> Result<MigrationRequest, ControlPlaneError> {
-        let invalid = |message: String| ControlPlaneError::InvalidArgument(message);
+        let invalid = |message: String| ControlPlaneError::from(RequestError::Migration(message));
         let target_version = match request.target_version {
             0 => self.migrations.latest_version(),
             v if v > 0 && self.migrations.contains_version(v) => v,
@@ -108,14 +108,7 @@ impl ControlPlaneService {
         super::bounded("request_id", &request.request_id, 128)?;
         let parsed = self.migration_request(&request)?;
         let tenants = self.catalog.plan_tenants().await?;
-        let (params, rows) = plan(&tenants, &parsed, &self.migrations).map_err(|e| match e {
-            crate::fleet_migration::PlanError::UnknownTenant { .. } => {
-                ControlPlaneError::InvalidArgument(e.to_string())
-            }
-            crate::fleet_migration::PlanError::Barrier { .. } => {
-                ControlPlaneError::FailedPrecondition(e.to_string())
-            }
-        })?;
+        let (params, rows) = plan(&tenants, &parsed, &self.migrations)?;
         // One entry per tenant of the fleet: gone before the next one is built.
         drop(tenants);
         let request_id = if request.request_id.is_empty() {

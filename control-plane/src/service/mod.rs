@@ -24,7 +24,7 @@ use crate::{
     catalog::{Catalog, DeleteParams, NewTenant, TenantFilter},
     config::Tiers,
     crypto::{CredentialCipher, generate_password},
-    error::ControlPlaneError,
+    error::{ControlPlaneError, RequestError},
     migrations::MigrationSet,
     provisioner::{Provisioner, Provisioners, TenantSpec, bootstrap},
     tenant::{SiloNamer, TenantId, TenantState},
@@ -45,14 +45,12 @@ pub struct ControlPlaneService {
 }
 
 fn tenant_id(raw: &str) -> Result<TenantId, ControlPlaneError> {
-    TenantId::parse(raw).map_err(|e| ControlPlaneError::InvalidArgument(e.to_string()))
+    Ok(TenantId::parse(raw).map_err(RequestError::from)?)
 }
 
 fn bounded(field: &'static str, value: &str, max: usize) -> Result<(), ControlPlaneError> {
     if value.chars().count() > max || value.chars().any(char::is_control) {
-        return Err(ControlPlaneError::InvalidArgument(format!(
-            "{field} must be at most {max} printable characters"
-        )));
+        return Err(RequestError::TooLong { field, max }.into());
     }
     Ok(())
 }
@@ -105,14 +103,14 @@ impl ControlPlaneService {
         } else {
             request.tier
         };
-        let tier = self.tiers.get(&tier_name).ok_or_else(|| {
-            ControlPlaneError::InvalidArgument(format!("unknown tier {tier_name:?}"))
-        })?;
+        let tier = self
+            .tiers
+            .get(&tier_name)
+            .ok_or_else(|| ControlPlaneError::from(RequestError::UnknownTier(tier_name.clone())))?;
         if self.provisioners.get(&tier.provisioner).is_none() {
-            return Err(ControlPlaneError::InvalidArgument(format!(
-                "tier {tier_name:?} needs the {} provisioner, which is not configured",
-                tier.provisioner
-            )));
+            return Err(ControlPlaneError::ProvisionerNotConfigured(
+                tier.provisioner.clone(),
+            ));
         }
         let new = NewTenant {
             display_name: if request.display_name.is_empty() {
@@ -142,10 +140,7 @@ impl ControlPlaneService {
             other => return Err(ControlPlaneError::WrongState(other)),
         }
         let provisioner = self.provisioners.get(&tenant.provisioner).ok_or_else(|| {
-            ControlPlaneError::Unavailable(format!(
-                "provisioner {} is not configured",
-                tenant.provisioner
-            ))
+            ControlPlaneError::ProvisionerNotConfigured(tenant.provisioner.clone())
         })?;
         let placement = tenant
             .placement
@@ -154,10 +149,7 @@ impl ControlPlaneService {
         let admin = provisioner.admin_access(placement).await?;
         let spec = TenantSpec::of(&tenant);
         let password = generate_password();
-        let sealed = self
-            .cipher
-            .encrypt(id.as_str(), &password)
-            .map_err(|e| ControlPlaneError::Internal(e.to_string()))?;
+        let sealed = self.cipher.encrypt(id.as_str(), &password)?;
         bootstrap::set_password(&admin, &spec, &password).await?;
         let updated = self
             .catalog
@@ -205,10 +197,7 @@ impl ControlPlaneService {
         }
         // Credentials go out only for a tenant a router may serve.
         if let (TenantState::Active, Some(sealed)) = (tenant.state, &tenant.credentials) {
-            let password = self
-                .cipher
-                .decrypt(id.as_str(), sealed)
-                .map_err(|e| ControlPlaneError::Internal(e.to_string()))?;
+            let password = self.cipher.decrypt(id.as_str(), sealed)?;
             route.password = password.expose_secret().to_owned();
         }
         Ok(route)
@@ -285,11 +274,11 @@ impl ControlPlane for ControlPlaneService {
         self.authorize(&request, Permission::Read)?;
         let request = request.into_inner();
         let state = convert::state_filter(request.state)
-            .map_err(|()| ControlPlaneError::InvalidArgument("unknown state".into()))?;
+            .map_err(|()| ControlPlaneError::from(RequestError::UnknownState))?;
         let after = if request.page_token.is_empty() {
             None
         } else {
-            let bad = || ControlPlaneError::InvalidArgument("invalid page_token".into());
+            let bad = || ControlPlaneError::from(RequestError::PageToken);
             let raw = URL_SAFE_NO_PAD
                 .decode(&request.page_token)
                 .map_err(|_| bad())?;
@@ -476,9 +465,8 @@ impl ControlPlane for ControlPlaneService {
                     .map_err(ControlPlaneError::from)?,
             )
         } else {
-            let from = i64::try_from(request.from_sequence).map_err(|_| {
-                ControlPlaneError::InvalidArgument("from_sequence is too large".into())
-            })?;
+            let from = i64::try_from(request.from_sequence)
+                .map_err(|_| ControlPlaneError::from(RequestError::FromSequenceTooLarge))?;
             let oldest = self
                 .catalog
                 .oldest_sequence()
@@ -502,6 +490,5 @@ impl ControlPlane for ControlPlaneService {
 }
 
 fn parse_operation_id(raw: &str) -> Result<Uuid, ControlPlaneError> {
-    Uuid::parse_str(raw)
-        .map_err(|_| ControlPlaneError::InvalidArgument("operation_id must be a UUID".into()))
+    Uuid::parse_str(raw).map_err(|_| RequestError::OperationId.into())
 }

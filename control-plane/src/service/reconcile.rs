@@ -14,9 +14,7 @@ pub(super) async fn rds_instances(
     delete_orphans: bool,
 ) -> Result<pb::ReconcileRdsInstancesResponse, ControlPlaneError> {
     let Some(AnyProvisioner::Rds(provisioner)) = service.provisioners.get("rds") else {
-        return Err(ControlPlaneError::Unavailable(
-            "the rds provisioner is not configured".into(),
-        ));
+        return Err(ControlPlaneError::ProvisionerNotConfigured("rds".into()));
     };
     let report = rds::reconcile(provisioner, &service.catalog, delete_orphans).await?;
     tracing::info!(

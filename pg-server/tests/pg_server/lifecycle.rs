@@ -75,7 +75,14 @@ async fn a_stopped_server_refuses_connections_and_restarts_on_the_same_port() ->
         server.connect("postgres").await,
         Err(PgServerError::Connect { .. })
     ));
-    assert!(client.query_one("SELECT 1", &[]).await.is_err());
+    let gone = client
+        .query_one("SELECT 1", &[])
+        .await
+        .expect_err("the server is stopped");
+    assert!(
+        gone.is_closed(),
+        "the connection was closed, not refused: {gone}"
+    );
     server.stop().await?; // stopping a stopped server does nothing
 
     let shared = Arc::clone(&server);

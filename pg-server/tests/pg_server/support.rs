@@ -58,16 +58,17 @@ pub fn port_accepts(port: u16) -> bool {
     .is_ok()
 }
 
-/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
-pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+/// Polls `condition` until it holds; panics naming `what` when `timeout` passes first.
+pub fn eventually(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     loop {
         if condition() {
-            return true;
+            return;
         }
-        if Instant::now() >= deadline {
-            return false;
-        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

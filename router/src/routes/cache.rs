@@ -19,6 +19,7 @@ use super::breaker::Breaker;
 use super::{RouteError, RouteSource};
 use crate::tenant::{Route, TenantId};
 
+/// Sizes and lifetimes of the route cache.
 #[derive(Debug, Clone)]
 pub struct RouteCacheConfig {
     /// Most tenants whose routes are cached.
@@ -157,10 +158,12 @@ impl<S> Clone for RouteCache<S> {
 }
 
 impl<S: RouteSource> RouteCache<S> {
+    /// A cache over `source`, with metrics nobody scrapes.
     pub fn new(source: Arc<S>, config: &RouteCacheConfig) -> Self {
         Self::with_metrics(source, config, crate::metrics::RouterMetrics::default())
     }
 
+    /// A cache over `source` that counts lookups and resolutions in `metrics`.
     pub fn with_metrics(
         source: Arc<S>,
         config: &RouteCacheConfig,
@@ -181,6 +184,7 @@ impl<S: RouteSource> RouteCache<S> {
         }
     }
 
+    /// The route source behind the cache.
     pub fn source(&self) -> &Arc<S> {
         &self.source
     }

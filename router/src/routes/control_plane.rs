@@ -24,7 +24,9 @@ static WATCH_FAILED: silo_telemetry::Throttle =
 /// How `WatchTenants` reconnects after the stream fails.
 #[derive(Debug, Clone, Copy)]
 pub struct WatchBackoff {
+    /// The first wait after a failure.
     pub initial: Duration,
+    /// The longest wait; each failure in a row doubles it up to this.
     pub max: Duration,
 }
 
@@ -112,6 +114,7 @@ impl ControlPlaneRoutes {
         self.connected.clone()
     }
 
+    /// Routes from the control plane on `channel`, authenticated with the service `token`.
     pub fn new(channel: Channel, token: SecretString, link: &LinkConfig) -> Self {
         Self {
             client: ControlPlaneClient::new(channel),
@@ -123,6 +126,7 @@ impl ControlPlaneRoutes {
         }
     }
 
+    /// The same, reconnecting WatchTenants with `backoff` instead of the default.
     #[must_use]
     pub fn with_backoff(mut self, backoff: WatchBackoff) -> Self {
         self.backoff = backoff;

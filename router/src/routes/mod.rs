@@ -33,6 +33,7 @@ pub enum RouteError {
 /// Something changed for a tenant (state, credentials, tier): drop what is cached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalidation {
+    /// The tenant that changed.
     pub tenant_id: TenantId,
     /// The event's sequence number; routes read at or after it are current.
     pub sequence: u64,
@@ -46,7 +47,10 @@ pub enum Change {
     /// The stream (re)started at the log's head, `sequence`, without replaying what came
     /// before it (the router had just started, or the events it missed are no longer
     /// kept): a route read before that point may be stale.
-    Resync { sequence: u64 },
+    Resync {
+        /// The head's event sequence number.
+        sequence: u64,
+    },
 }
 
 /// The source of truth for tenant routes.

@@ -13,8 +13,11 @@ pub const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;
 /// A calendar date (proleptic Gregorian).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CivilDate {
+    /// The year.
     pub year: i32,
+    /// The month, 1 to 12.
     pub month: u32,
+    /// The day of the month, from 1.
     pub day: u32,
 }
 
@@ -23,6 +26,7 @@ pub struct CivilDate {
 pub struct UnixMicros(pub i64);
 
 impl UnixMicros {
+    /// From a protobuf Timestamp; nanoseconds must be whole microseconds.
     pub fn from_timestamp(ts: &prost_types::Timestamp) -> Result<Self, ValueError> {
         if !(0..1_000_000_000).contains(&ts.nanos) || ts.nanos % 1000 != 0 {
             return Err(ValueError::TimestampPrecision);
@@ -34,6 +38,7 @@ impl UnixMicros {
             .ok_or(ValueError::OutOfRange("timestamp"))
     }
 
+    /// As a protobuf Timestamp.
     pub fn to_timestamp(self) -> prost_types::Timestamp {
         prost_types::Timestamp {
             seconds: self.0.div_euclid(MICROS_PER_SECOND),
@@ -52,6 +57,7 @@ impl UnixMicros {
             .ok_or(ValueError::OutOfRange("timestamp"))
     }
 
+    /// To PostgreSQL's wire value: microseconds since 2000-01-01 00:00:00.
     pub fn to_pg(self) -> Result<i64, ValueError> {
         self.0
             .checked_sub(PG_EPOCH_UNIX_SECONDS * MICROS_PER_SECOND)
@@ -60,6 +66,7 @@ impl UnixMicros {
 }
 
 impl CivilDate {
+    /// A date, or [`ValueError::InvalidDate`] if the day does not exist.
     pub fn new(year: i32, month: u32, day: u32) -> Result<Self, ValueError> {
         let date = Self { year, month, day };
         if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
@@ -76,6 +83,7 @@ impl CivilDate {
         Ok(civil_from_days(i64::from(pg_days) + PG_EPOCH_UNIX_DAYS))
     }
 
+    /// To PostgreSQL's wire value: days since 2000-01-01.
     pub fn to_pg(self) -> Result<i32, ValueError> {
         i32::try_from(days_from_civil(self) - PG_EPOCH_UNIX_DAYS)
             .map_err(|_| ValueError::OutOfRange("date"))

@@ -20,57 +20,84 @@ type BoxError = Box<dyn StdError + Sync + Send>;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValueError {
     #[error("a {value} value cannot be bound to a parameter of type {pg_type}")]
+    /// A value of one kind sent for a parameter of an incompatible type.
     Mismatch {
+        /// The kind of value sent (`int`, `text`, ...).
         value: &'static str,
+        /// The parameter's PostgreSQL type name.
         pg_type: String,
     },
+    /// A value outside the range of its type (the type named).
     #[error("{0} value out of range")]
     OutOfRange(&'static str),
+    /// Decimal text that is not a number.
     #[error("invalid decimal text")]
     InvalidDecimal,
+    /// UUID text that is not a UUID.
     #[error("invalid uuid text")]
     InvalidUuid,
+    /// A date that does not exist.
     #[error("invalid date")]
     InvalidDate,
+    /// A time of day outside 00:00 to 24:00.
     #[error("time of day out of range")]
     InvalidTime,
+    /// A timestamp finer than a microsecond.
     #[error("timestamps have microsecond precision")]
     TimestampPrecision,
+    /// `infinity` / `-infinity` from the database.
     #[error("infinite dates and timestamps are not supported")]
     Infinite,
+    /// A protobuf Value with no kind set.
     #[error("a Value with no kind set")]
     Empty,
+    /// Bytes from the database that are not a valid value of the type named.
     #[error("malformed {0} from the database")]
     Malformed(&'static str),
+    /// A column or parameter type the API cannot carry (its name).
     #[error("type {0} is not supported; cast it (for example to text)")]
     UnsupportedType(String),
+    /// A value of this type from the database that could not be read.
     #[error("a value of type {0} from the database could not be read")]
     Unreadable(String),
     #[error(
         "array values must be rectangular: every element at one level is an array of the \
          same length, or none is"
     )]
+    /// An array whose sub-arrays differ in length or depth.
     RaggedArray,
 }
 
 /// One typed SQL value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SqlValue {
+    /// SQL NULL.
     Null,
+    /// `bool`.
     Bool(bool),
+    /// Integers (`int2`, `int4`, `int8`, `oid`).
     Int(i64),
+    /// `float4`, `float8`.
     Float(f64),
+    /// `text`, `varchar`, `char`, `name`, enums and other text-like types.
     Text(String),
+    /// `bytea`.
     Bytes(Vec<u8>),
     /// `numeric`, as decimal text.
     Decimal(String),
+    /// `uuid`.
     Uuid(uuid::Uuid),
+    /// `timestamp` (no time zone), as if in UTC.
     Timestamp(UnixMicros),
+    /// `timestamptz`.
     TimestampTz(UnixMicros),
+    /// `date`.
     Date(CivilDate),
     /// Microseconds since midnight.
     Time(i64),
+    /// `json`, its text.
     Json(String),
+    /// `jsonb`, its text.
     Jsonb(String),
     /// A PostgreSQL array: its elements, or for a multi-dimensional array the arrays one
     /// dimension down (`{{1,2},{3,4}}` is `[[1, 2], [3, 4]]`). Rectangular, as PostgreSQL

@@ -329,20 +329,21 @@ impl PgBouncer {
             .stderr(std::process::Stdio::null());
         silo_pg_server::run_as_server_user(&mut command, dir.path()).expect("pgbouncer user");
         let process = command.spawn().expect("pgbouncer starts");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Some(Self {
-                    port,
-                    process,
-                    _dir: dir,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("pgbouncer did not listen on {port}");
+        crate::harness::eventually(
+            Duration::from_secs(5),
+            &format!("pgbouncer to listen on {port}"),
+            || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
+        Some(Self {
+            port,
+            process,
+            _dir: dir,
+        })
     }
 }
 

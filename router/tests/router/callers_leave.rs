@@ -51,24 +51,23 @@ impl Setup {
     /// that the backend stopped in time and the (single) connection serves the next call
     /// with nothing left of the abandoned one.
     async fn check(&self, rpc: &str, leave: impl std::future::Future<Output = ()>) {
-        let started = eventually(Duration::from_secs(5), || async {
-            running(&self.admin, SLEEP).await == 1
-        })
+        eventually(
+            Duration::from_secs(5),
+            &format!("{rpc}: the statement started"),
+            || async { running(&self.admin, SLEEP).await == 1 },
+        )
         .await;
-        assert!(started, "{rpc}: the statement started");
         leave.await;
         let left = Instant::now();
-        let stopped = eventually(STOPPED_WITHIN, || async {
-            running(&self.admin, SLEEP).await == 0
-        })
+        eventually(
+            STOPPED_WITHIN,
+            &format!("{rpc}: the statement to stop within {STOPPED_WITHIN:?}"),
+            || async { running(&self.admin, SLEEP).await == 0 },
+        )
         .await;
         println!(
             "{rpc}: statement stopped {:?} after the caller left",
             left.elapsed()
-        );
-        assert!(
-            stopped,
-            "{rpc}: the statement stopped within {STOPPED_WITHIN:?}"
         );
         let mut client = self.harness.client.clone();
         let rows = client

@@ -152,6 +152,34 @@ impl Scripted {
                 sequence: 17,
                 ..Default::default()
             })),
+            // Answers a router cannot use: no state, a state it does not know, an active
+            // tenant with nowhere to connect, a port out of range, another tenant's id.
+            "unspecified" => Ok(Response::new(pb::TenantRoute {
+                tenant_id: "unspecified".into(),
+                ..Default::default()
+            })),
+            "odd-state" => Ok(Response::new(pb::TenantRoute {
+                tenant_id: "odd-state".into(),
+                state: 99,
+                ..Default::default()
+            })),
+            "nowhere" => Ok(Response::new(pb::TenantRoute {
+                tenant_id: "nowhere".into(),
+                state: pb::TenantState::Active.into(),
+                ..Default::default()
+            })),
+            "big-port" => Ok(Response::new(pb::TenantRoute {
+                tenant_id: "big-port".into(),
+                state: pb::TenantState::Active.into(),
+                host: "127.0.0.1".into(),
+                port: 70_000,
+                ..Default::default()
+            })),
+            "bad-id" => Ok(Response::new(pb::TenantRoute {
+                tenant_id: "Not A Tenant".into(),
+                state: pb::TenantState::Suspended.into(),
+                ..Default::default()
+            })),
             _ => Err(Status::not_found("tenant not found")),
         }
     }
@@ -248,16 +276,29 @@ async fn resolves_routes_and_follows_events_across_reconnects() {
         routes.resolve(&tenant_id("nobody")).await,
         Err(RouteError::NotFound)
     ));
+    for (tenant, detail) in [
+        ("unspecified", "state unspecified"),
+        ("odd-state", "unknown state 99"),
+        ("nowhere", "an active tenant without an endpoint"),
+        ("big-port", "port"),
+        ("bad-id", "tenant id"),
+    ] {
+        match routes.resolve(&tenant_id(tenant)).await {
+            Err(RouteError::Invalid(got)) => assert_eq!(got, detail, "{tenant}"),
+            other => panic!("{tenant}: expected an invalid route, got {other:?}"),
+        }
+    }
 
     let mut events = routes.invalidations(shutdown.clone());
     let watch = |i: usize| {
         let scripted = scripted.clone();
         async move {
-            let found = crate::harness::eventually(Duration::from_secs(3), || async {
-                scripted.watches.lock().expect("lock").len() > i
-            })
+            crate::harness::eventually(
+                Duration::from_secs(3),
+                &format!("watch {i} was opened"),
+                || async { scripted.watches.lock().expect("lock").len() > i },
+            )
             .await;
-            assert!(found, "watch {i} was opened");
             scripted.watches.lock().expect("lock")[i].clone()
         }
     };
@@ -316,7 +357,23 @@ async fn resolves_routes_and_follows_events_across_reconnects() {
 
     // The control plane goes away entirely: resolution fails as unavailable, fast.
     shutdown.cancel();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    crate::harness::eventually(
+        Duration::from_secs(3),
+        "resolution to fail as unavailable once the control plane is gone",
+        || async {
+            matches!(
+                routes.resolve(&tenant_id("acme")).await,
+                Err(RouteError::Unavailable(_))
+            )
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
     let down = routes.resolve(&tenant_id("acme")).await;
     assert!(matches!(down, Err(RouteError::Unavailable(_))), "{down:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "unavailable fast, not after a hang: {:?}",
+        started.elapsed()
+    );
 }

@@ -61,7 +61,8 @@ async fn a_tenant_over_its_rate_is_refused_and_others_are_not() {
     );
     assert_eq!(count(&quiet, Code::Ok), 20, "{quiet:?}");
 
-    // The bucket refills at the tier's rate.
+    // The bucket refills at the tier's rate. This pause is the condition under test
+    // (time passing refills the bucket), not a wait for something to happen.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let later = call_at_once(&harness, "noisy", "SELECT 1", 1).await;
     assert_eq!(later, vec![Code::Ok]);

@@ -26,12 +26,14 @@ use tonic::transport::Channel;
 
 const SECRET: &str = "router-tests-hmac-secret-of-at-least-32-bytes";
 
-/// Routes the test sets by hand; `publish` plays the control plane's event stream.
+/// Routes the test sets by hand; `set` and `remove` play the control plane's event stream.
 #[derive(Default)]
 pub struct FakeRoutes {
     routes: Mutex<HashMap<TenantId, Route>>,
     sequence: Mutex<u64>,
     events: Mutex<Option<broadcast::Sender<Invalidation>>>,
+    /// Set once the router has subscribed to `invalidations`.
+    subscribed: tokio::sync::watch::Sender<bool>,
     pub resolves: Mutex<u64>,
 }
 
@@ -48,12 +50,33 @@ impl FakeRoutes {
             .lock()
             .expect("lock")
             .insert(tenant_id.clone(), route);
-        if let Some(events) = self.events.lock().expect("lock").as_ref() {
-            let _ = events.send(Invalidation {
-                tenant_id,
-                sequence,
-            });
+        self.publish(Invalidation {
+            tenant_id,
+            sequence,
+        });
+    }
+
+    /// Sends `event` to the router, which must be subscribed: an event nobody receives
+    /// would leave the router serving a stale route and the test passing by luck.
+    fn publish(&self, event: Invalidation) {
+        let events = self.events.lock().expect("lock");
+        let sender = events
+            .as_ref()
+            .expect("the router subscribed to invalidations before the test changed a route");
+        if let Err(lost) = sender.send(event) {
+            panic!("the router is no longer subscribed: {:?} was lost", lost.0);
         }
+    }
+
+    /// Waits until the router has subscribed to the event stream.
+    pub async fn wait_subscribed(&self, within: Duration) {
+        let mut subscribed = self.subscribed.subscribe();
+        tokio::time::timeout(within, subscribed.wait_for(|s| *s))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("timed out after {within:?} waiting for the router to subscribe")
+            })
+            .expect("the harness keeps the sender");
     }
 
     /// Forgets the tenant (as after its deletion) and publishes the event.
@@ -64,12 +87,10 @@ impl FakeRoutes {
             *sequence
         };
         self.routes.lock().expect("lock").remove(&tenant_id(tenant));
-        if let Some(events) = self.events.lock().expect("lock").as_ref() {
-            let _ = events.send(Invalidation {
-                tenant_id: tenant_id(tenant),
-                sequence,
-            });
-        }
+        self.publish(Invalidation {
+            tenant_id: tenant_id(tenant),
+            sequence,
+        });
     }
 
     pub fn set_state(&self, tenant: &str, state: TenantState) {
@@ -99,6 +120,7 @@ impl RouteSource for FakeRoutes {
     fn invalidations(&self, _shutdown: CancellationToken) -> BoxStream<'static, Change> {
         let (tx, rx) = broadcast::channel(1024);
         *self.events.lock().expect("lock") = Some(tx);
+        self.subscribed.send_replace(true);
         BroadcastStream::new(rx)
             .filter_map(|e| async move { e.ok().map(Change::Tenant) })
             .boxed()
@@ -193,8 +215,9 @@ impl Harness {
         let client = RouterClient::connect(format!("http://{address}"))
             .await
             .expect("connects");
-        // The invalidation stream is subscribed when `serve` starts.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // `serve` subscribes to the invalidation stream when it starts; routes set before
+        // that would publish events nobody receives.
+        routes.wait_subscribed(Duration::from_secs(5)).await;
         Self {
             servers,
             routes,
@@ -295,8 +318,8 @@ pub fn text(v: &str) -> pb::Value {
     }
 }
 
-/// Polls `check` until it holds or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+/// Polls `check` until it holds; panics naming `what` when `within` passes first.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -304,11 +327,12 @@ where
     let deadline = tokio::time::Instant::now() + within;
     loop {
         if check().await {
-            return true;
+            return;
         }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

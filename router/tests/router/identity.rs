@@ -101,9 +101,10 @@ async fn each_tenant_sees_only_its_own_rows_and_may_not_name_another() {
     }
 }
 
-/// Whether acme's calls are refused as not active (FAILED_PRECONDITION) within a second.
-async fn refused_within_a_second(harness: &Harness) -> bool {
-    crate::harness::eventually(Duration::from_secs(1), || {
+/// Waits until acme's calls are refused as not active (FAILED_PRECONDITION); panics
+/// naming `what` after a second.
+async fn refused_within_a_second(harness: &Harness, what: &str) {
+    crate::harness::eventually(Duration::from_secs(1), what, || {
         let mut client = harness.client.clone();
         let request = harness.request("acme", query("SELECT 1", vec![]));
         async move {
@@ -124,36 +125,39 @@ async fn an_invalidation_event_takes_effect_at_once() {
         .expect("active tenant works");
 
     harness.routes.set_state("acme", TenantState::Suspended);
-    assert!(
-        refused_within_a_second(&harness).await,
-        "a suspended tenant is refused within 1 s"
-    );
+    refused_within_a_second(&harness, "a suspended tenant to be refused").await;
 
     harness.routes.set_state("acme", TenantState::Active);
-    let works = crate::harness::eventually(Duration::from_secs(1), || {
-        let mut client = client.clone();
-        let request = harness.request("acme", query("SELECT 1", vec![]));
-        async move { client.query(request).await.is_ok() }
-    })
+    crate::harness::eventually(
+        Duration::from_secs(1),
+        "a resumed tenant works again",
+        || {
+            let mut client = client.clone();
+            let request = harness.request("acme", query("SELECT 1", vec![]));
+            async move { client.query(request).await.is_ok() }
+        },
+    )
     .await;
-    assert!(works, "a resumed tenant works again");
 }
 
 #[tokio::test]
 async fn calls_in_flight_finish_when_the_tenant_is_suspended() {
     let harness = Harness::start(PoolConfig::default()).await;
-    harness.add_tenant("acme", 0, TierLimits::default()).await;
+    let database = harness.add_tenant("acme", 0, TierLimits::default()).await;
+    let admin = harness.servers[0].connect(&database).await.expect("admin");
     let mut slow_client = harness.client.clone();
     let slow = tokio::spawn({
         let request = harness.request("acme", query("SELECT pg_sleep(0.5), 1", vec![]));
         async move { slow_client.query(request).await }
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    crate::harness::eventually(
+        Duration::from_millis(400),
+        "the slow call to be running on the silo",
+        || async { crate::harness::running(&admin, "SELECT pg_sleep(0.5), 1").await == 1 },
+    )
+    .await;
     harness.routes.set_state("acme", TenantState::Suspended);
-    assert!(
-        refused_within_a_second(&harness).await,
-        "new calls see the suspension"
-    );
+    refused_within_a_second(&harness, "new calls to see the suspension").await;
     let finished = slow
         .await
         .expect("task")
@@ -198,11 +202,10 @@ async fn suspension_and_deletion_end_open_transactions_within_a_second() {
             .expect("insert");
         busy.send(In::Query(query("SELECT pg_sleep(30)", vec![])))
             .await;
-        let sleeping = crate::harness::eventually(Duration::from_secs(5), || async {
+        crate::harness::eventually(Duration::from_secs(5), "the statement runs", || async {
             crate::harness::running(&admin, "SELECT pg_sleep(30)").await == 1
         })
         .await;
-        assert!(sleeping, "the statement runs");
 
         let started = std::time::Instant::now();
         if ends == "suspended" {
@@ -218,11 +221,12 @@ async fn suspension_and_deletion_end_open_transactions_within_a_second() {
             assert_eq!(status.code(), code, "{ends}: {status:?}");
         }
         assert!(started.elapsed() < Duration::from_secs(1));
-        let stopped = crate::harness::eventually(Duration::from_secs(1), || async {
-            crate::harness::running(&admin, "SELECT pg_sleep(30)").await == 0
-        })
+        crate::harness::eventually(
+            Duration::from_secs(1),
+            &format!("{ends}: the running statement is cancelled"),
+            || async { crate::harness::running(&admin, "SELECT pg_sleep(30)").await == 0 },
+        )
         .await;
-        assert!(stopped, "{ends}: the running statement is cancelled");
         let committed: i64 = admin
             .query_one("SELECT count(*) FROM t", &[])
             .await

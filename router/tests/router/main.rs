@@ -6,6 +6,7 @@ mod calls;
 mod control_plane;
 mod error_codes;
 mod fairness;
+mod guards;
 mod harness;
 mod identity;
 mod pools;

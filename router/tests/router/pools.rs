@@ -20,12 +20,18 @@ async fn concurrent_first_calls_make_one_pool() {
     });
     let results = futures::future::join_all(calls).await;
     let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    // The tier allows 32 concurrent calls: the rest may be refused, never mis-routed.
+    // The tier allows 32 concurrent calls: the rest may be refused, never mis-routed,
+    // and at least as many as the tier allows at once are served.
     assert!(
         failed.iter().all(|s| s.code() == Code::ResourceExhausted),
         "{failed:?}"
     );
-    assert!(failed.len() < 200);
+    let served = results.len() - failed.len();
+    let allowed = usize::try_from(TierLimits::default().max_concurrent_calls).expect("small");
+    assert!(
+        served >= allowed,
+        "only {served} of 200 calls served, the tier allows {allowed} at once"
+    );
     assert_eq!(harness.core.pools.len().await, 1);
     assert_eq!(
         *harness.routes.resolves.lock().expect("lock"),
@@ -56,24 +62,27 @@ async fn evicted_pools_close_their_backends() {
         assert!(harness.core.pools.len().await <= 2);
     }
     let admin = harness.servers[0].connect("postgres").await.expect("admin");
-    let closed = crate::harness::eventually(Duration::from_secs(3), || {
-        let admin = &admin;
-        let databases = &databases;
-        async move {
-            let open: i64 = admin
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY($1) \
+    crate::harness::eventually(
+        Duration::from_secs(3),
+        "backends of evicted pools are gone",
+        || {
+            let admin = &admin;
+            let databases = &databases;
+            async move {
+                let open: i64 = admin
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY($1) \
                      AND application_name = 'silo-router'",
-                    &[databases],
-                )
-                .await
-                .expect("pg_stat_activity")
-                .get(0);
-            open <= 2
-        }
-    })
+                        &[databases],
+                    )
+                    .await
+                    .expect("pg_stat_activity")
+                    .get(0);
+                open <= 2
+            }
+        },
+    )
     .await;
-    assert!(closed, "backends of evicted pools are gone");
 }
 
 /// Router backends open on the harness's server.
@@ -133,14 +142,12 @@ async fn pools_are_evicted_least_recently_used_and_close_at_once() {
             // The evicted pool's backend is gone at once (measured: under a millisecond).
             // The bound leaves room for a loaded test machine and stays well under the
             // half second of the housekeeping tick that used to close it.
-            let closed = crate::harness::eventually(Duration::from_millis(300), || async {
-                router_backends(&admin).await <= 2
-            })
+            crate::harness::eventually(
+                Duration::from_millis(300),
+                &format!("round {round}, {tenant}: evicted backends closed in 300 ms"),
+                || async { router_backends(&admin).await <= 2 },
+            )
             .await;
-            assert!(
-                closed,
-                "round {round}, {tenant}: evicted backends closed in 300 ms"
-            );
         }
     }
     assert!(
@@ -185,16 +192,16 @@ async fn a_stopped_server_is_unavailable_fast_and_recovers() {
         .expect("the other server's tenant is unaffected");
 
     harness.servers[0].restart().await.expect("restart");
-    let recovered = crate::harness::eventually(Duration::from_secs(5), || {
-        let mut client = client.clone();
-        let request = harness.request("down", query("SELECT 1", vec![]));
-        async move { client.query(request).await.is_ok() }
-    })
+    crate::harness::eventually(
+        Duration::from_secs(5),
+        "the tenant recovers without restarting the router",
+        || {
+            let mut client = client.clone();
+            let request = harness.request("down", query("SELECT 1", vec![]));
+            async move { client.query(request).await.is_ok() }
+        },
+    )
     .await;
-    assert!(
-        recovered,
-        "the tenant recovers without restarting the router"
-    );
 }
 
 #[tokio::test]
@@ -276,7 +283,7 @@ async fn a_connection_whose_backend_died_is_not_handed_out() {
         .expect("terminate")
         .get(0);
     assert_eq!(terminated, 1);
-    let gone = crate::harness::eventually(Duration::from_secs(2), || async {
+    crate::harness::eventually(Duration::from_secs(2), "the backend ended", || async {
         let left: i64 = admin
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'silo-router'",
@@ -288,10 +295,8 @@ async fn a_connection_whose_backend_died_is_not_handed_out() {
         left == 0
     })
     .await;
-    assert!(gone, "the backend ended");
-    // Let the router's side of the connection see the end of its socket.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-
+    // No pause for the router to see its socket end: the pool must notice a dead
+    // connection at checkout (closed, or its session reset fails) either way.
     let rows = client
         .query(harness.request("acme", query("SELECT 1", vec![])))
         .await
@@ -393,7 +398,7 @@ async fn an_idle_transaction_whose_database_goes_away_ends_at_once() {
     assert!(started.elapsed() < Duration::from_secs(1));
     // Its pool slot is free: with the server back, the single connection serves again.
     harness.servers[0].restart().await.expect("server restarts");
-    let served = crate::harness::eventually(Duration::from_secs(5), || async {
+    crate::harness::eventually(Duration::from_secs(5), "the slot was freed", || async {
         harness
             .client
             .clone()
@@ -402,5 +407,4 @@ async fn an_idle_transaction_whose_database_goes_away_ends_at_once() {
             .is_ok()
     })
     .await;
-    assert!(served, "the slot was freed");
 }

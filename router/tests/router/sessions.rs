@@ -157,7 +157,11 @@ async fn an_interactive_transaction_commits_or_rolls_back() {
             kinds[1],
             Out::Execute(pb::ExecuteResponse { rows_affected: 1 })
         ));
-        assert!(matches!(kinds[3], Out::Committed(_) | Out::RolledBack(_)));
+        if commit {
+            assert!(matches!(kinds[3], Out::Committed(_)), "{kinds:?}");
+        } else {
+            assert!(matches!(kinds[3], Out::RolledBack(_)), "{kinds:?}");
+        }
     }
     let rows = client
         .query(harness.request("acme", query("SELECT id FROM t", vec![])))

@@ -83,10 +83,11 @@ async fn a_transaction_stream_refuses_statements_that_end_or_start_it() {
         .call(In::Execute(execute("INSERT INTO t VALUES (100)", vec![])))
         .await
         .expect("insert");
-    transaction
+    let status = transaction
         .call(In::Execute(execute("COMMIT", vec![])))
         .await
         .expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     drop(transaction);
     assert_eq!(count(&harness, "SELECT count(*) FROM t").await, int(0));
 

@@ -124,7 +124,6 @@ async fn a_suspension_made_while_the_link_is_silent_reaches_the_router() {
     suspend(&cp, "quiet").await;
     let refused = until_refused(&router, "quiet", Duration::from_secs(15)).await;
     println!("suspension obeyed {refused:?} after it was made over a silent link");
-    let refused = refused.expect("the suspension reaches the router");
     assert!(
         refused <= Duration::from_secs(10),
         "within the keepalive bound: {refused:?}"
@@ -151,11 +150,9 @@ async fn a_change_right_after_a_restart_reaches_the_router_within_a_second_and_a
         tokio::time::sleep(Duration::from_secs(3)).await;
         cp = env.control_plane(Hooks::default()).await;
         proxy.retarget(cp.address());
-        tokio::time::sleep(Duration::from_millis(100)).await;
         suspend(&cp, "phoenix").await;
         let refused = until_refused(&router, "phoenix", Duration::from_secs(5)).await;
         println!("cycle {cycle}: suspension obeyed after {refused:?}");
-        let refused = refused.unwrap_or_else(|| panic!("cycle {cycle}: never obeyed"));
         assert!(
             refused <= Duration::from_millis(1500),
             "cycle {cycle}: {refused:?}"

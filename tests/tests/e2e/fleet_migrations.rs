@@ -409,6 +409,14 @@ async fn a_failing_canary_wave_keeps_the_rest_from_starting() {
         "{}",
         operation.error
     );
+    let mut listed: Vec<&str> = run.tenants.iter().map(|t| t.tenant_id.as_str()).collect();
+    listed.sort_unstable();
+    let mut onboarded: Vec<&str> = tenants.iter().map(String::as_str).collect();
+    onboarded.sort_unstable();
+    assert_eq!(
+        listed, onboarded,
+        "the run lists every tenant, canary included"
+    );
     for tenant in &run.tenants {
         if tenant.tenant_id == canary {
             assert_eq!(tenant.state(), pb::TenantMigrationState::Failed);
@@ -597,12 +605,14 @@ async fn callers_at_full_pool_width_see_no_failure_while_a_migration_alters_thei
     // The standard tier's pool has 10 connections; 10 callers per tenant keep them all
     // busy, paced under the tier's rate limit.
     let stop = tokio_util::sync::CancellationToken::new();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let mut callers = Vec::new();
     for tenant in &tenants {
         for _ in 0..10 {
             let mut client = router.client.clone();
             let token = tenant_token(tenant);
             let stop = stop.clone();
+            let served = served.clone();
             callers.push(tokio::spawn(async move {
                 let (mut calls, mut failures) = (0u32, Vec::new());
                 while !stop.is_cancelled() {
@@ -611,8 +621,9 @@ async fn callers_at_full_pool_width_see_no_failure_while_a_migration_alters_thei
                         max_rows: 0,
                     };
                     calls += 1;
-                    if let Err(status) = client.query(call(request, &token, None)).await {
-                        failures.push(status);
+                    match client.query(call(request, &token, None)).await {
+                        Ok(_) => drop(served.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+                        Err(status) => failures.push(status),
                     }
                     tokio::time::sleep(Duration::from_millis(15)).await;
                 }
@@ -620,7 +631,11 @@ async fn callers_at_full_pool_width_see_no_failure_while_a_migration_alters_thei
             }));
         }
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let load = Duration::from_secs(10);
+    eventually(load, "the callers to be under way", || async {
+        (served.load(std::sync::atomic::Ordering::Relaxed) >= 40).then_some(())
+    })
+    .await;
     let started = start(&cp, request(2, pb::FailurePolicy::Continue))
         .await
         .expect("migration starts");
@@ -630,6 +645,7 @@ async fn callers_at_full_pool_width_see_no_failure_while_a_migration_alters_thei
         2,
         "both silos migrated"
     );
+    // Calls go on for a while after the migration: the condition under test, not a wait.
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.cancel();
     let (mut calls, mut failures) = (0, Vec::new());

@@ -132,6 +132,10 @@ async fn suspend_resume_delete_show_in_the_catalog_and_as_ordered_events() {
     // A full replay has every event once, in order.
     let mut replay = watch(&cp, 0).await;
     let all = read_until(&mut replay, "umbrella", K::Deleted).await;
+    assert!(
+        all.len() > rest.len(),
+        "the replay holds the history: {all:?}"
+    );
     assert!(all.windows(2).all(|w| w[1].sequence == w[0].sequence + 1));
 
     let name = cp.get_tenant("umbrella").await.unwrap().role;

@@ -77,12 +77,17 @@ async fn no_password_or_key_reaches_logs_or_error_messages() {
     ] {
         messages.push(status.message().to_owned());
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    silo_tests::eventually(
+        Duration::from_secs(5),
+        "the capture to see the control plane's logs",
+        || async {
+            logs.contents()
+                .contains("tenant state changed")
+                .then_some(())
+        },
+    )
+    .await;
     let logged = logs.contents();
-    assert!(
-        logged.contains("tenant state changed"),
-        "the capture sees the control plane's logs"
-    );
     for secret in [
         before.password.as_str(),
         after.password.as_str(),
