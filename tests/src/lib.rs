@@ -160,30 +160,10 @@ impl TenantMigrations {
 /// Client authentication of the test servers: the superuser is trusted on loopback (the
 /// harness and the fleet log in as it), every other role needs its password (SCRAM), as
 /// in production, so a wrong or rotated password is really refused.
-fn hba_file() -> PathBuf {
-    use std::{os::unix::fs::PermissionsExt, sync::OnceLock};
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        // One file for every test process (same content each time), replaced atomically,
-        // so runs do not leave one behind per process.
-        let path = std::env::temp_dir().join("silo-tests-pg_hba.conf");
-        let staged =
-            std::env::temp_dir().join(format!("silo-tests-pg_hba.conf.{}", std::process::id()));
-        std::fs::write(
-            &staged,
-            "local all postgres trust\n\
-             host all postgres 127.0.0.1/32 trust\n\
-             local all all scram-sha-256\n\
-             host all all 127.0.0.1/32 scram-sha-256\n",
-        )
-        .expect("pg_hba file written");
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o644))
-            .expect("pg_hba readable");
-        std::fs::rename(&staged, &path).expect("pg_hba file in place");
-        path
-    })
-    .clone()
-}
+const PG_HBA: &str = "local all postgres trust\n\
+     host all postgres 127.0.0.1/32 trust\n\
+     local all all scram-sha-256\n\
+     host all all 127.0.0.1/32 scram-sha-256\n";
 
 /// PostgreSQL servers for one test: the first also holds the catalog database; all of
 /// them form the `postgres` provisioner's fleet.
@@ -191,12 +171,23 @@ pub struct TestEnv {
     pub servers: Vec<Arc<PgServer>>,
     pub catalog_database: String,
     pub credentials_key: String,
+    /// The test's own files (the servers' `pg_hba.conf`, tiers files), removed with it.
+    scratch: tempfile::TempDir,
 }
 
 impl TestEnv {
     pub async fn start(fleet_size: usize) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let scratch = tempfile::tempdir().expect("scratch dir");
+        // The servers run as `postgres` when the tests run as root: they must read it.
+        std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("scratch dir readable");
+        let hba = scratch.path().join("pg_hba.conf");
+        std::fs::write(&hba, PG_HBA).expect("pg_hba file written");
+        std::fs::set_permissions(&hba, std::fs::Permissions::from_mode(0o644))
+            .expect("pg_hba readable");
         let options =
-            PgServerOptions::for_tests().with_setting("hba_file", hba_file().display().to_string());
+            PgServerOptions::for_tests().with_setting("hba_file", hba.display().to_string());
         let servers = silo_pg_server::start_many(fleet_size.max(1), options)
             .await
             .expect("PostgreSQL servers start");
@@ -208,6 +199,7 @@ impl TestEnv {
         Self {
             servers,
             catalog_database,
+            scratch,
             credentials_key: {
                 use secrecy::ExposeSecret;
                 silo_control_plane::crypto::CredentialCipher::generate_key()
@@ -215,6 +207,11 @@ impl TestEnv {
                     .to_owned()
             },
         }
+    }
+
+    /// A path for a file of this test's own, removed when the environment is dropped.
+    pub fn scratch_file(&self, name: &str) -> PathBuf {
+        self.scratch.path().join(name)
     }
 
     pub fn fleet_dsn(&self, index: usize) -> String {

@@ -20,19 +20,14 @@ impl TestEnv {
     /// Flags for the `rds` provisioner talking to `endpoint_url`, with every instance
     /// endpoint rewritten to fleet server 0, and fast polls.
     pub fn rds_flags(&self, endpoint_url: &str, tier: RdsTier) -> Vec<String> {
-        // One file per variant for every test process (same content each time), replaced
-        // atomically, so runs do not leave one behind per process.
-        let path = std::env::temp_dir().join(format!(
-            "silo-tests-rds-tiers-{}.toml",
-            if tier.managed_password {
-                "managed"
-            } else {
-                "generated"
-            }
-        ));
-        let staged = path.with_extension(format!("toml.{}", std::process::id()));
+        // The test's own file, removed with the environment.
+        let path = self.scratch_file(if tier.managed_password {
+            "rds-tiers-managed.toml"
+        } else {
+            "rds-tiers-generated.toml"
+        });
         std::fs::write(
-            &staged,
+            &path,
             format!(
                 "default_tier = \"enterprise\"\n\
                  [tiers.standard]\nprovisioner = \"postgres\"\n\
@@ -43,7 +38,6 @@ impl TestEnv {
             ),
         )
         .expect("tiers file written");
-        std::fs::rename(&staged, &path).expect("tiers file in place");
         let server = &self.servers[0];
         vec![
             format!("--tiers-file={}", path.display()),
