@@ -347,6 +347,17 @@ impl TestControlPlane {
             .map(tonic::Response::into_inner)
     }
 
+    /// StartMigration as an admin (what `siloctl migrate` sends).
+    pub async fn start_migration(
+        &self,
+        request: pb::StartMigrationRequest,
+    ) -> Result<pb::Operation, tonic::Status> {
+        self.client()
+            .start_migration(with_token(request, &token("admin")))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     pub async fn get_tenant(&self, tenant: &str) -> Result<pb::Tenant, tonic::Status> {
         let request = pb::GetTenantRequest {
             tenant_id: tenant.into(),

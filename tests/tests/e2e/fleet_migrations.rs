@@ -22,16 +22,6 @@ async fn onboard_many(cp: &TestControlPlane, prefix: &str, count: usize) -> Vec<
     names
 }
 
-async fn start(
-    cp: &TestControlPlane,
-    request: pb::StartMigrationRequest,
-) -> Result<pb::Operation, tonic::Status> {
-    cp.client()
-        .start_migration(with_token(request, &token("admin")))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 async fn run_of(cp: &TestControlPlane, operation_id: &str) -> pb::MigrationRun {
     cp.client()
         .get_migration(with_token(
@@ -125,7 +115,7 @@ async fn thirty_tenants_on_two_servers_reach_the_new_version_and_the_catalog_agr
 
     let mut dry = request(8, pb::FailurePolicy::Continue);
     dry.dry_run = true;
-    let planned = start(&cp, dry).await.unwrap();
+    let planned = cp.start_migration(dry).await.unwrap();
     assert!(planned.done, "a dry run is finished at once");
     let plan = run_of(&cp, &planned.operation_id).await;
     assert_eq!(plan.tenants.len(), 30);
@@ -140,7 +130,8 @@ async fn thirty_tenants_on_two_servers_reach_the_new_version_and_the_catalog_agr
         "a dry run changes nothing"
     );
 
-    let started = start(&cp, request(8, pb::FailurePolicy::Continue))
+    let started = cp
+        .start_migration(request(8, pb::FailurePolicy::Continue))
         .await
         .unwrap();
     assert_eq!(started.migration.as_ref().unwrap().total, 30);
@@ -174,7 +165,8 @@ async fn thirty_tenants_on_two_servers_reach_the_new_version_and_the_catalog_agr
     // A tenant created now is created at the latest version and needs no migration.
     let late = onboard_many(&cp, "late", 1).await;
     assert_eq!(silo_state(&env, &cp, &late[0]).await, (2, 1));
-    let again = start(&cp, request(8, pb::FailurePolicy::Continue))
+    let again = cp
+        .start_migration(request(8, pb::FailurePolicy::Continue))
         .await
         .unwrap();
     let counts = again.migration.unwrap();
@@ -208,7 +200,8 @@ async fn a_failing_silo_is_reported_keeps_serving_and_is_resumed_after_the_fix()
     let cp = env
         .control_plane_with(env.config(&[&migrations.flag()]), Hooks::default())
         .await;
-    let started = start(&cp, request(8, pb::FailurePolicy::Continue))
+    let started = cp
+        .start_migration(request(8, pb::FailurePolicy::Continue))
         .await
         .unwrap();
     let run = watch_to_end(&cp, &started.operation_id).await;
@@ -337,7 +330,8 @@ async fn a_run_stopped_by_a_crash_completes_after_restart_migrating_each_silo_on
             Hooks::default(),
         )
         .await;
-    let started = start(&doomed, request(2, pb::FailurePolicy::Stop))
+    let started = doomed
+        .start_migration(request(2, pb::FailurePolicy::Stop))
         .await
         .unwrap();
     eventually(
@@ -399,7 +393,7 @@ async fn a_failing_canary_wave_keeps_the_rest_from_starting() {
             ..Default::default()
         },
     ];
-    let started = start(&cp, with_canary).await.unwrap();
+    let started = cp.start_migration(with_canary).await.unwrap();
     let run = watch_to_end(&cp, &started.operation_id).await;
     let operation = run.operation.unwrap();
     assert_eq!(operation.status(), pb::OperationStatus::Failed);
@@ -453,7 +447,8 @@ async fn an_edited_applied_migration_is_refused() {
     let cp = env
         .control_plane_with(env.config(&[&migrations.flag()]), Hooks::default())
         .await;
-    let started = start(&cp, request(2, pb::FailurePolicy::Continue))
+    let started = cp
+        .start_migration(request(2, pb::FailurePolicy::Continue))
         .await
         .unwrap();
     let run = watch_to_end(&cp, &started.operation_id).await;
@@ -495,7 +490,8 @@ async fn a_contract_migration_waits_for_every_tenant_and_bad_requests_are_refuse
     let cp = env
         .control_plane_with(env.config(&[&migrations.flag()]), Hooks::default())
         .await;
-    let refused = start(&cp, request(2, pb::FailurePolicy::Stop))
+    let refused = cp
+        .start_migration(request(2, pb::FailurePolicy::Stop))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
@@ -509,7 +505,7 @@ async fn a_contract_migration_waits_for_every_tenant_and_bad_requests_are_refuse
 
     let mut expand = request(2, pb::FailurePolicy::Stop);
     expand.target_version = 2;
-    let run = start(&cp, expand).await.unwrap();
+    let run = cp.start_migration(expand).await.unwrap();
     assert_eq!(
         watch_to_end(&cp, &run.operation_id)
             .await
@@ -518,7 +514,8 @@ async fn a_contract_migration_waits_for_every_tenant_and_bad_requests_are_refuse
             .done,
         2
     );
-    let contract = start(&cp, request(2, pb::FailurePolicy::Stop))
+    let contract = cp
+        .start_migration(request(2, pb::FailurePolicy::Stop))
         .await
         .unwrap();
     assert_eq!(
@@ -567,7 +564,7 @@ async fn a_contract_migration_waits_for_every_tenant_and_bad_requests_are_refuse
             tonic::Code::InvalidArgument,
         ),
     ] {
-        assert_eq!(start(&cp, bad).await.unwrap_err().code(), code);
+        assert_eq!(cp.start_migration(bad).await.unwrap_err().code(), code);
     }
     let viewer = cp
         .client()
@@ -636,7 +633,8 @@ async fn callers_at_full_pool_width_see_no_failure_while_a_migration_alters_thei
         (served.load(std::sync::atomic::Ordering::Relaxed) >= 40).then_some(())
     })
     .await;
-    let started = start(&cp, request(2, pb::FailurePolicy::Continue))
+    let started = cp
+        .start_migration(request(2, pb::FailurePolicy::Continue))
         .await
         .expect("migration starts");
     let finished = watch_to_end(&cp, &started.operation_id).await;

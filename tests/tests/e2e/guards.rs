@@ -103,16 +103,6 @@ fn migrate(concurrency: u32) -> pb::StartMigrationRequest {
     }
 }
 
-async fn start(
-    cp: &TestControlPlane,
-    request: pb::StartMigrationRequest,
-) -> Result<pb::Operation, tonic::Status> {
-    cp.client()
-        .start_migration(with_token(request, &token("admin")))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_migration_run_is_refused_while_one_runs() {
     let env = TestEnv::start(1).await;
@@ -129,10 +119,16 @@ async fn a_second_migration_run_is_refused_while_one_runs() {
     let cp = env
         .control_plane_with(env.config(&[&migrations.flag()]), Hooks::default())
         .await;
-    let running = start(&cp, migrate(1)).await.expect("the first run starts");
+    let running = cp
+        .start_migration(migrate(1))
+        .await
+        .expect("the first run starts");
     assert!(!running.done);
 
-    let refused = start(&cp, migrate(1)).await.expect_err("a second run");
+    let refused = cp
+        .start_migration(migrate(1))
+        .await
+        .expect_err("a second run");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(
         refused.message().contains(&running.operation_id)
