@@ -1,0 +1,1 @@
+//! PostgreSQL client TLS with libpq sslmode semantics.
