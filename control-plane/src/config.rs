@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, str::FromStr};
 use clap::Parser;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use silo_tls::postgres::{PgTls, PgTlsError, parse_dsn};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -55,13 +56,13 @@ impl FromStr for FleetServerArg {
 }
 
 impl FleetServerArg {
-    pub fn to_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
-        self.dsn.expose_secret().parse().map_err(|_| {
-            ConfigError::Invalid(format!(
-                "fleet server {}: the DSN does not parse",
-                self.name
-            ))
-        })
+    /// The admin login and its TLS settings (`sslmode`, `sslrootcert` in the DSN).
+    ///
+    /// Errors: the DSN does not parse, or its TLS settings are wrong; the message names the
+    /// server, never the DSN.
+    pub fn to_config(&self) -> Result<(tokio_postgres::Config, PgTls), ConfigError> {
+        parse_dsn(self.dsn.expose_secret())
+            .map_err(|e| ConfigError::Invalid(format!("fleet server {}: {e}", self.name)))
     }
 }
 
@@ -197,6 +198,34 @@ pub struct Tier {
     /// Instance settings when the provisioner is `rds` (`[tiers.NAME.rds]`).
     #[serde(default)]
     pub rds: Option<crate::provisioner::rds::RdsTierSettings>,
+    /// libpq `sslmode` of every connection to the tier's tenant databases (routers' and the
+    /// control plane's): `disable`, `prefer`, `require`, `verify-ca`, `verify-full`. Unset:
+    /// `verify-full` for `rds`; for `postgres`, whatever the fleet server's DSN says.
+    #[serde(default)]
+    pub sslmode: Option<String>,
+    /// libpq `sslrootcert`: a PEM file of trusted CA certificates, present at the same path
+    /// on the control plane and on every router (the Helm chart mounts one at
+    /// `/etc/silo/tenant-ca/`), or `system`. For `rds`, Amazon's bundle
+    /// (`https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem`).
+    #[serde(default)]
+    pub sslrootcert: Option<String>,
+}
+
+impl Tier {
+    /// The tier's own TLS settings; `None` when a `postgres` tier leaves them to the fleet
+    /// server's DSN.
+    ///
+    /// Errors: an unknown `sslmode`; `verify-*` (the `rds` default) without `sslrootcert`.
+    pub fn tls(&self) -> Result<Option<PgTls>, PgTlsError> {
+        let mode = match (&self.sslmode, self.provisioner.as_str()) {
+            (Some(mode), _) => mode.as_str(),
+            (None, "rds") => "verify-full",
+            (None, _) if self.sslrootcert.is_none() => return Ok(None),
+            // libpq's default mode; with a CA file it checks the chain.
+            (None, _) => "prefer",
+        };
+        PgTls::new(Some(mode), self.sslrootcert.as_deref()).map(Some)
+    }
 }
 
 mod defaults {
@@ -235,6 +264,8 @@ impl Tiers {
             max_concurrent_calls,
             statement_timeout_ms: defaults::statement_timeout_ms(),
             rds: None,
+            sslmode: None,
+            sslrootcert: None,
         };
         Self {
             default_tier: "standard".into(),
@@ -256,6 +287,9 @@ impl Tiers {
         };
         let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
         let tiers: Self = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
+        for (name, tier) in &tiers.tiers {
+            tier.tls().map_err(|e| error(format!("tier {name}: {e}")))?;
+        }
         if !tiers.tiers.contains_key(&tiers.default_tier) {
             return Err(error(format!(
                 "default tier {:?} is not defined",

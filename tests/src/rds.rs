@@ -31,9 +31,10 @@ impl TestEnv {
             format!(
                 "default_tier = \"enterprise\"\n\
                  [tiers.standard]\nprovisioner = \"postgres\"\n\
-                 [tiers.enterprise]\nprovisioner = \"rds\"\n\
+                 [tiers.enterprise]\nprovisioner = \"rds\"\n{}\
                  [tiers.enterprise.rds]\ninstance_class = \"db.t4g.micro\"\n\
                  master_username = \"postgres\"\nmanage_master_password = {}\n",
+                self.tenant_tls_toml(),
                 tier.managed_password
             ),
         )
@@ -47,7 +48,7 @@ impl TestEnv {
             "--rds-secret-access-key=testing".into(),
             format!(
                 "--rds-endpoint-rewrite=*={}:{}",
-                server.host(),
+                self.tenant_host(),
                 server.port()
             ),
             "--rds-poll-min-ms=20".into(),

@@ -19,3 +19,4 @@ mod replicas;
 mod routing;
 mod secrets;
 mod shared_server;
+mod tls;
