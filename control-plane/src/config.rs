@@ -287,16 +287,23 @@ impl Tiers {
         };
         let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
         let tiers: Self = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
-        for (name, tier) in &tiers.tiers {
-            tier.tls().map_err(|e| error(format!("tier {name}: {e}")))?;
-        }
-        if !tiers.tiers.contains_key(&tiers.default_tier) {
-            return Err(error(format!(
-                "default tier {:?} is not defined",
-                tiers.default_tier
-            )));
-        }
+        tiers.check().map_err(error)?;
         Ok(tiers)
+    }
+
+    /// What `load` refuses besides TOML errors: an undefined default tier, a tier whose
+    /// TLS settings are wrong (an `rds` tier verifies by default and needs `sslrootcert`).
+    fn check(&self) -> Result<(), String> {
+        for (name, tier) in &self.tiers {
+            tier.tls().map_err(|e| format!("tier {name}: {e}"))?;
+        }
+        if !self.tiers.contains_key(&self.default_tier) {
+            return Err(format!(
+                "default tier {:?} is not defined",
+                self.default_tier
+            ));
+        }
+        Ok(())
     }
 
     pub fn get(&self, name: &str) -> Option<&Tier> {
@@ -307,6 +314,44 @@ impl Tiers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tier_tls_follows_libpq_and_rds_verifies_by_default() {
+        let parse = |toml: &str| toml::from_str::<Tiers>(toml).expect("parses");
+        let rds = parse("default_tier = \"e\"\n[tiers.e]\nprovisioner = \"rds\"\n");
+        let error = rds.check().expect_err("rds without a CA file");
+        assert_eq!(
+            error,
+            "tier e: sslmode=verify-full needs sslrootcert (a PEM file of CA certificates, or `system`)"
+        );
+        let rds = parse(
+            "default_tier = \"e\"\n[tiers.e]\nprovisioner = \"rds\"\n\
+             sslrootcert = \"/ca/global-bundle.pem\"\n",
+        );
+        rds.check().expect("rds with a CA file");
+        assert_eq!(
+            rds.get("e").unwrap().tls().unwrap().unwrap().to_string(),
+            "sslmode=verify-full sslrootcert=/ca/global-bundle.pem"
+        );
+        let fleet = parse(
+            "default_tier = \"s\"\n[tiers.s]\nprovisioner = \"postgres\"\n\
+             [tiers.v]\nprovisioner = \"postgres\"\nsslrootcert = \"system\"\n",
+        );
+        assert_eq!(
+            fleet.get("s").unwrap().tls().unwrap(),
+            None,
+            "the fleet DSN decides"
+        );
+        assert_eq!(
+            fleet.get("v").unwrap().tls().unwrap().unwrap().to_string(),
+            "sslmode=prefer sslrootcert=system"
+        );
+        let typo = parse(
+            "default_tier = \"s\"\n[tiers.s]\nprovisioner = \"postgres\"\n\
+             sslmode = \"verify_full\"\n",
+        );
+        assert!(typo.check().expect_err("typo").contains("\"verify_full\""));
+    }
 
     #[test]
     fn tiers_file_parses_and_rejects_unknown_keys() {

@@ -111,7 +111,7 @@ pub async fn delete_tenant(cp: &TestControlPlane, tenant: &str) -> pb::Operation
 }
 
 /// The tenant is served: the route a router gets from ResolveTenant logs in to the
-/// tenant's own migrated database.
+/// tenant's own migrated database, with the route's TLS settings.
 pub async fn assert_serves(cp: &TestControlPlane, tenant: &str) {
     let route = cp.resolve(tenant).await.expect("tenant resolves");
     assert_eq!(route.state(), pb::TenantState::Active);
@@ -122,8 +122,14 @@ pub async fn assert_serves(cp: &TestControlPlane, tenant: &str) {
         .user(&route.user)
         .password(&route.password)
         .dbname(&route.database);
+    let tls = silo_tls::postgres::PgTls::new(
+        Some(route.sslmode.as_str()).filter(|mode| !mode.is_empty()),
+        Some(route.sslrootcert.as_str()),
+    )
+    .expect("the route's TLS settings");
+    tls.apply(&mut config);
     let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+        .connect(tls.connector().expect("connector"))
         .await
         .expect("the tenant logs in with its route");
     tokio::spawn(connection);
