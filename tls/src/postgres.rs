@@ -708,3 +708,130 @@ mod tests {
         assert!(error.to_string().contains("empty.pem"), "{error}");
     }
 }
+
+#[cfg(test)]
+mod handshake_tests {
+    //! Against a TLS server of the test's own (tokio-rustls, after PostgreSQL's SSLRequest
+    //! exchange): what the connector sends and accepts.
+
+    use std::sync::Arc;
+
+    use rcgen::{CertificateParams, KeyPair};
+    use rustls::ServerConfig;
+    use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A server for `names` that answers one SSLRequest with 'S', completes the handshake
+    /// if the client accepts it, and reports the SNI it received (`None`: no SNI, or the
+    /// handshake failed). Returns its port, the certificate's PEM and the report.
+    async fn sni_server(names: &[&str]) -> (u16, String, tokio::task::JoinHandle<Option<String>>) {
+        let key = KeyPair::generate().expect("key");
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let cert = CertificateParams::new(names)
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let config = ServerConfig::builder_with_provider(crate::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let task = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.ok()?;
+            let mut request = [0u8; 8];
+            socket.read_exact(&mut request).await.ok()?;
+            socket.write_all(b"S").await.ok()?;
+            let tls = acceptor.accept(socket).await.ok()?;
+            tls.get_ref().1.server_name().map(str::to_owned)
+        });
+        (port, cert.pem(), task)
+    }
+
+    async fn attempt(tls: &PgTls, host: &str, port: u16) {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(host)
+            .port(port)
+            .user("u")
+            .connect_timeout(std::time::Duration::from_secs(5));
+        tls.apply(&mut config);
+        // The fake server never answers the startup message: the attempt fails after the
+        // handshake, which is all this looks at.
+        let connector = tls.connector().expect("connector");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), config.connect(connector))
+            .await;
+    }
+
+    /// PgBouncer sent no SNI below verify-full, and SNI-routed providers (Neon, Render)
+    /// refused it: the name goes out whatever the mode.
+    #[tokio::test]
+    async fn every_mode_that_uses_tls_sends_the_host_name_as_sni() {
+        for mode in ["prefer", "require", "verify-ca", "verify-full"] {
+            let (port, pem, received) = sni_server(&["localhost"]).await;
+            let dir = tempfile_dir(mode);
+            let ca = dir.join("ca.pem");
+            std::fs::write(&ca, pem).expect("ca");
+            let root =
+                matches!(mode, "verify-ca" | "verify-full").then(|| ca.display().to_string());
+            let tls = PgTls::new(Some(mode), root.as_deref()).expect("settings");
+            attempt(&tls, "localhost", port).await;
+            let sni = received.await.expect("server task");
+            std::fs::remove_dir_all(&dir).expect("cleanup");
+            assert_eq!(sni.as_deref(), Some("localhost"), "{mode}");
+        }
+    }
+
+    #[tokio::test]
+    async fn verify_full_refuses_a_certificate_for_another_name_and_verify_ca_takes_it() {
+        for (mode, accepted) in [("verify-full", false), ("verify-ca", true)] {
+            let (port, pem, received) = sni_server(&["db.example"]).await;
+            let dir = tempfile_dir(mode);
+            let ca = dir.join("ca.pem");
+            std::fs::write(&ca, pem).expect("ca");
+            let tls = PgTls::new(Some(mode), ca.to_str()).expect("settings");
+            attempt(&tls, "localhost", port).await;
+            let completed = received.await.expect("server task").is_some();
+            std::fs::remove_dir_all(&dir).expect("cleanup");
+            assert_eq!(completed, accepted, "{mode}");
+        }
+    }
+
+    #[test]
+    fn unix_sockets_never_use_tls_as_in_libpq() {
+        let tls = PgTls::new(Some("verify-full"), Some("/ca.pem")).expect("settings");
+        let mut config = tokio_postgres::Config::new();
+        config.host("/var/run/postgresql");
+        tls.apply(&mut config);
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable
+        );
+        let mut config = tokio_postgres::Config::new();
+        config.host("db").host("/var/run/postgresql");
+        tls.apply(&mut config);
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+    }
+
+    fn tempfile_dir(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "silo-tls-{}-{tag}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        dir
+    }
+}
