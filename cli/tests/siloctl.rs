@@ -246,8 +246,8 @@ async fn siloctl_reaches_a_mutual_tls_control_plane_with_its_ca_and_certificate_
     let client_ca = TestCa::new("client CA");
     let (server_cert, server_key) = server_ca.issue(&["127.0.0.1"]).write(&dir, "server");
     let (cert, key) = client_ca.issue(&["siloctl"]).write(&dir, "client");
-    let ca = server_ca.write(&dir, "ca.crt");
-    let client_ca = client_ca.write(&dir, "client-ca.crt");
+    let ca = server_ca.write(&dir.join("ca.crt"));
+    let client_ca = client_ca.write(&dir.join("client-ca.crt"));
     let flags = [
         format!("--tls-cert-file={}", server_cert.display()),
         format!("--tls-key-file={}", server_key.display()),

@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, str::FromStr};
 use clap::Parser;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use silo_tls::postgres::{PgTls, PgTlsError, parse_dsn};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -55,13 +56,13 @@ impl FromStr for FleetServerArg {
 }
 
 impl FleetServerArg {
-    pub fn to_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
-        self.dsn.expose_secret().parse().map_err(|_| {
-            ConfigError::Invalid(format!(
-                "fleet server {}: the DSN does not parse",
-                self.name
-            ))
-        })
+    /// The admin login and its TLS settings (`sslmode`, `sslrootcert` in the DSN).
+    ///
+    /// Errors: the DSN does not parse, or its TLS settings are wrong; the message names the
+    /// server, never the DSN.
+    pub fn to_config(&self) -> Result<(tokio_postgres::Config, PgTls), ConfigError> {
+        parse_dsn(self.dsn.expose_secret())
+            .map_err(|e| ConfigError::Invalid(format!("fleet server {}: {e}", self.name)))
     }
 }
 
@@ -201,6 +202,34 @@ pub struct Tier {
     /// Instance settings when the provisioner is `rds` (`[tiers.NAME.rds]`).
     #[serde(default)]
     pub rds: Option<crate::provisioner::rds::RdsTierSettings>,
+    /// libpq `sslmode` of every connection to the tier's tenant databases (routers' and the
+    /// control plane's): `disable`, `prefer`, `require`, `verify-ca`, `verify-full`. Unset:
+    /// `verify-full` for `rds`; for `postgres`, whatever the fleet server's DSN says.
+    #[serde(default)]
+    pub sslmode: Option<String>,
+    /// libpq `sslrootcert`: a PEM file of trusted CA certificates, present at the same path
+    /// on the control plane and on every router (the Helm chart mounts one at
+    /// `/etc/silo/tenant-ca/`), or `system`. For `rds`, Amazon's bundle
+    /// (`https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem`).
+    #[serde(default)]
+    pub sslrootcert: Option<String>,
+}
+
+impl Tier {
+    /// The tier's own TLS settings; `None` when a `postgres` tier leaves them to the fleet
+    /// server's DSN.
+    ///
+    /// Errors: an unknown `sslmode`; `verify-*` (the `rds` default) without `sslrootcert`.
+    pub fn tls(&self) -> Result<Option<PgTls>, PgTlsError> {
+        let mode = match (&self.sslmode, self.provisioner.as_str()) {
+            (Some(mode), _) => mode.as_str(),
+            (None, "rds") => "verify-full",
+            (None, _) if self.sslrootcert.is_none() => return Ok(None),
+            // libpq's default mode; with a CA file it checks the chain.
+            (None, _) => "prefer",
+        };
+        PgTls::new(Some(mode), self.sslrootcert.as_deref()).map(Some)
+    }
 }
 
 mod defaults {
@@ -239,6 +268,8 @@ impl Tiers {
             max_concurrent_calls,
             statement_timeout_ms: defaults::statement_timeout_ms(),
             rds: None,
+            sslmode: None,
+            sslrootcert: None,
         };
         Self {
             default_tier: "standard".into(),
@@ -260,13 +291,23 @@ impl Tiers {
         };
         let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
         let tiers: Self = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
-        if !tiers.tiers.contains_key(&tiers.default_tier) {
-            return Err(error(format!(
-                "default tier {:?} is not defined",
-                tiers.default_tier
-            )));
-        }
+        tiers.check().map_err(error)?;
         Ok(tiers)
+    }
+
+    /// What `load` refuses besides TOML errors: an undefined default tier, a tier whose
+    /// TLS settings are wrong (an `rds` tier verifies by default and needs `sslrootcert`).
+    fn check(&self) -> Result<(), String> {
+        for (name, tier) in &self.tiers {
+            tier.tls().map_err(|e| format!("tier {name}: {e}"))?;
+        }
+        if !self.tiers.contains_key(&self.default_tier) {
+            return Err(format!(
+                "default tier {:?} is not defined",
+                self.default_tier
+            ));
+        }
+        Ok(())
     }
 
     pub fn get(&self, name: &str) -> Option<&Tier> {
@@ -277,6 +318,44 @@ impl Tiers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tier_tls_follows_libpq_and_rds_verifies_by_default() {
+        let parse = |toml: &str| toml::from_str::<Tiers>(toml).expect("parses");
+        let rds = parse("default_tier = \"e\"\n[tiers.e]\nprovisioner = \"rds\"\n");
+        let error = rds.check().expect_err("rds without a CA file");
+        assert_eq!(
+            error,
+            "tier e: sslmode=verify-full needs sslrootcert (a PEM file of CA certificates, or `system`)"
+        );
+        let rds = parse(
+            "default_tier = \"e\"\n[tiers.e]\nprovisioner = \"rds\"\n\
+             sslrootcert = \"/ca/global-bundle.pem\"\n",
+        );
+        rds.check().expect("rds with a CA file");
+        assert_eq!(
+            rds.get("e").unwrap().tls().unwrap().unwrap().to_string(),
+            "sslmode=verify-full sslrootcert=/ca/global-bundle.pem"
+        );
+        let fleet = parse(
+            "default_tier = \"s\"\n[tiers.s]\nprovisioner = \"postgres\"\n\
+             [tiers.v]\nprovisioner = \"postgres\"\nsslrootcert = \"system\"\n",
+        );
+        assert_eq!(
+            fleet.get("s").unwrap().tls().unwrap(),
+            None,
+            "the fleet DSN decides"
+        );
+        assert_eq!(
+            fleet.get("v").unwrap().tls().unwrap().unwrap().to_string(),
+            "sslmode=prefer sslrootcert=system"
+        );
+        let typo = parse(
+            "default_tier = \"s\"\n[tiers.s]\nprovisioner = \"postgres\"\n\
+             sslmode = \"verify_full\"\n",
+        );
+        assert!(typo.check().expect_err("typo").contains("\"verify_full\""));
+    }
 
     #[test]
     fn tiers_file_parses_and_rejects_unknown_keys() {

@@ -112,10 +112,9 @@ async fn provisioners(
             .postgres_servers
             .iter()
             .map(|server| {
-                Ok(FleetServer {
-                    name: server.name.clone(),
-                    admin: server.to_config()?,
-                })
+                let (admin, tls) = server.to_config()?;
+                FleetServer::new(server.name.clone(), admin, tls)
+                    .map_err(|e| ConfigError::Invalid(format!("fleet server {}: {e}", server.name)))
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
         provisioners.insert(
@@ -161,16 +160,15 @@ pub async fn start(
         Some(dir) => MigrationSet::from_dir(dir)?,
         None => MigrationSet::tenant()?,
     };
-    let catalog_config: tokio_postgres::Config = config
-        .catalog_url
-        .expose_secret()
-        .parse()
-        .map_err(|_| ConfigError::Invalid("the catalog DSN does not parse".into()))?;
+    let (catalog_config, catalog_tls) =
+        silo_tls::postgres::parse_dsn(config.catalog_url.expose_secret())
+            .map_err(|e| ConfigError::Invalid(format!("the catalog DSN: {e}")))?;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ControlPlaneMetrics::register(&mut registry);
     let grpc_metrics = silo_telemetry::GrpcMetrics::register(&mut registry, "silo_controlplane", 0);
     let catalog = Catalog::open(
         catalog_config,
+        &catalog_tls,
         config.catalog_pool_size,
         metrics.clone(),
         shutdown.clone(),

@@ -41,7 +41,7 @@ pub use binaries::PG_BIN_ENV;
 pub use error::PgServerError;
 pub use fleet::{shared_servers, start_many};
 pub use options::PgServerOptions;
-pub use os_user::run_as_server_user;
+pub use os_user::{give_to_server_user, run_as_server_user};
 pub use server::PgServer;
 pub use temp_base::PG_TMPDIR_ENV;
 

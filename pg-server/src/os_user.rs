@@ -169,6 +169,13 @@ pub fn run_as_server_user(
     Ok(())
 }
 
+/// Hands the file `path` to the OS user the PostgreSQL servers run as: for files a server
+/// must own, such as its TLS key (PostgreSQL refuses a key that others can read, and one it
+/// cannot read).
+pub fn give_to_server_user(path: &Path) -> Result<(), PgServerError> {
+    RunAs::detect()?.take_ownership(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

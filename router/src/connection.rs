@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
+use silo_tls::postgres::PgConnector;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryStream, Statement};
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +28,35 @@ pub enum ConnectError {
     /// The server refused or could not be reached.
     #[error(transparent)]
     Postgres(#[from] tokio_postgres::Error),
+    /// The route's TLS settings cannot be used (its CA file cannot be read).
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// A tenant pool's failed connection attempts: how many, and the TLS problem of the last one
+/// if TLS was what failed.
+#[derive(Default)]
+pub struct ConnectFailures {
+    count: AtomicU64,
+    tls: std::sync::Mutex<Option<String>>,
+}
+
+impl ConnectFailures {
+    /// Attempts that failed, ever: a wait for a connection that saw this grow was a wait for
+    /// an unreachable server, not for a busy pool.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The TLS problem of the last failed attempt; `None` if it failed for another reason.
+    pub fn tls_reason(&self) -> Option<String> {
+        self.tls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn record(&self, tls: Option<String>) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        *self.tls.lock().unwrap_or_else(|e| e.into_inner()) = tls;
+    }
 }
 
 /// Where a connection's server listens, for cancel requests.
@@ -54,6 +85,8 @@ pub struct PgConnection {
     /// The connection's client; statements run through it.
     pub client: Client,
     cancel: CancelToken,
+    /// The TLS connector the connection was opened with; its cancel requests use it too.
+    connector: PgConnector,
     server: Server,
     statements: HashMap<String, Statement>,
     /// The answer to the session reset sent when the connection was last given back, not
@@ -125,27 +158,32 @@ impl PgConnection {
         match &self.server {
             Server::Tcp(host, port) => {
                 let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-                self.cancel_over(stream).await
+                // The same TLS as the connection's own (the cancel token carries its
+                // sslmode): a server that takes only TLS refuses a plaintext cancel.
+                let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(
+                    &mut self.connector.clone(),
+                    host,
+                )
+                .map_err(std::io::Error::other)?;
+                self.cancel_over(stream, tls).await
             }
             Server::Unix(path) => {
                 let stream = tokio::net::UnixStream::connect(path).await?;
-                self.cancel_over(stream).await
+                self.cancel_over(stream, NoTls).await
             }
         }
     }
 
     /// Sends the cancel request over `stream` and reads until the server closes it.
-    async fn cancel_over<S>(&self, mut stream: S) -> std::io::Result<()>
+    async fn cancel_over<S, T>(&self, stream: S, tls: T) -> std::io::Result<()>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        T: TlsConnect<WaitsForClose<S>>,
     {
-        use tokio::io::AsyncReadExt;
         self.cancel
-            .cancel_query_raw(&mut stream, NoTls)
+            .cancel_query_raw(WaitsForClose(stream), tls)
             .await
-            .map_err(std::io::Error::other)?;
-        stream.read_to_end(&mut Vec::new()).await?;
-        Ok(())
+            .map_err(std::io::Error::other)
     }
 
     /// Resolves once the connection has ended: the server closed it (crashed, was
@@ -190,14 +228,64 @@ pub(crate) fn queue_reset(
     }
 }
 
+/// A socket whose shutdown completes only once the server has closed its side too: the
+/// cancel request (sent in plaintext or inside TLS, then shut down by tokio-postgres) has then
+/// been acted on. Whatever arrives meanwhile (a TLS close_notify) is discarded.
+pub(crate) struct WaitsForClose<S>(S);
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WaitsForClose<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite
+    for WaitsForClose<S>
+{
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::{Poll, ready};
+        ready!(Pin::new(&mut self.0).poll_shutdown(cx))?;
+        let mut scratch = [0u8; 256];
+        loop {
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            ready!(Pin::new(&mut self.0).poll_read(cx, &mut buf))?;
+            if buf.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
 /// Opens, checks and recycles one tenant's connections for its bb8 pool.
 pub struct PgManager {
     config: tokio_postgres::Config,
     server: Server,
+    /// TLS for the route's `sslmode`, or why it cannot be had.
+    connector: Result<PgConnector, String>,
     budget: Option<Arc<Semaphore>>,
-    /// Connection attempts that failed, ever: a wait for a connection that saw this grow
-    /// was a wait for an unreachable server, not for a busy pool.
-    failures: Arc<AtomicU64>,
+    failures: Arc<ConnectFailures>,
 }
 
 impl PgManager {
@@ -205,18 +293,20 @@ impl PgManager {
     pub(crate) fn new(
         config: tokio_postgres::Config,
         server: Server,
+        connector: Result<PgConnector, String>,
         budget: Option<Arc<Semaphore>>,
     ) -> Self {
         Self {
             config,
             server,
+            connector,
             budget,
-            failures: Arc::new(AtomicU64::new(0)),
+            failures: Arc::default(),
         }
     }
 
-    /// The count of failed connection attempts, shared.
-    pub(crate) fn failures(&self) -> Arc<AtomicU64> {
+    /// The failed connection attempts, shared.
+    pub(crate) fn failures(&self) -> Arc<ConnectFailures> {
         self.failures.clone()
     }
 }
@@ -235,10 +325,17 @@ impl bb8::ManageConnection for PgManager {
             ),
             None => None,
         };
-        let (client, connection) = match self.config.connect(NoTls).await {
+        let connector = match &self.connector {
+            Ok(connector) => connector.clone(),
+            Err(reason) => {
+                self.failures.record(Some(format!("TLS: {reason}")));
+                return Err(ConnectError::Tls(reason.clone()));
+            }
+        };
+        let (client, connection) = match self.config.connect(connector.clone()).await {
             Ok(connected) => connected,
             Err(e) => {
-                self.failures.fetch_add(1, Ordering::Relaxed);
+                self.failures.record(silo_tls::postgres::tls_failure(&e));
                 return Err(e.into());
             }
         };
@@ -254,6 +351,7 @@ impl bb8::ManageConnection for PgManager {
         Ok(PgConnection {
             client,
             cancel,
+            connector,
             server: self.server.clone(),
             statements: HashMap::new(),
             pending_reset: None,

@@ -90,7 +90,7 @@ impl From<RouterError> for Status {
                 Status::failed_precondition(format!("tenant is {state}"))
             }
             RouterError::Pool(e) => match e {
-                PoolError::Unreachable => Status::unavailable(e.to_string()),
+                PoolError::Unreachable(_) => Status::unavailable(e.to_string()),
                 PoolError::Exhausted => with_retry(
                     Status::resource_exhausted(e.to_string()),
                     std::time::Duration::from_millis(100),
@@ -299,7 +299,7 @@ mod tests {
                 RouterError::NotActive(TenantState::Deleted),
                 Code::FailedPrecondition,
             ),
-            (PoolError::Unreachable.into(), Code::Unavailable),
+            (PoolError::Unreachable(None).into(), Code::Unavailable),
             (PoolError::Exhausted.into(), Code::ResourceExhausted),
             (
                 LimitError::Rate {
@@ -432,7 +432,7 @@ mod tests {
                 TenantState::Failed => "NotActive::Failed",
             },
             RouterError::Pool(e) => match e {
-                PoolError::Unreachable => "Pool::Unreachable",
+                PoolError::Unreachable(_) => "Pool::Unreachable",
                 PoolError::Exhausted => "Pool::Exhausted",
             },
             RouterError::Limit(e) => match e {

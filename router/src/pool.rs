@@ -7,10 +7,11 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 use secrecy::ExposeSecret;
+use silo_tls::postgres::{PgConnector, PgConnectors};
 use tokio::sync::Semaphore;
 
-use crate::connection::Server;
 pub use crate::connection::{ConnectError, PgConnection, PgManager, PooledConnection};
+use crate::connection::{ConnectFailures, Server};
 use crate::limits::TenantLimiter;
 use crate::tenant::{PoolKey, Route, TenantId};
 
@@ -50,9 +51,11 @@ impl Default for PoolConfig {
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    /// The tenant's database did not accept a connection within the connect timeout.
-    #[error("tenant database unreachable")]
-    Unreachable,
+    /// The tenant's database did not accept a connection within the connect timeout; with
+    /// the TLS problem when TLS was what failed (the certificate's fault in words, never a
+    /// host name or secret).
+    #[error("tenant database unreachable{}", .0.as_ref().map(|tls| format!(": {tls}")).unwrap_or_default())]
+    Unreachable(Option<String>),
     /// Every connection of the tenant's pool stayed busy for the whole timeout, and no
     /// attempt to open another one failed.
     #[error("all connections of the tenant are busy")]
@@ -64,14 +67,21 @@ pub struct TenantPool {
     key: PoolKey,
     pool: bb8::Pool<PgManager>,
     /// The manager's failed connection attempts.
-    connect_failures: Arc<std::sync::atomic::AtomicU64>,
+    connect_failures: Arc<ConnectFailures>,
     max_size: u32,
     /// The tenant's rate and concurrency limits, kept with its pool.
     pub limiter: TenantLimiter,
 }
 
 impl TenantPool {
-    fn new(route: &Route, config: &PoolConfig, budget: Option<Arc<Semaphore>>) -> Self {
+    /// `connector`: the TLS connector for the route's settings, or why there is none (its
+    /// CA file cannot be read); then every connection attempt fails with that reason.
+    fn new(
+        route: &Route,
+        config: &PoolConfig,
+        budget: Option<Arc<Semaphore>>,
+        connector: Result<PgConnector, String>,
+    ) -> Self {
         let mut pg = tokio_postgres::Config::new();
         pg.host(&route.host)
             .port(route.port)
@@ -84,6 +94,7 @@ impl TenantPool {
                 "-c statement_timeout={}",
                 route.limits.statement_timeout.as_millis()
             ));
+        route.tls.apply(&mut pg);
         let server = Server::new(&route.host, route.port);
         let password = route.password.expose_secret();
         if !password.is_empty() {
@@ -93,7 +104,7 @@ impl TenantPool {
             .limits
             .max_connections
             .clamp(1, config.max_connections_per_tenant.max(1));
-        let manager = PgManager::new(pg, server, budget);
+        let manager = PgManager::new(pg, server, connector, budget);
         let connect_failures = manager.failures();
         let pool = bb8::Pool::builder()
             .max_size(max_size)
@@ -130,20 +141,21 @@ impl TenantPool {
                 }
             }
         }
-        Err(PoolError::Unreachable)
+        Err(PoolError::Unreachable(None))
     }
 
     /// A connection; after the timeout, unreachable if an attempt to connect failed while
     /// the call waited, else exhausted (every connection stayed busy).
     async fn checkout(&self) -> Result<PooledConnection, PoolError> {
-        use std::sync::atomic::Ordering;
-        let failures = self.connect_failures.load(Ordering::Relaxed);
+        let failures = self.connect_failures.count();
         match self.pool.get_owned().await {
             Ok(conn) => Ok(conn),
-            Err(bb8::RunError::User(_)) => Err(PoolError::Unreachable),
+            Err(bb8::RunError::User(_)) => {
+                Err(PoolError::Unreachable(self.connect_failures.tls_reason()))
+            }
             Err(bb8::RunError::TimedOut) => {
-                if self.connect_failures.load(Ordering::Relaxed) > failures {
-                    Err(PoolError::Unreachable)
+                if self.connect_failures.count() > failures {
+                    Err(PoolError::Unreachable(self.connect_failures.tls_reason()))
                 } else {
                     Err(PoolError::Exhausted)
                 }
@@ -176,6 +188,8 @@ pub struct PoolRegistry {
     metrics: crate::metrics::RouterMetrics,
     config: Arc<PoolConfig>,
     budget: Option<Arc<Semaphore>>,
+    /// TLS connectors, one per distinct `sslmode`/`sslrootcert` of the routes.
+    connectors: Arc<PgConnectors>,
 }
 
 impl PoolRegistry {
@@ -216,7 +230,18 @@ impl PoolRegistry {
             metrics,
             config: Arc::new(config),
             budget,
+            connectors: Arc::default(),
         }
+    }
+
+    fn build(&self, route: &Route) -> Arc<TenantPool> {
+        let connector = self.connectors.get(&route.tls).map_err(|e| e.to_string());
+        Arc::new(TenantPool::new(
+            route,
+            &self.config,
+            self.budget.clone(),
+            connector,
+        ))
     }
 
     /// The tenant's pool for this route, created once (single-flight) and rebuilt when the
@@ -229,7 +254,7 @@ impl PoolRegistry {
             .get_with_by_ref(tenant, async {
                 created = true;
                 self.metrics.pool_creations.inc();
-                Arc::new(TenantPool::new(route, &self.config, self.budget.clone()))
+                self.build(route)
             })
             .await;
         if created {
@@ -248,19 +273,13 @@ impl PoolRegistry {
                     Some(entry) if !Arc::ptr_eq(entry.value(), &stale) => {
                         moka::ops::compute::Op::Nop
                     }
-                    _ => moka::ops::compute::Op::Put(Arc::new(TenantPool::new(
-                        route,
-                        &self.config,
-                        self.budget.clone(),
-                    ))),
+                    _ => moka::ops::compute::Op::Put(self.build(route)),
                 };
                 std::future::ready(op)
             })
             .await;
         self.pools
-            .get_with_by_ref(tenant, async {
-                Arc::new(TenantPool::new(route, &self.config, self.budget.clone()))
-            })
+            .get_with_by_ref(tenant, async { self.build(route) })
             .await
     }
 

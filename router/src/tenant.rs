@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use secrecy::SecretString;
+use silo_tls::postgres::PgTls;
 
 /// A tenant id (the control plane's slug).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -98,6 +99,8 @@ pub struct Route {
     pub limits: TierLimits,
     /// The control plane's event sequence when the route was read.
     pub sequence: u64,
+    /// TLS to the tenant's database (libpq `sslmode` / `sslrootcert`).
+    pub tls: PgTls,
 }
 
 impl Route {
@@ -111,6 +114,7 @@ impl Route {
             credentials_version: self.credentials_version,
             max_connections: self.limits.max_connections,
             statement_timeout: self.limits.statement_timeout,
+            tls: self.tls.clone(),
         }
     }
 }
@@ -128,6 +132,7 @@ impl fmt::Debug for Route {
             .field("credentials_version", &self.credentials_version)
             .field("limits", &self.limits)
             .field("sequence", &self.sequence)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -149,6 +154,8 @@ pub struct PoolKey {
     pub max_connections: u32,
     /// Statement timeout set on every connection.
     pub statement_timeout: Duration,
+    /// TLS settings of every connection.
+    pub tls: PgTls,
 }
 
 impl PoolKey {
@@ -161,6 +168,7 @@ impl PoolKey {
             && self.credentials_version == route.credentials_version
             && self.max_connections == route.limits.max_connections
             && self.statement_timeout == route.limits.statement_timeout
+            && self.tls == route.tls
     }
 }
 
@@ -182,6 +190,7 @@ mod tests {
             credentials_version: 1,
             limits: TierLimits::default(),
             sequence: 1,
+            tls: PgTls::default(),
         };
         let key = route.pool_key();
         assert!(key.matches(&route));
@@ -191,6 +200,9 @@ mod tests {
         let mut bigger = route.clone();
         bigger.limits.max_connections += 1;
         assert!(!key.matches(&bigger));
+        let mut verified = route.clone();
+        verified.tls.mode = silo_tls::postgres::SslMode::VerifyFull;
+        assert!(!key.matches(&verified), "a TLS change rebuilds the pool");
         let mut later = route;
         later.sequence = 9;
         assert!(

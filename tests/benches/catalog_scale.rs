@@ -120,6 +120,7 @@ async fn main() {
             .dsn(&env.catalog_database)
             .parse()
             .expect("dsn"),
+        &silo_tls::postgres::PgTls::disabled(),
         4,
         ControlPlaneMetrics::default(),
         CancellationToken::new(),

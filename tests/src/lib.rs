@@ -8,6 +8,7 @@ pub mod moto;
 pub mod proxy;
 pub mod rds;
 pub mod router;
+pub mod tls;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -165,33 +166,95 @@ const PG_HBA: &str = "local all postgres trust\n\
      local all all scram-sha-256\n\
      host all all 127.0.0.1/32 scram-sha-256\n";
 
+/// Client authentication of TLS-only test servers: every login over TCP must use TLS,
+/// except the harness's own superuser (`postgres`, which silo's fleet and catalog logins
+/// never use in a TLS environment: they log in as `silo_admin`; an `rds` tier's master
+/// user is `postgres` over TLS).
+const PG_HBA_TLS_ONLY: &str = "local all postgres trust\n\
+     hostnossl all postgres 127.0.0.1/32 trust\n\
+     hostssl all postgres 127.0.0.1/32 trust\n\
+     local all all scram-sha-256\n\
+     hostssl all all 127.0.0.1/32 scram-sha-256\n";
+
+/// The superuser silo's control plane logs in as on TLS-only test servers.
+pub const TLS_ADMIN: &str = "silo_admin";
+
+/// The certificates of a TLS-only test environment.
+pub struct EnvTls {
+    /// The CA that signed the servers' certificate (for `localhost` only).
+    pub ca: tls::TestCa,
+    /// `ca`'s certificate, PEM.
+    pub ca_file: PathBuf,
+}
+
 /// PostgreSQL servers for one test: the first also holds the catalog database; all of
 /// them form the `postgres` provisioner's fleet.
 pub struct TestEnv {
     pub servers: Vec<Arc<PgServer>>,
     pub catalog_database: String,
     pub credentials_key: String,
+    /// Set when the servers take TLS connections only (`start_tls`).
+    pub tls: Option<EnvTls>,
     /// The test's own files (the servers' `pg_hba.conf`, tiers files), removed with it.
     scratch: tempfile::TempDir,
 }
 
 impl TestEnv {
     pub async fn start(fleet_size: usize) -> Self {
+        Self::start_with(fleet_size, false).await
+    }
+
+    /// Servers with `ssl = on` and a certificate for `localhost` signed by a CA made here,
+    /// whose `pg_hba.conf` admits TCP logins over TLS only (`hostssl`). The fleet and
+    /// catalog DSNs use `sslmode=verify-full` with that CA, as `silo_admin`.
+    pub async fn start_tls(fleet_size: usize) -> Self {
+        Self::start_with(fleet_size, true).await
+    }
+
+    async fn start_with(fleet_size: usize, tls: bool) -> Self {
         use std::os::unix::fs::PermissionsExt;
         let scratch = tempfile::tempdir().expect("scratch dir");
         // The servers run as `postgres` when the tests run as root: they must read it.
         std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))
             .expect("scratch dir readable");
         let hba = scratch.path().join("pg_hba.conf");
-        std::fs::write(&hba, PG_HBA).expect("pg_hba file written");
+        std::fs::write(&hba, if tls { PG_HBA_TLS_ONLY } else { PG_HBA })
+            .expect("pg_hba file written");
         std::fs::set_permissions(&hba, std::fs::Permissions::from_mode(0o644))
             .expect("pg_hba readable");
-        let options =
+        let mut options =
             PgServerOptions::for_tests().with_setting("hba_file", hba.display().to_string());
+        let env_tls = tls.then(|| {
+            let ca = tls::TestCa::new("silo test CA");
+            let ca_file = ca.write(&scratch.path().join("ca.pem"));
+            let (cert, key) = ca.issue(&["localhost"]).write(scratch.path(), "server");
+            silo_pg_server::give_to_server_user(&key).expect("server key handed over");
+            for (name, value) in [
+                ("ssl", "on".to_owned()),
+                ("ssl_cert_file", cert.display().to_string()),
+                ("ssl_key_file", key.display().to_string()),
+            ] {
+                options.settings.push((name.to_owned(), value));
+            }
+            EnvTls { ca, ca_file }
+        });
         let servers = silo_pg_server::start_many(fleet_size.max(1), options)
             .await
             .expect("PostgreSQL servers start");
         let servers: Vec<Arc<PgServer>> = servers.into_iter().map(Arc::new).collect();
+        if tls {
+            for server in &servers {
+                server
+                    .connect("postgres")
+                    .await
+                    .expect("harness login")
+                    .batch_execute(&format!(
+                        "CREATE ROLE {TLS_ADMIN} SUPERUSER LOGIN PASSWORD '{FLEET_PASSWORD}'"
+                    ))
+                    .await
+                    .expect("silo_admin made");
+            }
+        }
         let catalog_database = servers[0]
             .create_unique_database("catalog")
             .await
@@ -199,6 +262,7 @@ impl TestEnv {
         Self {
             servers,
             catalog_database,
+            tls: env_tls,
             scratch,
             credentials_key: {
                 use secrecy::ExposeSecret;
@@ -215,12 +279,47 @@ impl TestEnv {
     }
 
     pub fn fleet_dsn(&self, index: usize) -> String {
+        self.silo_dsn(index, "postgres") + "&connect_timeout=2"
+    }
+
+    /// The DSN silo uses for `database` on server `index`: as `postgres` in plaintext, or in
+    /// a TLS environment as `silo_admin` at `localhost` with `sslmode=verify-full`.
+    pub fn silo_dsn(&self, index: usize, database: &str) -> String {
         let server = &self.servers[index];
-        format!(
-            "postgres://postgres:{FLEET_PASSWORD}@{}:{}/postgres?connect_timeout=2",
-            server.host(),
-            server.port()
-        )
+        match &self.tls {
+            None => format!(
+                "postgres://postgres:{FLEET_PASSWORD}@{}:{}/{database}?application_name=silo",
+                server.host(),
+                server.port()
+            ),
+            Some(tls) => format!(
+                "postgres://{TLS_ADMIN}:{FLEET_PASSWORD}@localhost:{}/{database}\
+                 ?application_name=silo&sslmode=verify-full&sslrootcert={}",
+                server.port(),
+                tls.ca_file.display()
+            ),
+        }
+    }
+
+    /// The host tenant databases are reached at: `localhost` in a TLS environment (the
+    /// name in the servers' certificate), else the servers' address.
+    pub fn tenant_host(&self) -> &str {
+        match &self.tls {
+            Some(_) => "localhost",
+            None => self.servers[0].host(),
+        }
+    }
+
+    /// The `sslmode` / `sslrootcert` lines of a tier whose databases are this environment's
+    /// servers (for the `rds` tier, which verifies by default).
+    pub fn tenant_tls_toml(&self) -> String {
+        match &self.tls {
+            Some(tls) => format!(
+                "sslmode = \"verify-full\"\nsslrootcert = \"{}\"\n",
+                tls.ca_file.display()
+            ),
+            None => "sslmode = \"prefer\"\n".into(),
+        }
     }
 
     /// The control plane's configuration, parsed from flags like the binary does.
@@ -235,10 +334,7 @@ impl TestEnv {
         let mut args: Vec<String> = vec![
             "--listen=127.0.0.1:0".into(),
             "--metrics-listen=127.0.0.1:0".into(),
-            format!(
-                "--catalog-url={}",
-                self.servers[0].dsn(&self.catalog_database)
-            ),
+            format!("--catalog-url={}", self.silo_dsn(0, &self.catalog_database)),
             format!("--credentials-key={}", self.credentials_key),
             "--jwt-algorithms=RS256".into(),
             format!(

@@ -31,9 +31,10 @@ impl TestEnv {
             format!(
                 "default_tier = \"enterprise\"\n\
                  [tiers.standard]\nprovisioner = \"postgres\"\n\
-                 [tiers.enterprise]\nprovisioner = \"rds\"\n\
+                 [tiers.enterprise]\nprovisioner = \"rds\"\n{}\
                  [tiers.enterprise.rds]\ninstance_class = \"db.t4g.micro\"\n\
                  master_username = \"postgres\"\nmanage_master_password = {}\n",
+                self.tenant_tls_toml(),
                 tier.managed_password
             ),
         )
@@ -47,7 +48,7 @@ impl TestEnv {
             "--rds-secret-access-key=testing".into(),
             format!(
                 "--rds-endpoint-rewrite=*={}:{}",
-                server.host(),
+                self.tenant_host(),
                 server.port()
             ),
             "--rds-poll-min-ms=20".into(),
@@ -110,7 +111,7 @@ pub async fn delete_tenant(cp: &TestControlPlane, tenant: &str) -> pb::Operation
 }
 
 /// The tenant is served: the route a router gets from ResolveTenant logs in to the
-/// tenant's own migrated database.
+/// tenant's own migrated database, with the route's TLS settings.
 pub async fn assert_serves(cp: &TestControlPlane, tenant: &str) {
     let route = cp.resolve(tenant).await.expect("tenant resolves");
     assert_eq!(route.state(), pb::TenantState::Active);
@@ -121,8 +122,14 @@ pub async fn assert_serves(cp: &TestControlPlane, tenant: &str) {
         .user(&route.user)
         .password(&route.password)
         .dbname(&route.database);
+    let tls = silo_tls::postgres::PgTls::new(
+        Some(route.sslmode.as_str()).filter(|mode| !mode.is_empty()),
+        Some(route.sslrootcert.as_str()),
+    )
+    .expect("the route's TLS settings");
+    tls.apply(&mut config);
     let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+        .connect(tls.connector().expect("connector"))
         .await
         .expect("the tenant logs in with its route");
     tokio::spawn(connection);

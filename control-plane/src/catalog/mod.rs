@@ -11,8 +11,8 @@ mod tenants;
 use std::{sync::Arc, time::Duration};
 
 use bb8_postgres::PostgresConnectionManager;
+use silo_tls::postgres::{PgConnector, PgTls};
 use thiserror::Error;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 pub use migration_runs::{
@@ -29,7 +29,7 @@ use crate::{
     tenant::TenantState,
 };
 
-pub(crate) type PgPool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+pub(crate) type PgPool = bb8::Pool<PostgresConnectionManager<PgConnector>>;
 
 #[derive(Debug, Error)]
 pub enum CatalogError {
@@ -69,20 +69,26 @@ impl From<bb8::RunError<tokio_postgres::Error>> for CatalogError {
 pub struct Catalog {
     pool: PgPool,
     config: tokio_postgres::Config,
+    connector: PgConnector,
     changes: Arc<CatalogChanges>,
     metrics: ControlPlaneMetrics,
 }
 
 impl Catalog {
     /// Connects (lazily: the pool retries) and applies `migrations/catalog` under an
-    /// advisory lock, so replicas starting together migrate once.
+    /// advisory lock, so replicas starting together migrate once. `tls`: the DSN's
+    /// `sslmode` / `sslrootcert` (see [`silo_tls::postgres::parse_dsn`]).
     pub async fn open(
         config: tokio_postgres::Config,
+        tls: &PgTls,
         pool_size: u32,
         metrics: ControlPlaneMetrics,
         shutdown: CancellationToken,
     ) -> Result<Self, CatalogError> {
-        let manager = PostgresConnectionManager::new(config.clone(), NoTls);
+        let connector = tls
+            .connector()
+            .map_err(|e| CatalogError::Unreachable(e.to_string()))?;
+        let manager = PostgresConnectionManager::new(config.clone(), connector.clone());
         let pool = bb8::Pool::builder()
             .max_size(pool_size.max(2))
             .connection_timeout(Duration::from_secs(5))
@@ -92,16 +98,17 @@ impl Catalog {
         let catalog = Self {
             pool,
             config: config.clone(),
+            connector: connector.clone(),
             changes: Arc::new(CatalogChanges::default()),
             metrics,
         };
         catalog.migrate().await?;
-        notify::spawn_listener(config, catalog.changes.clone(), shutdown);
+        notify::spawn_listener(config, connector, catalog.changes.clone(), shutdown);
         Ok(catalog)
     }
 
     async fn migrate(&self) -> Result<(), CatalogError> {
-        let (mut client, connection) = self.config.connect(NoTls).await?;
+        let (mut client, connection) = self.config.connect(self.connector.clone()).await?;
         let task = tokio::spawn(connection);
         let result = MigrationSet::catalog()?.apply(&mut client).await;
         drop(client);
@@ -117,7 +124,7 @@ impl Catalog {
 
     /// A connection outside the pool, for a worker's claim transaction.
     pub async fn dedicated_connection(&self) -> Result<tokio_postgres::Client, CatalogError> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let (client, connection) = self.config.connect(self.connector.clone()).await?;
         tokio::spawn(connection);
         Ok(client)
     }
@@ -131,7 +138,8 @@ impl Catalog {
     /// A pooled connection; every catalog call starts here, so it is counted here.
     pub(crate) async fn conn(
         &self,
-    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, CatalogError> {
+    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<PgConnector>>, CatalogError>
+    {
         let conn = self.pool.get().await;
         self.metrics.catalog_call(conn.is_ok());
         Ok(conn?)

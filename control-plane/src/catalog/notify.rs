@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use futures::{StreamExt, stream};
+use silo_tls::postgres::PgConnector;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) const CHANNEL: &str = "silo_catalog";
@@ -33,6 +34,7 @@ impl CatalogChanges {
 
 pub(crate) fn spawn_listener(
     config: tokio_postgres::Config,
+    connector: PgConnector,
     changes: std::sync::Arc<CatalogChanges>,
     shutdown: CancellationToken,
 ) {
@@ -41,7 +43,7 @@ pub(crate) fn spawn_listener(
         loop {
             let listened = tokio::select! {
                 () = shutdown.cancelled() => return,
-                result = listen(&config, &changes) => result,
+                result = listen(&config, &connector, &changes) => result,
             };
             if let Err(error) = listened {
                 tracing::debug!(error = %error, "catalog listener reconnecting");
@@ -58,9 +60,10 @@ pub(crate) fn spawn_listener(
 
 async fn listen(
     config: &tokio_postgres::Config,
+    connector: &PgConnector,
     changes: &CatalogChanges,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(connector.clone()).await?;
     let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
     let statement = format!("LISTEN {CHANNEL}");
     let listen = client.batch_execute(&statement);

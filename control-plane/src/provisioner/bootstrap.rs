@@ -5,7 +5,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use secrecy::{ExposeSecret, SecretString};
-use tokio_postgres::{Client, NoTls, error::SqlState};
+use silo_tls::postgres::{PgConnector, tls_failure};
+use tokio_postgres::{Client, error::SqlState};
 
 use super::{AdminAccess, ProvisionError, TenantSpec, isolation};
 use crate::migrations::{MigrationError, MigrationSet};
@@ -44,7 +45,12 @@ pub(crate) fn classify(context: &str, error: &tokio_postgres::Error) -> Provisio
                 ProvisionError::Permanent(message)
             }
         }
-        None => ProvisionError::Transient(format!("{context}: server unreachable")),
+        None => match tls_failure(error) {
+            // Transient: the operator can fix the CA file or the server's certificate, and
+            // the step is retried; the reason says what to fix.
+            Some(tls) => ProvisionError::Transient(format!("{context}: {tls}")),
+            None => ProvisionError::Transient(format!("{context}: server unreachable")),
+        },
     }
 }
 
@@ -58,7 +64,12 @@ pub(crate) async fn locked(
     admin: &AdminAccess,
     tenant: &TenantSpec,
 ) -> Result<Client, ProvisionError> {
-    let client = connect(&admin.config, "connecting to the server as admin").await?;
+    let client = connect(
+        &admin.config,
+        &admin.connector,
+        "connecting to the server as admin",
+    )
+    .await?;
     client
         .execute(
             "SELECT pg_advisory_lock(hashtextextended('silo-tenant:' || $1, 0))",
@@ -71,10 +82,11 @@ pub(crate) async fn locked(
 
 pub(crate) async fn connect(
     config: &tokio_postgres::Config,
+    connector: &PgConnector,
     context: &str,
 ) -> Result<Client, ProvisionError> {
     let (client, connection) = config
-        .connect(NoTls)
+        .connect(connector.clone())
         .await
         .map_err(|e| classify(context, &e))?;
     tokio::spawn(async move {
@@ -220,7 +232,12 @@ pub async fn migrate_silo_to(
 ) -> Result<i64, ProvisionError> {
     let lock = locked(admin, tenant).await?;
     let config = tenant_config(admin, tenant, password);
-    let mut client = connect(&config, "connecting to the tenant database").await?;
+    let mut client = connect(
+        &config,
+        &admin.connector,
+        "connecting to the tenant database",
+    )
+    .await?;
     let migrated = match migrations.apply_up_to(&mut client, target).await {
         Ok(applied) => Ok(applied.to),
         Err(MigrationError::Database(e)) => Err(classify("migrating the tenant database", &e)),
@@ -310,7 +327,12 @@ pub async fn teardown(
             if role_exists {
                 let mut inside = admin.config.clone();
                 inside.dbname(&tenant.database);
-                let owner = connect(&inside, "connecting to the tenant database as admin").await?;
+                let owner = connect(
+                    &inside,
+                    &admin.connector,
+                    "connecting to the tenant database as admin",
+                )
+                .await?;
                 owner
                     .batch_execute(&format!(
                         "REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}"
@@ -393,6 +415,7 @@ async fn release_foreign_dependencies(
                 inside.dbname(&database);
                 let other = connect(
                     &inside,
+                    &admin.connector,
                     "connecting to a database that refers to the tenant",
                 )
                 .await?;

@@ -149,7 +149,12 @@ $silo$";
 /// Gives the tenant's silo the current isolation; idempotent, and safe on a silo made
 /// before it (a database the tenant owns is handed to the admin).
 pub async fn harden(admin: &AdminAccess, tenant: &TenantSpec) -> Result<(), ProvisionError> {
-    let server = bootstrap::connect(&admin.config, "connecting to the server as admin").await?;
+    let server = bootstrap::connect(
+        &admin.config,
+        &admin.connector,
+        "connecting to the server as admin",
+    )
+    .await?;
     take_database(&server, tenant).await?;
     drop(server);
     close_cluster_metadata(admin, tenant).await
@@ -162,7 +167,12 @@ pub(super) async fn close_cluster_metadata(
 ) -> Result<(), ProvisionError> {
     let mut inside = admin.config.clone();
     inside.dbname(&tenant.database);
-    let client = bootstrap::connect(&inside, "connecting to the tenant database as admin").await?;
+    let client = bootstrap::connect(
+        &inside,
+        &admin.connector,
+        "connecting to the tenant database as admin",
+    )
+    .await?;
     let run =
         |context: &'static str| move |e: tokio_postgres::Error| bootstrap::classify(context, &e);
     let public = format!(

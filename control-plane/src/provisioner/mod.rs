@@ -68,6 +68,8 @@ pub enum Availability {
 #[derive(Clone)]
 pub struct AdminAccess {
     pub config: tokio_postgres::Config,
+    /// TLS for the server (the admin login's, and the tenant logins' on the same server).
+    pub connector: silo_tls::postgres::PgConnector,
     /// Other tenants share this server (`postgres` fleet), so the silo must be isolated
     /// from them (`isolation`), and onboarding fails if it cannot be.
     pub shared: bool,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use silo_tls::postgres::{PgConnector, PgTls, PgTlsError};
 use tokio_postgres::config::Host;
 
 use super::{AdminAccess, Availability, ProvisionError, Provisioner, TenantSpec, bootstrap};
@@ -13,6 +14,10 @@ use crate::catalog::Placement;
 pub struct FleetServer {
     pub name: String,
     pub admin: tokio_postgres::Config,
+    /// The DSN's `sslmode` / `sslrootcert`; also what tenant routes to this server use
+    /// unless their tier names its own.
+    pub tls: PgTls,
+    connector: PgConnector,
 }
 
 impl std::fmt::Debug for FleetServer {
@@ -24,6 +29,23 @@ impl std::fmt::Debug for FleetServer {
 }
 
 impl FleetServer {
+    /// A fleet member; reads the TLS settings' CA file now.
+    ///
+    /// Errors: the CA file cannot be read or holds no certificate.
+    pub fn new(
+        name: String,
+        admin: tokio_postgres::Config,
+        tls: PgTls,
+    ) -> Result<Self, PgTlsError> {
+        let connector = tls.connector()?;
+        Ok(Self {
+            name,
+            admin,
+            tls,
+            connector,
+        })
+    }
+
     /// Host and port routers connect to: the admin login's first TCP host.
     fn address(&self) -> Result<(String, u16), ProvisionError> {
         let host = self
@@ -58,6 +80,12 @@ impl PostgresProvisioner {
             server.address()?;
         }
         Ok(Self { servers })
+    }
+
+    /// The TLS settings (from its DSN) of the fleet server `name`, which tenant routes to it
+    /// use unless their tier names its own.
+    pub fn server_tls(&self, name: &str) -> Option<&PgTls> {
+        self.servers.iter().find(|s| s.name == name).map(|s| &s.tls)
     }
 
     fn server(&self, name: &str) -> Result<&FleetServer, ProvisionError> {
@@ -106,7 +134,12 @@ impl Provisioner for PostgresProvisioner {
         placement: &Placement,
     ) -> Result<(Availability, Placement), ProvisionError> {
         let server = self.server(&placement.server)?;
-        let client = bootstrap::connect(&server.admin, "reaching the fleet server").await;
+        let client = bootstrap::connect(
+            &server.admin,
+            &server.connector,
+            "reaching the fleet server",
+        )
+        .await;
         match client {
             Ok(_) => Ok((Availability::Ready, placement.clone())),
             Err(ProvisionError::Transient(_)) => Ok((
@@ -121,8 +154,10 @@ impl Provisioner for PostgresProvisioner {
     }
 
     async fn admin_access(&self, placement: &Placement) -> Result<AdminAccess, ProvisionError> {
+        let server = self.server(&placement.server)?;
         Ok(AdminAccess {
-            config: self.server(&placement.server)?.admin.clone(),
+            config: server.admin.clone(),
+            connector: server.connector.clone(),
             shared: true,
         })
     }

@@ -14,6 +14,7 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use secrecy::ExposeSecret;
 use silo_auth::JwtVerifier;
 use silo_proto::controlplane::v1::{self as pb, control_plane_server::ControlPlane};
+use silo_tls::postgres::PgTls;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -21,12 +22,12 @@ use uuid::Uuid;
 pub use auth::{Caller, Permission};
 
 use crate::{
-    catalog::{Catalog, DeleteParams, NewTenant, TenantFilter},
-    config::Tiers,
+    catalog::{Catalog, DeleteParams, NewTenant, Placement, TenantFilter},
+    config::{Tier, Tiers},
     crypto::{CredentialCipher, generate_password},
     error::{ControlPlaneError, RequestError},
     migrations::MigrationSet,
-    provisioner::{Provisioner, Provisioners, TenantSpec, bootstrap},
+    provisioner::{AnyProvisioner, Provisioner, Provisioners, TenantSpec, bootstrap},
     tenant::{SiloNamer, TenantId, TenantState},
 };
 
@@ -158,6 +159,24 @@ impl ControlPlaneService {
         Ok(convert::tenant(&updated))
     }
 
+    /// TLS to a tenant's database: its tier's settings, or for a `postgres` tier without
+    /// them, those of the fleet server's DSN.
+    fn route_tls(&self, tier: &Tier, placement: &Placement) -> Result<PgTls, ControlPlaneError> {
+        if let Some(tls) = tier
+            .tls()
+            .map_err(|e| ControlPlaneError::Internal(e.to_string()))?
+        {
+            return Ok(tls);
+        }
+        Ok(match self.provisioners.get(&tier.provisioner) {
+            Some(AnyProvisioner::Postgres(fleet)) => fleet
+                .server_tls(&placement.server)
+                .cloned()
+                .unwrap_or_default(),
+            _ => PgTls::default(),
+        })
+    }
+
     async fn resolve(&self, id: &TenantId) -> Result<pb::TenantRoute, ControlPlaneError> {
         // Read the sequence first: a watcher starting from it sees every later change.
         let sequence = self.catalog.latest_sequence().await?;
@@ -194,6 +213,13 @@ impl ControlPlaneService {
         if let Some(placement) = &tenant.placement {
             route.host = placement.host.clone();
             route.port = u32::from(placement.port);
+            let tls = self.route_tls(tier, placement)?;
+            route.sslmode = tls.mode.to_string();
+            route.sslrootcert = tls
+                .root_certs
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
         }
         // Credentials go out only for a tenant a router may serve.
         if let (TenantState::Active, Some(sealed)) = (tenant.state, &tenant.credentials) {

@@ -352,6 +352,7 @@ mod tests {
             credentials_version: 1,
             limits: TierLimits::default(),
             sequence,
+            tls: silo_tls::postgres::PgTls::default(),
         }
     }
 

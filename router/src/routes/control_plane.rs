@@ -10,6 +10,7 @@ use futures::stream::BoxStream;
 use secrecy::{ExposeSecret, SecretString};
 use silo_proto::controlplane::v1 as pb;
 use silo_proto::controlplane::v1::control_plane_client::ControlPlaneClient;
+use silo_tls::postgres::PgTls;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -338,6 +339,11 @@ impl TryFrom<pb::TenantRoute> for Route {
             },
             None => TierLimits::default(),
         };
+        let tls = PgTls::new(
+            Some(route.sslmode.as_str()).filter(|mode| !mode.is_empty()),
+            Some(route.sslrootcert.as_str()),
+        )
+        .map_err(|e| RouteError::Invalid(e.to_string()))?;
         Ok(Self {
             tenant_id,
             state,
@@ -350,6 +356,7 @@ impl TryFrom<pb::TenantRoute> for Route {
             credentials_version: route.credentials_version,
             limits,
             sequence: route.sequence,
+            tls,
         })
     }
 }

@@ -145,6 +145,8 @@ impl Scripted {
                     }),
                 }),
                 sequence: 17,
+                sslmode: "verify-full".into(),
+                sslrootcert: "/etc/silo/tenant-ca/ca.pem".into(),
             })),
             "sleepy" => Ok(Response::new(pb::TenantRoute {
                 tenant_id: "sleepy".into(),
@@ -173,6 +175,14 @@ impl Scripted {
                 state: pb::TenantState::Active.into(),
                 host: "127.0.0.1".into(),
                 port: 70_000,
+                ..Default::default()
+            })),
+            "bad-sslmode" => Ok(Response::new(pb::TenantRoute {
+                tenant_id: "bad-sslmode".into(),
+                state: pb::TenantState::Active.into(),
+                host: "127.0.0.1".into(),
+                port: 5432,
+                sslmode: "allow".into(),
                 ..Default::default()
             })),
             "bad-id" => Ok(Response::new(pb::TenantRoute {
@@ -267,6 +277,10 @@ async fn resolves_routes_and_follows_events_across_reconnects() {
     assert_eq!(route.limits.statement_timeout, Duration::from_secs(5));
     assert_eq!(route.sequence, 17);
     assert_eq!(
+        route.tls.to_string(),
+        "sslmode=verify-full sslrootcert=/etc/silo/tenant-ca/ca.pem"
+    );
+    assert_eq!(
         scripted.tokens.lock().expect("lock").as_slice(),
         ["Bearer svc-token"]
     );
@@ -281,6 +295,10 @@ async fn resolves_routes_and_follows_events_across_reconnects() {
         ("odd-state", "unknown state 99"),
         ("nowhere", "an active tenant without an endpoint"),
         ("big-port", "port"),
+        (
+            "bad-sslmode",
+            "sslmode \"allow\" is not one of disable, prefer, require, verify-ca, verify-full",
+        ),
         ("bad-id", "tenant id"),
     ] {
         match routes.resolve(&tenant_id(tenant)).await {

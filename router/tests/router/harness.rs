@@ -256,6 +256,7 @@ impl Harness {
             credentials_version: 1,
             limits,
             sequence: 0,
+            tls: Default::default(),
         });
     }
 

@@ -169,6 +169,7 @@ async fn retention_trims_old_events_and_operations_but_keeps_the_newest_and_dele
             .dsn(&env.catalog_database)
             .parse()
             .expect("dsn"),
+        &silo_tls::postgres::PgTls::disabled(),
         2,
         ControlPlaneMetrics::default(),
         CancellationToken::new(),

@@ -131,11 +131,10 @@ async fn provisioner_suite<P: Provisioner>(provisioner: &P, tenant: &str, tier: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_provisioner_passes_the_suite() {
     let env = TestEnv::start(1).await;
-    let provisioner = PostgresProvisioner::new(vec![FleetServer {
-        name: "pg0".into(),
-        admin: env.fleet_dsn(0).parse().unwrap(),
-    }])
-    .unwrap();
+    let (admin, tls) = silo_tls::postgres::parse_dsn(&env.fleet_dsn(0)).unwrap();
+    let provisioner =
+        PostgresProvisioner::new(vec![FleetServer::new("pg0".into(), admin, tls).unwrap()])
+            .unwrap();
     provisioner_suite(&provisioner, "suite-pg", "standard").await;
     let admin = env.admin_client(0, "postgres").await;
     let left: i64 = admin

@@ -45,9 +45,11 @@ async fn instance(rds: &aws_sdk_rds::Client, id: &str) -> Option<aws_sdk_rds::ty
     }
 }
 
+/// The instance's server takes TLS logins only, as a default RDS instance does
+/// (`rds.force_ssl = 1`): the tier verifies it (`verify-full`, the `rds` default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moto_onboards_a_served_tenant_and_deletes_it_with_a_final_snapshot() {
-    let env = TestEnv::start(1).await;
+    let env = TestEnv::start_tls(1).await;
     let moto = Moto::start().await;
     let config = env.rds_config(
         &moto.endpoint_url(),
@@ -84,6 +86,8 @@ async fn moto_onboards_a_served_tenant_and_deletes_it_with_a_final_snapshot() {
         (tenant.provisioner.as_str(), tenant.placement.as_str()),
         ("rds", "silo-acme")
     );
+    let route = cp.resolve("acme").await.unwrap();
+    assert_eq!(route.sslmode, "verify-full");
 
     let rds = rds_client(&moto.endpoint_url()).await;
     let made = instance(&rds, "silo-acme").await.expect("instance in moto");

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
 
 use super::*;
-use crate::testing::{TestCa, TestCert};
+use crate::testing::{Issued, TestCa};
 
 /// Serves `incoming` until the test ends: every connection echoes what it reads.
 async fn echo_server(tls: Option<Arc<ServerTls>>, timeout: Duration) -> SocketAddr {
@@ -39,7 +39,7 @@ async fn echo_server(tls: Option<Arc<ServerTls>>, timeout: Duration) -> SocketAd
     address
 }
 
-fn client_config(ca: &TestCa, identity: Option<&TestCert>) -> Arc<ClientConfig> {
+fn client_config(ca: &TestCa, identity: Option<&Issued>) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
@@ -68,7 +68,7 @@ type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
 async fn connect(
     address: SocketAddr,
     ca: &TestCa,
-    identity: Option<&TestCert>,
+    identity: Option<&Issued>,
 ) -> std::io::Result<ClientStream> {
     let connector = tokio_rustls::TlsConnector::from(client_config(ca, identity));
     let tcp = TcpStream::connect(address).await?;
@@ -102,12 +102,12 @@ impl Files {
         }
     }
 
-    fn server(&self, cert: &TestCert, client_ca: Option<&TestCa>) -> ServerTlsFiles {
+    fn server(&self, cert: &Issued, client_ca: Option<&TestCa>) -> ServerTlsFiles {
         let (cert, key) = cert.write(&self.dir, "server");
         ServerTlsFiles {
             cert,
             key,
-            client_ca: client_ca.map(|ca| ca.write(&self.dir, "client-ca.crt")),
+            client_ca: client_ca.map(|ca| ca.write(&self.dir.join("client-ca.crt"))),
         }
     }
 
@@ -336,7 +336,7 @@ fn server_flags_go_together() {
 fn client_tls_checks_its_files_up_front() {
     let ca = TestCa::new("ca");
     let files = Files::new();
-    let ca_file = ca.write(&files.dir, "ca.crt");
+    let ca_file = ca.write(&files.dir.join("ca.crt"));
     let (cert, key) = ca.issue(&["router"]).write(&files.dir, "client");
     let (_, other_key) = ca.issue(&["router"]).write(&files.dir, "other");
     let tls = |ca_file: &Path, cert: Option<&Path>, key: Option<&Path>| ClientTls {

@@ -37,6 +37,8 @@ pub use config::{EndpointRewrite, RdsArgs, RdsTierSettings};
 pub use error::AwsFault;
 pub use reconcile::{ReconcileReport, reconcile};
 
+use silo_tls::postgres::{PgConnector, PgTls};
+
 use super::{AdminAccess, Availability, ProvisionError, Provisioner, TenantSpec};
 use crate::{catalog::Placement, config::Tiers, crypto::CredentialCipher};
 
@@ -129,6 +131,8 @@ struct Inner {
     tiers: BTreeMap<String, RdsTierSettings>,
     rewrites: Vec<EndpointRewrite>,
     timing: PollTiming,
+    /// Each tier's TLS to its instances (`verify-full` unless the tier says otherwise).
+    tls: BTreeMap<String, (PgTls, PgConnector)>,
 }
 
 #[derive(Clone)]
@@ -151,6 +155,7 @@ impl RdsProvisioner {
         secrets: aws_sdk_secretsmanager::Client,
         cipher: CredentialCipher,
         tiers: BTreeMap<String, RdsTierSettings>,
+        tls: BTreeMap<String, (PgTls, PgConnector)>,
         rewrites: Vec<EndpointRewrite>,
         timing: PollTiming,
     ) -> Self {
@@ -162,6 +167,7 @@ impl RdsProvisioner {
                 tiers,
                 rewrites,
                 timing,
+                tls,
             }),
         }
     }
@@ -180,17 +186,33 @@ impl RdsProvisioner {
                     .into(),
             ));
         }
-        let settings = tiers
-            .tiers
-            .iter()
-            .filter(|(_, tier)| tier.provisioner == "rds")
+        let rds_tiers = || {
+            tiers
+                .tiers
+                .iter()
+                .filter(|(_, tier)| tier.provisioner == "rds")
+        };
+        let settings = rds_tiers()
             .map(|(name, tier)| (name.clone(), tier.rds.clone().unwrap_or_default()))
             .collect();
+        let tls = rds_tiers()
+            .map(|(name, tier)| {
+                let tls = tier
+                    .tls()
+                    .map_err(|e| ProvisionError::Permanent(format!("tier {name}: {e}")))?
+                    .unwrap_or_default();
+                let connector = tls
+                    .connector()
+                    .map_err(|e| ProvisionError::Permanent(format!("tier {name}: {e}")))?;
+                Ok((name.clone(), (tls, connector)))
+            })
+            .collect::<Result<_, ProvisionError>>()?;
         Ok(Self::new(
             aws_sdk_rds::Client::new(&sdk),
             aws_sdk_secretsmanager::Client::new(&sdk),
             cipher,
             settings,
+            tls,
             args.endpoint_rewrites.clone(),
             PollTiming {
                 min: args.poll_min(),
@@ -345,8 +367,16 @@ impl Provisioner for RdsProvisioner {
             .password(password.expose_secret())
             .dbname("postgres")
             .connect_timeout(Duration::from_secs(10));
+        let (tls, connector) = self.inner.tls.get(&details.tier).cloned().ok_or_else(|| {
+            ProvisionError::Permanent(format!(
+                "tier {} has no RDS settings configured",
+                details.tier
+            ))
+        })?;
+        tls.apply(&mut config);
         Ok(AdminAccess {
             config,
+            connector,
             shared: false,
         })
     }
