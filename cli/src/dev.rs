@@ -215,7 +215,7 @@ fn control_plane_config(
     server: &silo_pg_server::PgServer,
     secrets: &secrets::DevSecrets,
 ) -> anyhow::Result<ControlPlaneConfig> {
-    Ok(<ControlPlaneConfig as clap::Parser>::try_parse_from([
+    let mut config = <ControlPlaneConfig as clap::Parser>::try_parse_from([
         "silo-control-plane".to_owned(),
         format!("--listen={}", args.control_plane_listen),
         format!("--metrics-listen={}", args.control_plane_metrics_listen),
@@ -230,7 +230,11 @@ fn control_plane_config(
         format!("--jwt-issuer={ISSUER}"),
         format!("--jwt-audience={AUDIENCE}"),
         format!("--shutdown-grace-secs={SHUTDOWN_GRACE_SECS}"),
-    ])?)
+    ])?;
+    // `silo dev` speaks plaintext gRPC on loopback; SILO_TLS_* exported for a real
+    // deployment must not turn it on halfway.
+    config.tls = silo_tls::grpc::ServerTlsArgs::default();
+    Ok(config)
 }
 
 /// The router's configuration, parsed from flags like its binary does.
@@ -241,7 +245,7 @@ fn router_config(
     service_token: &str,
     jwt_secret: &SecretString,
 ) -> anyhow::Result<RouterConfig> {
-    Ok(<RouterConfig as clap::Parser>::try_parse_from([
+    let mut config = <RouterConfig as clap::Parser>::try_parse_from([
         "silo-router".to_owned(),
         format!("--listen={listen}"),
         format!("--metrics-listen={metrics_listen}"),
@@ -252,7 +256,13 @@ fn router_config(
         format!("--jwt-issuer={ISSUER}"),
         format!("--jwt-audience={AUDIENCE}"),
         format!("--shutdown-grace-secs={SHUTDOWN_GRACE_SECS}"),
-    ])?)
+    ])?;
+    // Plaintext on loopback, whatever SILO_TLS_* / SILO_CONTROL_PLANE_*_FILE say.
+    config.tls = silo_tls::grpc::ServerTlsArgs::default();
+    config.control_plane_ca_file = None;
+    config.control_plane_cert_file = None;
+    config.control_plane_key_file = None;
+    Ok(config)
 }
 
 fn authorized<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {

@@ -219,3 +219,86 @@ async fn siloctl_mints_tokens_the_services_accept() {
     let claims: serde_json::Value = verifier.verify(token.trim()).unwrap();
     assert_eq!(claims["tenant_id"], "acme");
 }
+
+/// `siloctl` against the control plane at `url` with `args`, no endpoint from the
+/// environment.
+async fn siloctl_at(url: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_siloctl"))
+        .args(args)
+        .env("SILO_CONTROL_PLANE", url)
+        .env("SILO_TOKEN", token("admin"))
+        .env_remove("SILO_OUTPUT")
+        .env_remove("SILO_CA_FILE")
+        .env_remove("SILO_CERT_FILE")
+        .env_remove("SILO_KEY_FILE")
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn siloctl_reaches_a_mutual_tls_control_plane_with_its_ca_and_certificate_files() {
+    use silo_tls::testing::TestCa;
+    let env = TestEnv::start(1).await;
+    let dir = env.scratch_file("pki");
+    std::fs::create_dir_all(&dir).unwrap();
+    let server_ca = TestCa::new("server CA");
+    let client_ca = TestCa::new("client CA");
+    let (server_cert, server_key) = server_ca.issue(&["127.0.0.1"]).write(&dir, "server");
+    let (cert, key) = client_ca.issue(&["siloctl"]).write(&dir, "client");
+    let ca = server_ca.write(&dir.join("ca.crt"));
+    let client_ca = client_ca.write(&dir.join("client-ca.crt"));
+    let flags = [
+        format!("--tls-cert-file={}", server_cert.display()),
+        format!("--tls-key-file={}", server_key.display()),
+        format!("--tls-client-ca-file={}", client_ca.display()),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let client = silo_tls::grpc::ClientTls {
+        ca_file: Some(ca.clone()),
+        cert_file: Some(cert.clone()),
+        key_file: Some(key.clone()),
+    };
+    let cp = env
+        .control_plane_over(
+            env.config(&flags),
+            Hooks::default(),
+            Some(client.config().unwrap()),
+        )
+        .await;
+    cp.onboard(&["acme"]).await;
+
+    let https = format!("https://{}", cp.address());
+    let (ca, cert, key) = (
+        ca.to_str().unwrap(),
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+    );
+    let get = ["tenants", "get", "acme", "-o", "json"];
+    let tls = ["--ca-file", ca, "--cert-file", cert, "--key-file", key];
+    let tenant = json(&siloctl_at(&https, &[&tls[..], &get].concat()).await);
+    assert_eq!(tenant["tenant_id"], "acme");
+
+    let anonymous = siloctl_at(&https, &[&["--ca-file", ca][..], &get].concat()).await;
+    assert!(
+        !anonymous.status.success(),
+        "no client certificate: {}",
+        String::from_utf8_lossy(&anonymous.stdout)
+    );
+    let untrusting = siloctl_at(&https, &[&tls[2..], &get].concat()).await;
+    assert!(
+        !untrusting.status.success(),
+        "the system roots do not trust the test CA: {}",
+        String::from_utf8_lossy(&untrusting.stdout)
+    );
+    let plaintext = siloctl_at(
+        &format!("http://{}", cp.address()),
+        &[&tls[..], &get].concat(),
+    )
+    .await;
+    let error = String::from_utf8_lossy(&plaintext.stderr);
+    assert!(
+        !plaintext.status.success() && error.contains("https://"),
+        "TLS files with an http:// endpoint are refused: {error}"
+    );
+}

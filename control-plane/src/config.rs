@@ -134,6 +134,10 @@ pub struct ControlPlaneConfig {
     #[command(flatten)]
     pub jwt: JwtArgs,
 
+    /// TLS of the gRPC API (`--tls-cert-file`, `--tls-key-file`, `--tls-client-ca-file`).
+    #[command(flatten)]
+    pub tls: silo_tls::grpc::ServerTlsArgs,
+
     #[command(flatten)]
     pub rds: crate::provisioner::rds::RdsArgs,
 

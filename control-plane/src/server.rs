@@ -41,6 +41,8 @@ pub enum StartError {
     Catalog(#[from] CatalogError),
     #[error("tenant migrations: {0}")]
     Migrations(#[from] MigrationError),
+    #[error("tls: {0}")]
+    Tls(#[from] silo_tls::grpc::GrpcTlsError),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -152,6 +154,7 @@ pub async fn start(
     .map_err(|e| ConfigError::Invalid(e.to_string()))?;
     let tiers = Arc::new(Tiers::load(config.tiers_file.as_ref())?);
     let verifier = JwtVerifier::new(config.jwt.verifier_config()?)?;
+    let tls = config.tls.load()?;
     let provisioners = provisioners(&config, &tiers, &cipher).await?;
     let migrations = match &config.tenant_migrations_dir {
         Some(dir) => MigrationSet::from_dir(dir)?,
@@ -171,13 +174,18 @@ pub async fn start(
         shutdown.clone(),
     )
     .await?;
-    let metrics_addr =
-        silo_telemetry::serve_metrics(config.metrics_listen, Arc::new(registry), shutdown.clone())
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.metrics_listen,
-                source,
-            })?;
+    let readiness = silo_telemetry::Readiness::default();
+    let metrics_addr = silo_telemetry::serve_metrics(
+        config.metrics_listen,
+        Arc::new(registry),
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|source| StartError::Listen {
+        addr: config.metrics_listen,
+        source,
+    })?;
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -243,7 +251,7 @@ pub async fn start(
         migrations: Arc::new(migrations),
         shutdown: shutdown.clone(),
     };
-    let (health, health_service) = Health::new(vec![SERVICE_NAME]).await;
+    let (health, health_service) = Health::new(vec![SERVICE_NAME], readiness).await;
     tasks.spawn(follow_catalog_health(
         service.catalog.clone(),
         health,
@@ -251,6 +259,8 @@ pub async fn start(
     ));
     let (reflection_v1, reflection_v1alpha) = silo_telemetry::reflection()?;
     let stop = shutdown.clone();
+    let tls_on = tls.is_some();
+    let incoming = silo_tls::grpc::Incoming::new(listener, tls);
     tasks.spawn(async move {
         let served = tonic::transport::Server::builder()
             .layer(grpc_metrics.layer())
@@ -258,16 +268,13 @@ pub async fn start(
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(
-                silo_telemetry::accepting(listener),
-                stop.cancelled_owned(),
-            )
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
             .await;
         if let Err(error) = served {
             tracing::error!(error = %error, "control-plane server stopped");
         }
     });
-    tracing::info!(%addr, %metrics_addr, "control plane listening");
+    tracing::info!(%addr, %metrics_addr, tls = tls_on, "control plane listening");
     Ok(RunningControlPlane {
         addr,
         metrics_addr,

@@ -2,6 +2,7 @@
 //! held in types that do not print them.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -17,6 +18,9 @@ pub enum ConfigError {
     /// Values that contradict each other or cannot be used; the message says which.
     #[error("{0}")]
     Invalid(String),
+    /// TLS files that cannot be used.
+    #[error("tls: {0}")]
+    Tls(#[from] silo_tls::grpc::GrpcTlsError),
 }
 
 fn secret(raw: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -42,6 +46,27 @@ pub struct RouterConfig {
         default_value = "http://127.0.0.1:50052"
     )]
     pub control_plane_url: String,
+
+    /// PEM CA certificates the control plane's certificate must chain to, with an
+    /// `https://` control-plane URL. Unset: the system's CA certificates.
+    #[arg(long, env = "SILO_CONTROL_PLANE_CA_FILE")]
+    pub control_plane_ca_file: Option<PathBuf>,
+
+    /// PEM certificate the router presents to the control plane (mutual TLS).
+    #[arg(
+        long,
+        env = "SILO_CONTROL_PLANE_CERT_FILE",
+        requires = "control_plane_key_file"
+    )]
+    pub control_plane_cert_file: Option<PathBuf>,
+
+    /// PEM private key of the certificate presented to the control plane.
+    #[arg(
+        long,
+        env = "SILO_CONTROL_PLANE_KEY_FILE",
+        requires = "control_plane_cert_file"
+    )]
+    pub control_plane_key_file: Option<PathBuf>,
 
     /// Service token (role `router`) for ResolveTenant and WatchTenants.
     #[arg(long, env = "SILO_CONTROL_PLANE_TOKEN", value_parser = secret, hide_env_values = true)]
@@ -69,6 +94,10 @@ pub struct RouterConfig {
     /// reconnected, in seconds.
     #[arg(long, env = "SILO_CONTROL_PLANE_SILENCE_SECS", default_value_t = 6)]
     pub control_plane_silence_secs: u64,
+
+    /// TLS of the gRPC API (`--tls-cert-file`, `--tls-key-file`, `--tls-client-ca-file`).
+    #[command(flatten)]
+    pub tls: silo_tls::grpc::ServerTlsArgs,
 
     /// How callers' JWTs are verified (algorithms, keys, issuer, audience, tenant claim).
     #[command(flatten)]
@@ -174,6 +203,30 @@ impl RouterConfig {
         }
     }
 
+    /// TLS of the link to the control plane: `Some` for an `https://` URL (the CA file and
+    /// client certificate read and checked now), `None` for `http://`. Naming TLS files
+    /// with an `http://` URL is an error rather than a silently plaintext link.
+    pub fn control_plane_tls(
+        &self,
+    ) -> Result<Option<tonic::transport::ClientTlsConfig>, ConfigError> {
+        let files = silo_tls::grpc::ClientTls {
+            ca_file: self.control_plane_ca_file.clone(),
+            cert_file: self.control_plane_cert_file.clone(),
+            key_file: self.control_plane_key_file.clone(),
+        };
+        if self.control_plane_url.starts_with("https://") {
+            return Ok(Some(files.config()?));
+        }
+        if files != silo_tls::grpc::ClientTls::default() {
+            return Err(ConfigError::Invalid(
+                "--control-plane-ca-file, --control-plane-cert-file and --control-plane-key-file \
+                 need an https:// --control-plane-url"
+                    .into(),
+            ));
+        }
+        Ok(None)
+    }
+
     /// The pool registry's limits from these flags.
     pub fn pools(&self) -> PoolConfig {
         PoolConfig {
@@ -226,6 +279,40 @@ mod tests {
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;
         RouterConfig::command().debug_assert();
+    }
+
+    #[test]
+    fn control_plane_tls_follows_the_url_scheme() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["silo-router", "--control-plane-token", "t"];
+            args.extend_from_slice(extra);
+            RouterConfig::try_parse_from(args).expect("parses")
+        };
+        assert!(parse(&[]).control_plane_tls().expect("plaintext").is_none());
+        let error = parse(&["--control-plane-ca-file", "/nonexistent/ca.crt"])
+            .control_plane_tls()
+            .expect_err("a CA file with http://");
+        assert!(error.to_string().contains("https://"), "{error}");
+        let error = parse(&[
+            "--control-plane-url",
+            "https://cp:50052",
+            "--control-plane-ca-file",
+            "/nonexistent/ca.crt",
+        ])
+        .control_plane_tls()
+        .expect_err("a CA file that is not there");
+        assert!(error.to_string().contains("/nonexistent/ca.crt"), "{error}");
+        assert!(
+            RouterConfig::try_parse_from([
+                "silo-router",
+                "--control-plane-token",
+                "t",
+                "--control-plane-cert-file",
+                "c.crt",
+            ])
+            .is_err(),
+            "a client certificate without its key"
+        );
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct ServeTelemetry {
     pub grpc: silo_telemetry::GrpcMetrics,
     /// Whether the route source currently reaches the control plane.
     pub control_plane_connected: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Follows the health service's status for the whole server (the metrics endpoint's
+    /// `/readyz`).
+    pub readiness: silo_telemetry::Readiness,
 }
 
 impl ServeTelemetry {
@@ -52,16 +55,18 @@ impl ServeTelemetry {
         Self {
             grpc: silo_telemetry::GrpcMetrics::register(&mut registry, "silo_router", 0),
             control_plane_connected: Arc::new(|| true),
+            readiness: silo_telemetry::Readiness::default(),
         }
     }
 }
 
 const SERVICE_NAME: &str = "silo.router.v1.Router";
 
-/// Serves `core` on `listener` until `shutdown`, following the route source's
+/// Serves `core` on `incoming` (a `TcpListener` for plaintext, or
+/// [`silo_tls::grpc::Incoming`] with TLS) until `shutdown`, following the route source's
 /// invalidations meanwhile, with gRPC health and reflection beside the Router service.
 pub async fn serve<S: RouteSource>(
-    listener: TcpListener,
+    incoming: impl Into<silo_tls::grpc::Incoming>,
     core: Arc<RouterCore<S>>,
     transaction_idle_timeout: Duration,
     telemetry: ServeTelemetry,
@@ -69,7 +74,8 @@ pub async fn serve<S: RouteSource>(
 ) -> Result<(), tonic::transport::Error> {
     let watcher = core.spawn_invalidations(shutdown.clone());
     let service = RouterService::new(core, transaction_idle_timeout);
-    let (health, health_service) = silo_telemetry::Health::new(vec![SERVICE_NAME]).await;
+    let (health, health_service) =
+        silo_telemetry::Health::new(vec![SERVICE_NAME], telemetry.readiness.clone()).await;
     let health_loop = tokio::spawn(follow_health(
         health,
         telemetry.control_plane_connected.clone(),
@@ -85,10 +91,7 @@ pub async fn serve<S: RouteSource>(
         Err(error) => tracing::warn!(error = %error, "reflection unavailable"),
     }
     let served = router
-        .serve_with_incoming_shutdown(
-            silo_telemetry::accepting(listener),
-            shutdown.cancelled_owned(),
-        )
+        .serve_with_incoming_shutdown(incoming.into(), shutdown.cancelled_owned())
         .await;
     watcher.abort();
     health_loop.abort();
@@ -139,8 +142,13 @@ async fn follow_health(
 pub async fn run(config: RouterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let verifier = silo_auth::JwtVerifier::new(config.jwt.verifier_config()?)?;
     let auth = Authenticator::new(verifier, config.tenant_claim.clone());
+    let tls = config.tls.load()?;
     let link = config.link();
-    let channel = routes::control_plane_channel(&config.control_plane_url, &link)?;
+    let channel = routes::control_plane_channel(
+        &config.control_plane_url,
+        &link,
+        config.control_plane_tls()?,
+    )?;
     let source = ControlPlaneRoutes::new(channel, config.control_plane_token.clone(), &link);
     let connected = source.connected();
     let mut registry = prometheus_client::registry::Registry::default();
@@ -160,24 +168,32 @@ pub async fn run(config: RouterConfig, shutdown: CancellationToken) -> anyhow::R
     ));
     // The endpoint outlives the gRPC server by the grace period, so it is stopped apart.
     let metrics_stop = CancellationToken::new();
+    let readiness = silo_telemetry::Readiness::default();
     let metrics_addr = silo_telemetry::serve_metrics(
         config.metrics_listen,
         Arc::new(registry),
+        readiness.clone(),
         metrics_stop.clone(),
     )
     .await?;
     let listener = TcpListener::bind(config.listen).await?;
-    tracing::info!(address = %listener.local_addr()?, %metrics_addr, "router listening");
+    tracing::info!(
+        address = %listener.local_addr()?,
+        %metrics_addr,
+        tls = tls.is_some(),
+        "router listening"
+    );
     let telemetry = ServeTelemetry {
         grpc,
         control_plane_connected: Arc::new(move || {
             connected.load(std::sync::atomic::Ordering::Relaxed)
         }),
+        readiness,
     };
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let server_stop = CancellationToken::new();
     let server = tokio::spawn(serve(
-        listener,
+        silo_tls::grpc::Incoming::new(listener, tls),
         core,
         Duration::from_secs(config.transaction_idle_secs),
         telemetry,

@@ -1,35 +1,59 @@
 //! gRPC health (`grpc.health.v1`) and server reflection (v1 and v1alpha, so older clients
 //! such as grpcurl 1.8 work too).
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::{ServingStatus, server::HealthReporter};
+
+/// Whether the server is ready: what its gRPC health service reports for the whole server
+/// (""), readable by the plaintext metrics endpoint's `/readyz` for probes that cannot
+/// speak TLS. Starts not ready.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Whether the health service reports SERVING for the whole server.
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+}
 
 /// The health service's handle: one status for the whole server ("") and one per service.
 #[derive(Clone)]
 pub struct Health {
     reporter: HealthReporter,
     services: Vec<&'static str>,
+    readiness: Readiness,
 }
 
 impl Health {
-    /// The reporter and the service to add to the server. Everything starts NOT_SERVING.
+    /// The reporter and the service to add to the server. Everything starts NOT_SERVING;
+    /// `readiness` follows the whole server's status.
     pub async fn new(
         services: Vec<&'static str>,
+        readiness: Readiness,
     ) -> (
         Self,
         tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     ) {
         let (reporter, service) = tonic_health::server::health_reporter();
-        let health = Self { reporter, services };
+        let health = Self {
+            reporter,
+            services,
+            readiness,
+        };
         health.set(false).await;
         (health, service)
     }
 
     /// Sets the whole server ("") and every service it was made with.
     pub async fn set(&self, serving: bool) {
+        self.readiness.set(serving);
         self.set_one("", serving).await;
         for service in &self.services {
             self.set_one(service, serving).await;
@@ -68,13 +92,4 @@ pub fn reflection() -> Result<
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     Ok((v1, v1alpha))
-}
-
-/// The connections `listener` accepts, with `TCP_NODELAY` and TCP keepalive. Tonic sets
-/// these only on listeners it binds itself; without `TCP_NODELAY` a response can sit in
-/// the kernel until the peer's delayed ACK.
-pub fn accepting(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)))
 }

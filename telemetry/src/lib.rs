@@ -7,7 +7,7 @@ mod metrics_http;
 mod request_metrics;
 mod throttle;
 
-pub use grpc::{Health, accepting, reflection};
+pub use grpc::{Health, Readiness, reflection};
 pub use logs::{LogFormat, init_logs};
 pub use metrics_http::serve_metrics;
 pub use request_metrics::{CallTenant, GrpcMetrics, GrpcMetricsLayer};

@@ -1,4 +1,7 @@
-//! A plain HTTP/1.1 endpoint serving `GET /metrics` in the Prometheus text format.
+//! A plain HTTP/1.1 endpoint: `GET /metrics` in the Prometheus text format, and the
+//! health paths for probes that cannot speak gRPC over TLS: `GET /healthz` (the process
+//! answers: 200) and `GET /readyz` (200 while the gRPC health service reports SERVING for
+//! the whole server, else 503).
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
@@ -10,8 +13,11 @@ use prometheus_client::{encoding::text::encode, registry::Registry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::Readiness;
+
 async fn respond(
     registry: Arc<Registry>,
+    readiness: Readiness,
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let reply = |status, content_type: &'static str, body: String| {
@@ -38,18 +44,29 @@ async fn respond(
                 ),
             }
         }
+        (&http::Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&http::Method::GET, "/readyz") if readiness.is_ready() => {
+            reply(StatusCode::OK, "text/plain", "ready\n".into())
+        }
+        (&http::Method::GET, "/readyz") => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready\n".into(),
+        ),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "only /metrics is here\n".into(),
+            "only /metrics, /healthz and /readyz are here\n".into(),
         ),
     }
 }
 
-/// Binds `addr` and serves the registry until `shutdown`; returns the bound address.
+/// Binds `addr` and serves the registry and `readiness` until `shutdown`; returns the
+/// bound address.
 pub async fn serve_metrics(
     addr: SocketAddr,
     registry: Arc<Registry>,
+    readiness: Readiness,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
@@ -62,8 +79,11 @@ pub async fn serve_metrics(
             };
             let Ok((stream, _)) = accepted else { continue };
             let registry = registry.clone();
+            let readiness = readiness.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |request| respond(registry.clone(), request));
+                let service = service_fn(move |request| {
+                    respond(registry.clone(), readiness.clone(), request)
+                });
                 if let Err(error) = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await

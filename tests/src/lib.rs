@@ -364,16 +364,32 @@ impl TestEnv {
         config: ControlPlaneConfig,
         hooks: Hooks,
     ) -> TestControlPlane {
+        self.control_plane_over(config, hooks, None).await
+    }
+
+    /// A control plane started with `config`; the test's client reaches it over TLS with
+    /// `client_tls` when set (`https://127.0.0.1:<port>`), else in plaintext.
+    pub async fn control_plane_over(
+        &self,
+        config: ControlPlaneConfig,
+        hooks: Hooks,
+        client_tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> TestControlPlane {
         let running = silo_control_plane::start(config, hooks, CancellationToken::new())
             .await
             .expect("control plane starts");
         let address = running.local_addr();
         let metrics_address = running.metrics_addr();
-        let channel = Channel::from_shared(format!("http://{address}"))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("control plane reachable");
+        let channel = match client_tls {
+            Some(tls) => Channel::from_shared(format!("https://{address}"))
+                .expect("uri")
+                .tls_config(tls)
+                .expect("tls config"),
+            None => Channel::from_shared(format!("http://{address}")).expect("uri"),
+        }
+        .connect()
+        .await
+        .expect("control plane reachable");
         TestControlPlane {
             running: Some(running),
             address,

@@ -18,6 +18,17 @@ use crate::{ISSUER, TestControlPlane, fixture, signer, token};
 
 pub const ROUTER_AUDIENCE: &str = "silo-router";
 
+/// TLS of a test router, all off by default.
+#[derive(Default)]
+pub struct RouterTls {
+    /// The router's own gRPC server.
+    pub server: Option<Arc<silo_tls::grpc::ServerTls>>,
+    /// The link to the control plane (`https://127.0.0.1:<port>` when set).
+    pub control_plane: Option<tonic::transport::ClientTlsConfig>,
+    /// The test's own client of the router.
+    pub client: Option<tonic::transport::ClientTlsConfig>,
+}
+
 pub struct TestRouter {
     pub address: std::net::SocketAddr,
     pub client: RouterClient<Channel>,
@@ -91,6 +102,28 @@ impl TestRouter {
         routes: &RouteCacheConfig,
         link: &LinkConfig,
     ) -> Self {
+        Self::start_full(control_plane, pools, routes, link, RouterTls::default()).await
+    }
+
+    /// A router following `control_plane` with the TLS of `tls`.
+    pub async fn start_tls(control_plane: &TestControlPlane, tls: RouterTls) -> Self {
+        Self::start_full(
+            control_plane.address(),
+            PoolConfig::default(),
+            &RouteCacheConfig::default(),
+            &LinkConfig::default(),
+            tls,
+        )
+        .await
+    }
+
+    async fn start_full(
+        control_plane: std::net::SocketAddr,
+        pools: PoolConfig,
+        routes: &RouteCacheConfig,
+        link: &LinkConfig,
+        tls: RouterTls,
+    ) -> Self {
         let verifier = JwtVerifier::new(VerifierConfig {
             algorithms: vec![Algorithm::RS256],
             keys: KeySource::PemFile(fixture("rsa_public.pem")),
@@ -99,7 +132,17 @@ impl TestRouter {
             leeway: Duration::from_secs(5),
         })
         .expect("verifier");
-        let channel = control_plane_channel(&format!("http://{control_plane}"), link).expect("uri");
+        let scheme = if tls.control_plane.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let channel = control_plane_channel(
+            &format!("{scheme}://{control_plane}"),
+            link,
+            tls.control_plane,
+        )
+        .expect("uri");
         let source = ControlPlaneRoutes::new(channel, token("router").into(), link);
         let connected = source.connected();
         let metrics = RouterMetrics::default();
@@ -117,7 +160,7 @@ impl TestRouter {
         let address = listener.local_addr().expect("address");
         let shutdown = CancellationToken::new();
         tokio::spawn(silo_router::serve(
-            listener,
+            silo_tls::grpc::Incoming::new(listener, tls.server),
             core,
             Duration::from_secs(10),
             ServeTelemetry {
@@ -128,9 +171,17 @@ impl TestRouter {
             },
             shutdown.clone(),
         ));
-        let client = RouterClient::connect(format!("http://{address}"))
-            .await
-            .expect("router reachable");
+        let client = match tls.client {
+            Some(client_tls) => Channel::from_shared(format!("https://{address}"))
+                .expect("uri")
+                .tls_config(client_tls)
+                .expect("tls config"),
+            None => Channel::from_shared(format!("http://{address}")).expect("uri"),
+        }
+        .connect()
+        .await
+        .expect("router reachable");
+        let client = RouterClient::new(client);
         Self {
             address,
             client,

@@ -8,6 +8,8 @@
 
 pub mod grpc;
 pub mod postgres;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::sync::Arc;
 

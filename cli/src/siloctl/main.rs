@@ -9,6 +9,7 @@ mod tenants;
 mod token;
 mod values;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,16 @@ struct Cli {
     /// for query / exec, a token for the tenant or a service token allowed to pick it.
     #[arg(long, global = true, env = "SILO_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM CA certificates the server's certificate must chain to, for `https://`
+    /// endpoints. Unset: the system's CA certificates.
+    #[arg(long, global = true, env = "SILO_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// PEM client certificate for servers that require one (mutual TLS).
+    #[arg(long, global = true, env = "SILO_CERT_FILE", requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long, global = true, env = "SILO_KEY_FILE", requires = "cert_file")]
+    key_file: Option<PathBuf>,
     /// Output format.
     #[arg(
         short = 'o',
@@ -71,22 +82,27 @@ enum Command {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let tls = silo_tls::grpc::ClientTls {
+        ca_file: cli.ca_file,
+        cert_file: cli.cert_file,
+        key_file: cli.key_file,
+    };
     match cli.command {
         Command::Token(args) => token::run(&args),
         Command::Tenants(command) => {
-            let connection = Connection::new(&cli.control_plane, cli.token).await?;
+            let connection = Connection::new(&cli.control_plane, cli.token, &tls).await?;
             tenants::run(&connection, command, cli.output).await
         }
         Command::Migrate(args) => {
-            let connection = Connection::new(&cli.control_plane, cli.token).await?;
+            let connection = Connection::new(&cli.control_plane, cli.token, &tls).await?;
             migrate::run(&connection, args, cli.output).await
         }
         Command::Query(args) => {
-            let router = sql::RouterConnection::new(&cli.router, cli.token).await?;
+            let router = sql::RouterConnection::new(&cli.router, cli.token, &tls).await?;
             sql::query(&router, args, cli.output).await
         }
         Command::Exec(args) => {
-            let router = sql::RouterConnection::new(&cli.router, cli.token).await?;
+            let router = sql::RouterConnection::new(&cli.router, cli.token, &tls).await?;
             sql::exec(&router, args, cli.output).await
         }
     }

@@ -40,12 +40,12 @@ pub struct RouterConnection {
 }
 
 impl RouterConnection {
-    pub async fn new(endpoint: &str, token: Option<String>) -> anyhow::Result<Self> {
-        let channel = Channel::from_shared(endpoint.to_owned())
-            .with_context(|| format!("invalid router endpoint {endpoint}"))?
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the router at {endpoint}"))?;
+    pub async fn new(
+        endpoint: &str,
+        token: Option<String>,
+        tls: &silo_tls::grpc::ClientTls,
+    ) -> anyhow::Result<Self> {
+        let channel = crate::client::channel(endpoint, tls, "router").await?;
         Ok(Self {
             client: RouterClient::new(channel),
             token,

@@ -95,11 +95,53 @@ SILO_JWT_JWKS_FILE: /etc/silo/jwt/jwks.json
 {{- end }}
 {{- end }}
 
-{{/* Volumes both pods have: a writable /tmp and, for key files, the JWT key. */}}
+{{- define "silo.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "silo.fullname" .)) .Values.tls.secretName }}
+{{- end }}
+
+{{/* The gRPC server's TLS settings (ConfigMap data) when TLS is on. */}}
+{{- define "silo.tlsServerConfig" -}}
+{{- if .Values.tls.enabled }}
+SILO_TLS_CERT_FILE: /etc/silo/tls/tls.crt
+SILO_TLS_KEY_FILE: /etc/silo/tls/tls.key
+{{- if .Values.tls.mutual }}
+SILO_TLS_CLIENT_CA_FILE: /etc/silo/tls/ca.crt
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Volumes both pods have: a writable /tmp, for key files the JWT key, the TLS Secret
+and the tenant databases' CA bundle when configured. */}}
 {{- define "silo.commonVolumes" -}}
 - name: tmp
   emptyDir:
     sizeLimit: 64Mi
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "silo.tlsSecretName" . }}
+    defaultMode: 0440
+{{- end }}
+{{- with .Values.tenantDatabaseCa }}
+{{- if and .secretName .configMapName }}
+{{- fail "tenantDatabaseCa: set secretName or configMapName, not both" }}
+{{- end }}
+{{- if or .secretName .configMapName }}
+- name: tenant-ca
+  {{- if .secretName }}
+  secret:
+    secretName: {{ .secretName }}
+    defaultMode: 0444
+  {{- else }}
+  configMap:
+    name: {{ .configMapName }}
+    defaultMode: 0444
+  {{- end }}
+    items:
+      - key: {{ required "tenantDatabaseCa.key names the bundle's key" .key }}
+        path: {{ .key }}
+{{- end }}
+{{- end }}
 {{- if ne .Values.jwt.keyType "hmac" }}
 - name: jwt
   secret:
@@ -119,6 +161,16 @@ SILO_JWT_JWKS_FILE: /etc/silo/jwt/jwks.json
 {{- define "silo.commonVolumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/silo/tls
+  readOnly: true
+{{- end }}
+{{- if or .Values.tenantDatabaseCa.secretName .Values.tenantDatabaseCa.configMapName }}
+- name: tenant-ca
+  mountPath: /etc/silo/tenant-ca
+  readOnly: true
+{{- end }}
 {{- if ne .Values.jwt.keyType "hmac" }}
 - name: jwt
   mountPath: /etc/silo/jwt
@@ -126,8 +178,34 @@ SILO_JWT_JWKS_FILE: /etc/silo/jwt/jwks.json
 {{- end }}
 {{- end }}
 
-{{/* Probes of one component: include with (dict "probes" .probes "port" 50051 "service" "pkg.Service"); gRPC probes take a port number, not a name. */}}
+{{/* Probes of one component: include with (dict "probes" .probes "port" 50051 "service" "pkg.Service" "tls" true); gRPC probes take a port number, not a name. With TLS (gRPC probes cannot speak it) the metrics port answers instead: /readyz is the gRPC health status, /healthz the process. */}}
 {{- define "silo.probes" -}}
+{{- if .tls }}
+{{- if eq .probes.liveness.type "grpc" }}
+{{- fail "probes.liveness.type grpc cannot be used with tls.enabled: Kubernetes gRPC probes do not speak TLS (use http)" }}
+{{- end }}
+startupProbe:
+  httpGet:
+    path: /readyz
+    port: metrics
+  periodSeconds: {{ .probes.startup.periodSeconds }}
+  timeoutSeconds: {{ .probes.startup.timeoutSeconds }}
+  failureThreshold: {{ .probes.startup.failureThreshold }}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: metrics
+  periodSeconds: {{ .probes.readiness.periodSeconds }}
+  timeoutSeconds: {{ .probes.readiness.timeoutSeconds }}
+  failureThreshold: {{ .probes.readiness.failureThreshold }}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  periodSeconds: {{ .probes.liveness.periodSeconds }}
+  timeoutSeconds: {{ .probes.liveness.timeoutSeconds }}
+  failureThreshold: {{ .probes.liveness.failureThreshold }}
+{{- else }}
 startupProbe:
   grpc:
     port: {{ .port }}
@@ -155,4 +233,5 @@ livenessProbe:
   periodSeconds: {{ .probes.liveness.periodSeconds }}
   timeoutSeconds: {{ .probes.liveness.timeoutSeconds }}
   failureThreshold: {{ .probes.liveness.failureThreshold }}
+{{- end }}
 {{- end }}

@@ -80,13 +80,18 @@ impl Default for LinkConfig {
 }
 
 /// A lazily connected channel to the control plane at `url`, with `link`'s connect
-/// timeout and keepalive: the router starts even when the control plane is down, and a
-/// connection that stops answering pings is replaced.
+/// timeout and keepalive, over TLS when `tls` is set: the router starts even when the
+/// control plane is down, and a connection that stops answering pings is replaced.
 pub fn control_plane_channel(
     url: &str,
     link: &LinkConfig,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 ) -> Result<Channel, tonic::transport::Error> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint
         .connect_timeout(link.call_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(link.keepalive_interval)

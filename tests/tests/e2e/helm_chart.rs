@@ -5,9 +5,10 @@
 //! of what matters: probes, securityContext and resources of the Deployments, Secrets and
 //! NetworkPolicies.
 //!
-//! ServiceMonitor is a CRD that kubernetes-validate has no schema for: it is left out of the
-//! schema validation and checked here instead (it selects a rendered Service that has a
-//! `metrics` port).
+//! ServiceMonitor and cert-manager's Certificate are CRDs that kubernetes-validate has no
+//! schema for: they are left out of the schema validation and checked here instead (a
+//! ServiceMonitor selects a rendered Service that has a `metrics` port; the Certificate
+//! names both Services and writes the Secret the pods mount).
 //!
 //! Tools: `SILO_HELM` / `SILO_KUBERNETES_VALIDATE` (scripts/test.sh installs and exports
 //! them), else `.tools/helm` / `.venv/bin/kubernetes-validate`. Missing tools fail the tests
@@ -23,6 +24,8 @@ use serde_json::Value;
 const KUBE_VERSION: &str = "1.32.0";
 const RELEASE: &str = "silo";
 const NAMESPACE: &str = "silo";
+/// Kinds from CRDs, which kubernetes-validate has no schema for.
+const CRD_KINDS: [&str; 2] = ["ServiceMonitor", "Certificate"];
 
 struct Tools {
     helm: PathBuf,
@@ -188,16 +191,18 @@ impl Tools {
             .count();
         let crds = objects
             .iter()
-            .filter(|object| kind(object) == "ServiceMonitor")
+            .filter(|object| CRD_KINDS.contains(&kind(object)))
             .count();
         assert_eq!(
             passed,
             objects.len() - crds,
-            "every object but the {crds} ServiceMonitor(s) must validate:\n{report}"
+            "every object but the {crds} of CRD kinds {CRD_KINDS:?} must validate:\n{report}"
         );
         for line in report.lines().filter(|line| line.starts_with("WARN")) {
             assert!(
-                line.contains("kind ServiceMonitor"),
+                CRD_KINDS
+                    .iter()
+                    .any(|crd| line.contains(&format!("kind {crd} "))),
                 "unexpected warning: {line}"
             );
         }
@@ -730,6 +735,140 @@ fn monitoring_variant_renders_service_monitors_and_router_autoscaler() {
     );
 }
 
+fn assert_http_probe(probe: &Value, path: &str) {
+    assert_eq!(probe["httpGet"]["path"], path, "{probe}");
+    assert_eq!(probe["httpGet"]["port"], "metrics", "{probe}");
+    assert!(probe.get("grpc").is_none(), "{probe}");
+}
+
+#[test]
+fn tls_variant_mounts_the_secret_and_probes_over_the_metrics_port() {
+    let Some(tools) = tools() else { return };
+    let rendered = tools.checked(&["ci/tls-values.yaml"]);
+
+    // One cert-manager Certificate for both Services, for server and client auth.
+    let certificate = rendered.get("Certificate", "silo-tls");
+    assert_eq!(certificate["apiVersion"], "cert-manager.io/v1");
+    assert_eq!(certificate["spec"]["secretName"], "silo-tls");
+    assert_eq!(certificate["spec"]["issuerRef"]["name"], "silo-ca");
+    assert_eq!(certificate["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    let usages = strings(&certificate["spec"]["usages"]);
+    assert!(usages.contains(&"server auth") && usages.contains(&"client auth"));
+    let names = strings(&certificate["spec"]["dnsNames"]);
+    for name in [
+        "silo-router.silo.svc",
+        "silo-control-plane.silo.svc",
+        "silo-control-plane.silo.svc.cluster.local",
+        "silo.example.com",
+    ] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+
+    for deployment in [router(), control_plane()] {
+        // Server TLS with client certificates required, from the mounted Secret.
+        for (var, file) in [
+            ("SILO_TLS_CERT_FILE", "/etc/silo/tls/tls.crt"),
+            ("SILO_TLS_KEY_FILE", "/etc/silo/tls/tls.key"),
+            ("SILO_TLS_CLIENT_CA_FILE", "/etc/silo/tls/ca.crt"),
+        ] {
+            assert_eq!(
+                rendered.env_var(&deployment, var).as_deref(),
+                Some(file),
+                "{deployment} {var}"
+            );
+        }
+        let pod = &rendered.get("Deployment", &deployment)["spec"]["template"]["spec"];
+        let volume = |name: &str| {
+            pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|volume| volume["name"] == name)
+                .unwrap_or_else(|| panic!("{deployment}: no volume {name}"))
+                .clone()
+        };
+        assert_eq!(volume("tls")["secret"]["secretName"], "silo-tls");
+        let tenant_ca = volume("tenant-ca");
+        assert_eq!(tenant_ca["configMap"]["name"], "rds-ca-bundle");
+        assert_eq!(
+            tenant_ca["configMap"]["items"][0]["path"],
+            "global-bundle.pem"
+        );
+        let container = rendered.container(&deployment);
+        let mounts = container["volumeMounts"].as_array().unwrap();
+        for (name, path) in [
+            ("tls", "/etc/silo/tls"),
+            ("tenant-ca", "/etc/silo/tenant-ca"),
+        ] {
+            let mount = mounts
+                .iter()
+                .find(|mount| mount["name"] == name)
+                .unwrap_or_else(|| panic!("{deployment}: no mount {name}"));
+            assert_eq!(mount["mountPath"], path);
+            assert_eq!(mount["readOnly"], true);
+            // A subPath mount would never see a renewed certificate.
+            assert!(mount.get("subPath").is_none());
+        }
+
+        // gRPC probes cannot speak TLS: the metrics port answers them.
+        assert_http_probe(&container["startupProbe"], "/readyz");
+        assert_http_probe(&container["readinessProbe"], "/readyz");
+        assert_http_probe(&container["livenessProbe"], "/healthz");
+        assert_hardened(rendered.get("Deployment", &deployment), container);
+    }
+
+    // The router reaches the control plane over https, trusting the Secret's CA and
+    // presenting the Secret's certificate.
+    for (var, value) in [
+        (
+            "SILO_CONTROL_PLANE_URL",
+            "https://silo-control-plane.silo.svc:50052",
+        ),
+        ("SILO_CONTROL_PLANE_CA_FILE", "/etc/silo/tls/ca.crt"),
+        ("SILO_CONTROL_PLANE_CERT_FILE", "/etc/silo/tls/tls.crt"),
+        ("SILO_CONTROL_PLANE_KEY_FILE", "/etc/silo/tls/tls.key"),
+    ] {
+        assert_eq!(
+            rendered.env_var(&router(), var).as_deref(),
+            Some(value),
+            "{var}"
+        );
+    }
+    assert_eq!(
+        rendered.env_var(&control_plane(), "SILO_CONTROL_PLANE_URL"),
+        None
+    );
+
+    // Without TLS none of it is rendered.
+    let plain = Rendered(tools.to_objects(&tools.render(&[])));
+    assert!(plain.all("Certificate").is_empty());
+    for deployment in [router(), control_plane()] {
+        assert_eq!(plain.env_var(&deployment, "SILO_TLS_CERT_FILE"), None);
+    }
+
+    // A gRPC liveness probe cannot work with TLS: refused with the reason.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("grpc-liveness.yaml");
+    std::fs::write(
+        &file,
+        "router:\n  probes:\n    readiness: {periodSeconds: 5, timeoutSeconds: 2, failureThreshold: 2}\n    \
+         liveness: {type: grpc, periodSeconds: 10, timeoutSeconds: 3, failureThreshold: 6}\n    \
+         startup: {periodSeconds: 5, timeoutSeconds: 2, failureThreshold: 60}\n",
+    )
+    .unwrap();
+    let output = tools.helm(
+        "template",
+        &["ci/tls-values.yaml"],
+        &["--values", file.to_str().unwrap()],
+    );
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("gRPC probes do not speak TLS"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
 #[test]
 fn values_schema_rejects_wrong_types_and_unknown_keys() {
     let Some(tools) = tools() else { return };
@@ -753,6 +892,19 @@ fn values_schema_rejects_wrong_types_and_unknown_keys() {
         (
             "networkPolicy:\n  router:\n    tenantDatabases:\n      cidrs: [10.0.0.0]\n      ports: [5432]\n",
             "cidrs",
+        ),
+        ("tls:\n  mutal: true\n", "mutal"),
+        (
+            "tls:\n  enabled: true\n  certManager:\n    enabled: true\n",
+            "/tls/certManager/issuerRef/name",
+        ),
+        (
+            "tenantDatabaseCa:\n  configMapName: rds-ca\n",
+            "/tenantDatabaseCa",
+        ),
+        (
+            "tenantDatabaseCa:\n  secretName: a\n  configMapName: b\n  key: ca.pem\n",
+            "/tenantDatabaseCa",
         ),
     ];
     for (index, (values, complaint)) in cases.into_iter().enumerate() {

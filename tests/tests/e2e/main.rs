@@ -7,6 +7,7 @@ mod control_plane_link;
 mod crash_drill;
 mod crash_resume;
 mod fleet_migrations;
+mod grpc_tls;
 mod guards;
 mod helm_chart;
 mod lifecycle;
