@@ -550,12 +550,24 @@ fn rds_variant_renders_valid_with_irsa_and_chart_made_secrets() {
         Some("/etc/silo/tiers/tiers.toml")
     );
     let tiers = rendered.get("ConfigMap", &format!("{cp}-tiers"));
-    assert!(
-        tiers["data"]["tiers.toml"]
-            .as_str()
-            .unwrap()
-            .contains("provisioner = \"rds\"")
-    );
+    let tiers_toml = tiers["data"]["tiers.toml"].as_str().unwrap();
+    assert!(tiers_toml.contains("provisioner = \"rds\""));
+    // The control plane would start with it: the rds tier names the mounted CA bundle.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), tiers_toml).unwrap();
+    silo_control_plane::config::Tiers::load(Some(&file.path().to_path_buf()))
+        .expect("the rendered tiers load");
+    for deployment in [cp.clone(), router()] {
+        let mounts = rendered.container(&deployment)["volumeMounts"].clone();
+        assert!(
+            mounts
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|mount| mount["mountPath"] == "/etc/silo/tenant-ca"),
+            "{deployment}: the CA bundle is mounted where the tier names it"
+        );
+    }
 
     // IRSA: the role on the service account, and a token the AWS SDK can exchange.
     let account = rendered.get("ServiceAccount", &cp);
