@@ -6,6 +6,7 @@
 mod banner;
 mod postgres;
 mod secrets;
+mod tls;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -70,6 +71,11 @@ pub struct DevArgs {
     /// Log format: `human` or `json`.
     #[arg(long, env = "SILO_LOG_FORMAT", default_value = "human")]
     log_format: LogFormat,
+    /// TLS on every hop (clients to both gRPC servers, the router's link to the control
+    /// plane, every PostgreSQL connection, all `verify-full`), with a throwaway CA kept in
+    /// `<data dir>/tls/ca.pem`; the banner names it. Off: plaintext on loopback.
+    #[arg(long, env = "SILO_DEV_TLS")]
+    tls: bool,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -80,16 +86,34 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let secrets = secrets::DevSecrets::load_or_create(&data_dir.join("secrets"))?;
     let mut stop_signal = StopSignal::install()?;
 
+    let tls = match args.tls {
+        true => Some(tls::DevTls::load_or_create(&data_dir.join("tls"))?),
+        false => None,
+    };
     let server = postgres::start(&data_dir).await?;
+    tls::configure_postgres(&server.server, tls.as_ref())
+        .await
+        .context("configuring TLS on the local PostgreSQL server")?;
     let shutdown = CancellationToken::new();
     let control_plane = silo_control_plane::start(
-        control_plane_config(&args, &server.server, &secrets)?,
+        control_plane_config(&args, &server.server, &secrets, tls.as_ref())?,
         Hooks::default(),
         shutdown.clone(),
     )
     .await
     .context("starting the control plane")?;
-    let control_plane_url = format!("http://{}", control_plane.local_addr());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let control_plane_url = format!("{scheme}://{}", control_plane.local_addr());
+    let client_tls = tls
+        .as_ref()
+        .map(|tls| {
+            silo_tls::grpc::ClientTls {
+                ca_file: Some(tls.ca.clone()),
+                ..Default::default()
+            }
+            .config()
+        })
+        .transpose()?;
 
     let signer = TokenSigner::from_hmac_secret(&secrets.jwt, Algorithm::HS256)?;
     let sign = |subject: &str, ttl: Duration, claim: (&str, &str)| {
@@ -123,16 +147,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         &control_plane_url,
         &router_service_token,
         &secrets.jwt,
+        tls.as_ref(),
     )?;
     let router_stop = CancellationToken::new();
     let mut router = tokio::spawn(silo_router::run(router_config, router_stop.clone()));
 
-    let mut client = ControlPlaneClient::connect(control_plane_url.clone()).await?;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(control_plane_url.clone())?;
+    if let Some(config) = &client_tls {
+        endpoint = endpoint.tls_config(config.clone())?;
+    }
+    let mut client = ControlPlaneClient::new(endpoint.connect().await?);
     let started = async {
         for tenant in &args.tenants {
             onboard(&mut client, &admin_token, tenant).await?;
         }
-        wait_router_ready(router_listen, &tenant_tokens).await
+        wait_router_ready(router_listen, client_tls.as_ref(), &tenant_tokens).await
     };
     let outcome = tokio::select! {
         outcome = started => outcome.map(|()| true),
@@ -150,7 +179,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             router_metrics,
             control_plane: control_plane.local_addr(),
             control_plane_metrics: control_plane.metrics_addr(),
-            postgres_dsn: server.server.dsn("postgres"),
+            postgres_dsn: match &tls {
+                Some(tls) => tls.verified(&server.server.dsn("postgres")),
+                None => server.server.dsn("postgres"),
+            },
+            ca_file: tls.as_ref().map(|tls| tls.ca.as_path()),
             postgres_data: server.server.data_dir(),
             postgres_fallback: server.fallback.as_deref(),
             admin_token: &admin_token,
@@ -214,27 +247,40 @@ fn control_plane_config(
     args: &DevArgs,
     server: &silo_pg_server::PgServer,
     secrets: &secrets::DevSecrets,
+    tls: Option<&tls::DevTls>,
 ) -> anyhow::Result<ControlPlaneConfig> {
+    let dsn = |database: &str| match tls {
+        Some(tls) => tls.verified(&server.dsn(database)),
+        None => server.dsn(database),
+    };
     let mut config = <ControlPlaneConfig as clap::Parser>::try_parse_from([
         "silo-control-plane".to_owned(),
         format!("--listen={}", args.control_plane_listen),
         format!("--metrics-listen={}", args.control_plane_metrics_listen),
-        format!("--catalog-url={}", server.dsn(postgres::CATALOG_DATABASE)),
+        format!("--catalog-url={}", dsn(postgres::CATALOG_DATABASE)),
         format!(
             "--credentials-key={}",
             secrets.credentials_key.expose_secret()
         ),
-        format!("--postgres-server=local={}", server.dsn("postgres")),
+        format!("--postgres-server=local={}", dsn("postgres")),
         "--jwt-algorithms=HS256".to_owned(),
         format!("--jwt-hmac-secret={}", secrets.jwt.expose_secret()),
         format!("--jwt-issuer={ISSUER}"),
         format!("--jwt-audience={AUDIENCE}"),
         format!("--shutdown-grace-secs={SHUTDOWN_GRACE_SECS}"),
     ])?;
-    // `silo dev` speaks plaintext gRPC on loopback; SILO_TLS_* exported for a real
-    // deployment must not turn it on halfway.
-    config.tls = silo_tls::grpc::ServerTlsArgs::default();
+    // TLS is `--tls`'s alone: SILO_TLS_* exported for a real deployment must not turn it
+    // on halfway.
+    config.tls = server_tls(tls);
     Ok(config)
+}
+
+fn server_tls(tls: Option<&tls::DevTls>) -> silo_tls::grpc::ServerTlsArgs {
+    silo_tls::grpc::ServerTlsArgs {
+        tls_cert_file: tls.map(|tls| tls.cert.clone()),
+        tls_key_file: tls.map(|tls| tls.key.clone()),
+        tls_client_ca_file: None,
+    }
 }
 
 /// The router's configuration, parsed from flags like its binary does.
@@ -244,6 +290,7 @@ fn router_config(
     control_plane_url: &str,
     service_token: &str,
     jwt_secret: &SecretString,
+    tls: Option<&tls::DevTls>,
 ) -> anyhow::Result<RouterConfig> {
     let mut config = <RouterConfig as clap::Parser>::try_parse_from([
         "silo-router".to_owned(),
@@ -257,9 +304,9 @@ fn router_config(
         format!("--jwt-audience={AUDIENCE}"),
         format!("--shutdown-grace-secs={SHUTDOWN_GRACE_SECS}"),
     ])?;
-    // Plaintext on loopback, whatever SILO_TLS_* / SILO_CONTROL_PLANE_*_FILE say.
-    config.tls = silo_tls::grpc::ServerTlsArgs::default();
-    config.control_plane_ca_file = None;
+    // `--tls`'s alone, whatever SILO_TLS_* / SILO_CONTROL_PLANE_*_FILE say.
+    config.tls = server_tls(tls);
+    config.control_plane_ca_file = tls.map(|tls| tls.ca.clone());
     config.control_plane_cert_file = None;
     config.control_plane_key_file = None;
     Ok(config)
@@ -314,12 +361,17 @@ async fn onboard(
 /// printed call sure to work.
 async fn wait_router_ready(
     router: SocketAddr,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
     tenant_tokens: &[(String, String)],
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{router}"))?
-        .connect_timeout(Duration::from_secs(1))
-        .connect_lazy();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{router}"))?
+        .connect_timeout(Duration::from_secs(1));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.clone())?;
+    }
+    let channel = endpoint.connect_lazy();
     let mut client = RouterClient::new(channel);
     for (tenant, token) in tenant_tokens {
         loop {

@@ -101,11 +101,12 @@ fn banner_value(lines: &[String], label: &str) -> String {
         .unwrap_or_else(|| panic!("no `{label}` line in:\n{}", lines.join("\n")))
 }
 
-async fn start_silo_dev(data_dir: &Path) -> (SiloDev, Vec<String>) {
+async fn start_silo_dev(data_dir: &Path, extra: &[&str]) -> (SiloDev, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_silo"))
         .arg("dev")
         .arg("--data-dir")
         .arg(data_dir)
+        .args(extra)
         .args([
             "--router-listen=127.0.0.1:0",
             "--router-metrics-listen=127.0.0.1:0",
@@ -210,7 +211,7 @@ async fn silo_dev_serves_two_isolated_tenants_and_stops_cleanly_on_sigterm() {
     )
     .unwrap();
     let data_dir = temp.path().join("silo-dev");
-    let (mut dev, banner) = start_silo_dev(&data_dir).await;
+    let (mut dev, banner) = start_silo_dev(&data_dir, &[]).await;
     let ready_after = started.elapsed();
 
     let router = banner_value(&banner, "router");
@@ -294,4 +295,131 @@ async fn silo_dev_serves_two_isolated_tenants_and_stops_cleanly_on_sigterm() {
     let left = processes_mentioning(&temp.path().to_string_lossy());
     assert!(left.is_empty(), "processes left behind: {left:?}");
     println!("silo dev ready after {ready_after:?}, stopped {stopped_after:?} after SIGTERM");
+}
+
+/// Stops `dev` with SIGTERM and checks it exits 0.
+async fn stop(mut dev: SiloDev) {
+    nix::sys::signal::kill(dev.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), dev.child.wait())
+        .await
+        .expect("silo dev stops within a minute of SIGTERM")
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "silo dev exits 0:\n{}",
+        dev.output()
+    );
+}
+
+/// `silo dev --tls`: the same Python client over TLS trusting only the printed CA, every
+/// PostgreSQL session silo opened encrypted; the same data dir then runs plaintext again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silo_dev_tls_puts_every_hop_on_tls_with_the_printed_ca() {
+    let Some(python) = python() else { return };
+    let temp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        temp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let data_dir = temp.path().join("silo-dev");
+    let (dev, banner) = start_silo_dev(&data_dir, &["--tls"]).await;
+    let ca = banner_value(&banner, "TLS CA");
+    assert_eq!(
+        Path::new(&ca),
+        data_dir.join("tls/ca.pem").canonicalize().unwrap()
+    );
+    let text = banner.join("\n");
+    assert!(
+        text.contains(&format!("grpcurl -cacert {ca} -H"))
+            && text.contains(&format!("SILO_CA_FILE={ca}"))
+            && text.contains("SILO_ROUTER=https://")
+            && !text.contains("-plaintext"),
+        "the banner's calls use the CA:\n{text}"
+    );
+    let router = banner_value(&banner, "router");
+    let client = Command::new(&python)
+        .arg(repository().join("tests/python/silo_dev_client.py"))
+        .arg(repository().join("proto"))
+        .arg(&router)
+        .arg(banner_value(&banner, "router metrics"))
+        .arg(format!("acme={}", banner_value(&banner, "token acme")))
+        .arg(format!("globex={}", banner_value(&banner, "token globex")))
+        .env("SILO_CA_FILE", &ca)
+        .output();
+    let client = tokio::time::timeout(Duration::from_secs(120), client)
+        .await
+        .expect("the Python client finishes")
+        .expect("the Python client runs");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&client.stdout),
+        String::from_utf8_lossy(&client.stderr)
+    );
+    assert!(
+        client.status.success() && report.contains("all checks passed"),
+        "Python client over TLS failed:\n{report}\n--- silo dev ---\n{}",
+        dev.output()
+    );
+
+    // A plaintext client is refused by the TLS router.
+    let plaintext = Command::new(&python)
+        .arg(repository().join("tests/python/silo_dev_client.py"))
+        .arg(repository().join("proto"))
+        .arg(&router)
+        .arg(banner_value(&banner, "router metrics"))
+        .arg(format!("acme={}", banner_value(&banner, "token acme")))
+        .arg(format!("globex={}", banner_value(&banner, "token globex")))
+        .output();
+    let plaintext = tokio::time::timeout(Duration::from_secs(60), plaintext)
+        .await
+        .expect("the plaintext client gives up")
+        .expect("runs");
+    assert!(
+        !plaintext.status.success(),
+        "plaintext gRPC must not be served"
+    );
+
+    // Every session silo holds on PostgreSQL is encrypted.
+    let dsn = banner_value(&banner, "PostgreSQL");
+    let port: u16 = dsn
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {dsn}"));
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .dbname("postgres");
+    let (admin, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let row = admin
+        .query_one(
+            "SELECT count(*), coalesce(bool_and(s.ssl), false) FROM pg_stat_activity a \
+             JOIN pg_stat_ssl s USING (pid) \
+             WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (sessions, all_tls): (i64, bool) = (row.get(0), row.get(1));
+    assert!(
+        sessions > 0 && all_tls,
+        "{sessions} sessions, all TLS: {all_tls}"
+    );
+    drop(admin);
+    stop(dev).await;
+
+    // The same data dir without --tls: plaintext again, tenants still served.
+    let (dev, banner) = start_silo_dev(&data_dir, &[]).await;
+    let text = banner.join("\n");
+    assert!(
+        text.contains("-plaintext") && !text.contains("TLS CA"),
+        "{text}"
+    );
+    stop(dev).await;
 }

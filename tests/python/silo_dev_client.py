@@ -10,6 +10,7 @@ usage: silo_dev_client.py PROTO_DIR ROUTER_ADDR METRICS_URL TENANT=TOKEN TENANT=
 """
 
 import importlib
+import os
 import re
 import sys
 import tempfile
@@ -98,7 +99,15 @@ def main():
     # The generated modules are imported before the directory goes away.
     with tempfile.TemporaryDirectory(prefix="silo-stubs-") as stubs:
         pb, pb_grpc = load_stubs(proto_dir, stubs)
-    channel = grpc.insecure_channel(router)
+    # SILO_CA_FILE: `silo dev --tls`'s CA; the router's certificate must chain to it
+    # and name the address dialled.
+    ca_file = os.environ.get("SILO_CA_FILE")
+    if ca_file:
+        with open(ca_file, "rb") as f:
+            credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+        channel = grpc.secure_channel(router, credentials)
+    else:
+        channel = grpc.insecure_channel(router)
     grpc.channel_ready_future(channel).result(timeout=10)
     stub = pb_grpc.RouterStub(channel)
     tenants = []

@@ -11,6 +11,8 @@ pub struct Banner<'a> {
     pub postgres_dsn: String,
     pub postgres_data: &'a Path,
     pub postgres_fallback: Option<&'a str>,
+    /// The dev CA clients trust with `--tls`; `None`: plaintext.
+    pub ca_file: Option<&'a Path>,
     pub admin_token: &'a str,
     /// (tenant, token with its `tenant_id` claim)
     pub tenant_tokens: &'a [(String, String)],
@@ -43,6 +45,17 @@ pub fn print(banner: &Banner<'_>) {
     if let Some(reason) = banner.postgres_fallback {
         line("", format!("(not under the data dir: {reason})"));
     }
+    if let Some(ca) = banner.ca_file {
+        line("TLS CA", ca.display());
+    }
+    let (grpcurl_tls, scheme, siloctl_ca) = match banner.ca_file {
+        Some(ca) => (
+            format!("-cacert {}", ca.display()),
+            "https",
+            format!(" SILO_CA_FILE={}", ca.display()),
+        ),
+        None => ("-plaintext".to_owned(), "http", String::new()),
+    };
     println!();
     line("admin token", banner.admin_token);
     for (tenant, token) in banner.tenant_tokens {
@@ -52,7 +65,7 @@ pub fn print(banner: &Banner<'_>) {
         println!();
         println!("  try it, as {tenant} (grpcurl finds the API by reflection):");
         println!();
-        println!("    grpcurl -plaintext -H 'authorization: Bearer {token}' \\");
+        println!("    grpcurl {grpcurl_tls} -H 'authorization: Bearer {token}' \\");
         println!(
             "      -d '{{\"statement\": {{\"sql\": \"select current_database(), now()\"}}}}' \\"
         );
@@ -61,14 +74,14 @@ pub fn print(banner: &Banner<'_>) {
         println!("  or with siloctl (cargo run -q -p silo --bin siloctl -- ...):");
         println!();
         println!(
-            "    SILO_ROUTER=http://{} SILO_TOKEN='{token}' \\",
+            "    SILO_ROUTER={scheme}://{}{siloctl_ca} SILO_TOKEN='{token}' \\",
             banner.router
         );
         println!("      siloctl query --tenant {tenant} 'select current_database(), now()'");
     }
     println!();
     println!(
-        "  tenants: SILO_CONTROL_PLANE=http://{} SILO_TOKEN=<admin token> siloctl tenants list",
+        "  tenants: SILO_CONTROL_PLANE={scheme}://{}{siloctl_ca} SILO_TOKEN=<admin token> siloctl tenants list",
         banner.control_plane
     );
     println!();
