@@ -1,5 +1,7 @@
 //! Router vs a direct bb8 pool of tokio-postgres connections: a point SELECT by primary key
-//! on one tenant, side by side in one run, at 1 and 64 clients.
+//! on one tenant, side by side in one run, at 1 and 64 clients; then the same over TLS
+//! (PostgreSQL with `ssl = on`, `verify-full`; the router's gRPC with a certificate), next
+//! to plaintext.
 //! Run with `cargo test --release -p silo-router --test router bench_point_select -- --ignored --nocapture`.
 //!
 //! Everything shares the machine: the load generator, the router and PostgreSQL. Each
@@ -15,7 +17,9 @@ use silo_proto::router::v1::router_client::RouterClient;
 use silo_router::pool::PoolConfig;
 use silo_router::session::SESSION_RESET;
 use silo_router::tenant::TierLimits;
-use tokio_postgres::{Client, NoTls, Statement};
+use silo_tls::postgres::{PgConnector, PgTls};
+use silo_tls::testing::TestCa;
+use tokio_postgres::{Client, Statement};
 
 use crate::harness::{Harness, authorized, execute, int, query};
 
@@ -189,6 +193,7 @@ fn postmaster(harness: &Harness) -> u32 {
 /// session reset sent behind every query, to show what the reset costs by itself.
 struct DirectManager {
     config: tokio_postgres::Config,
+    connector: PgConnector,
 }
 
 struct DirectConnection {
@@ -201,7 +206,7 @@ impl bb8::ManageConnection for DirectManager {
     type Error = tokio_postgres::Error;
 
     async fn connect(&self) -> Result<DirectConnection, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let (client, connection) = self.config.connect(self.connector.clone()).await?;
         tokio::spawn(connection);
         let statement = client.prepare(SQL).await?;
         Ok(DirectConnection { client, statement })
@@ -223,6 +228,7 @@ async fn direct(
     clients: usize,
     reset: bool,
     bouncer: Option<&PgBouncer>,
+    tls: &PgTls,
 ) -> Figures {
     let mut config = tokio_postgres::Config::new();
     config
@@ -230,9 +236,11 @@ async fn direct(
         .port(bouncer.map_or(harness.servers[0].port(), |b| b.port))
         .user(harness.servers[0].superuser())
         .dbname(database);
+    tls.apply(&mut config);
+    let connector = tls.connector().expect("connector");
     let pool = bb8::Pool::builder()
         .max_size(64)
-        .build(DirectManager { config })
+        .build(DirectManager { config, connector })
         .await
         .expect("pool");
     let proxy = bouncer.and_then(|b| b.process.id());
@@ -260,6 +268,13 @@ async fn direct(
 async fn channels(harness: &Harness, count: usize) -> Vec<tonic::transport::Channel> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", harness.address))
         .expect("endpoint");
+    connect_all(endpoint, count).await
+}
+
+async fn connect_all(
+    endpoint: tonic::transport::Endpoint,
+    count: usize,
+) -> Vec<tonic::transport::Channel> {
     let mut channels = Vec::with_capacity(count);
     for _ in 0..count {
         channels.push(endpoint.connect().await.expect("connects"));
@@ -270,8 +285,18 @@ async fn channels(harness: &Harness, count: usize) -> Vec<tonic::transport::Chan
 /// Calls through the router: each client on its own connection, or all on one.
 async fn routed(harness: &Harness, clients: usize, shared_connection: bool) -> Figures {
     let channels = channels(harness, if shared_connection { 1 } else { clients }).await;
+    routed_over(harness, channels, "bench", clients).await
+}
+
+/// Calls as `tenant` over `channels`, client `c` on channel `c % channels.len()`.
+async fn routed_over(
+    harness: &Harness,
+    channels: Vec<tonic::transport::Channel>,
+    tenant: &str,
+    clients: usize,
+) -> Figures {
     let connected: Arc<Vec<_>> = Arc::new(channels.into_iter().map(RouterClient::new).collect());
-    let token = Arc::new(harness.tenant_token("bench"));
+    let token = Arc::new(harness.tenant_token(tenant));
     measure(postmaster(harness), None, clients, move |c, id| {
         let mut client = connected[c % connected.len()].clone();
         let token = token.clone();
@@ -389,7 +414,7 @@ async fn bench_point_select() {
         Some(router_runtime.handle()),
     )
     .await;
-    let database = harness.add_tenant("bench", 0, limits).await;
+    let database = harness.add_tenant("bench", 0, limits.clone()).await;
     let mut client = harness.client.clone();
     for sql in [
         "CREATE TABLE items AS SELECT g AS id, md5(g::text) AS body \
@@ -411,15 +436,23 @@ async fn bench_point_select() {
         println!("(no PgBouncer line: pgbouncer is not installed; apt-get install pgbouncer)");
     }
     for clients in [1usize, 64] {
-        let baseline = direct(&harness, &database, clients, false, None).await;
+        let baseline = direct(&harness, &database, clients, false, None, &PgTls::default()).await;
         println!("{clients:>2} clients  direct bb8 pool            {baseline}");
-        let reset = direct(&harness, &database, clients, true, None).await;
+        let reset = direct(&harness, &database, clients, true, None, &PgTls::default()).await;
         println!(
             "{clients:>2} clients  direct + session reset     {reset}  qps {:.2}x",
             reset.qps / baseline.qps
         );
         if let Some(bouncer) = &bouncer {
-            let proxied = direct(&harness, &database, clients, false, Some(bouncer)).await;
+            let proxied = direct(
+                &harness,
+                &database,
+                clients,
+                false,
+                Some(bouncer),
+                &PgTls::disabled(),
+            )
+            .await;
             println!(
                 "{clients:>2} clients  via PgBouncer (session)    {proxied}  qps {:.2}x",
                 proxied.qps / baseline.qps
@@ -441,6 +474,135 @@ async fn bench_point_select() {
             );
         }
     }
+    tls_lines(&harness, &database, limits, router_runtime.handle()).await;
     drop(harness);
     router_runtime.shutdown_background();
+}
+
+/// The server's TLS on, through `ALTER SYSTEM` and a reload, with a certificate for
+/// 127.0.0.1 signed by `ca`; waits until new sessions see it.
+async fn enable_server_tls(harness: &Harness, ca: &TestCa) {
+    let server = &harness.servers[0];
+    let (cert, key) = ca
+        .issue(&["127.0.0.1"])
+        .write(server.data_dir(), "bench-server");
+    for file in [&cert, &key] {
+        silo_pg_server::give_to_server_user(file).expect("server owns its certificate");
+    }
+    let admin = server.connect("postgres").await.expect("admin");
+    for statement in [
+        format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert.display()),
+        format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
+        "ALTER SYSTEM SET ssl = on".to_owned(),
+        "SELECT pg_reload_conf()".to_owned(),
+    ] {
+        admin.batch_execute(&statement).await.expect("ssl settings");
+    }
+    for _ in 0..100 {
+        let fresh = server.connect("postgres").await.expect("admin");
+        let ssl: String = fresh.query_one("SHOW ssl", &[]).await.expect("ssl").get(0);
+        if ssl == "on" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the benchmark server did not turn ssl on");
+}
+
+/// Plaintext next to TLS: PostgreSQL with `ssl = on` (sessions `verify-full`), and a
+/// second gRPC listener of the same router with a certificate, its clients trusting the
+/// CA; every line in this table on the same server and router.
+async fn tls_lines(
+    harness: &Harness,
+    database: &str,
+    limits: TierLimits,
+    router_runtime: &tokio::runtime::Handle,
+) {
+    use silo_tls::grpc::{ClientTls, Incoming, ServerTls, ServerTlsFiles};
+
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = TestCa::new("bench CA");
+    let ca_file = ca.write(&dir.path().join("ca.pem"));
+    enable_server_tls(harness, &ca).await;
+    let verify_full = PgTls::new(Some("verify-full"), ca_file.to_str()).expect("settings");
+    // Plaintext tenant sessions now that the server offers TLS: `disable`, not `prefer`.
+    harness.set_route_tls("bench", 0, database, limits.clone(), PgTls::disabled());
+    harness.set_route_tls("bench-tls", 0, database, limits, verify_full.clone());
+
+    let (cert, key) = ca.issue(&["127.0.0.1"]).write(dir.path(), "router");
+    let server_tls = ServerTls::load(ServerTlsFiles {
+        cert,
+        key,
+        client_ca: None,
+    })
+    .expect("router certificate");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("non-blocking");
+    let tls_address = listener.local_addr().expect("address");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let serve = {
+        let (core, stop) = (harness.core.clone(), stop.clone());
+        async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            silo_router::serve(
+                Incoming::new(listener, Some(Arc::new(server_tls))),
+                core,
+                Duration::from_secs(30),
+                silo_router::ServeTelemetry::unobserved(),
+                stop,
+            )
+            .await
+        }
+    };
+    drop(router_runtime.spawn(serve));
+    let client_tls = ClientTls {
+        ca_file: Some(ca_file),
+        ..ClientTls::default()
+    }
+    .config()
+    .expect("client TLS");
+    let tls_endpoint = tonic::transport::Endpoint::from_shared(format!("https://{tls_address}"))
+        .expect("endpoint")
+        .tls_config(client_tls)
+        .expect("tls endpoint");
+
+    println!();
+    println!("plaintext vs TLS (PostgreSQL ssl = on, sessions verify-full; gRPC over TLS 1.3):");
+    for clients in [1usize, 64] {
+        let plain = direct(harness, database, clients, false, None, &PgTls::disabled()).await;
+        println!("{clients:>2} clients  direct, plaintext          {plain}");
+        let direct_tls = direct(harness, database, clients, false, None, &verify_full).await;
+        println!(
+            "{clients:>2} clients  direct, TLS                {direct_tls}  qps {:.2}x",
+            direct_tls.qps / plain.qps
+        );
+        let router = routed_over(harness, channels(harness, clients).await, "bench", clients).await;
+        println!(
+            "{clients:>2} clients  router, plaintext          {router}  qps {:.2}x",
+            router.qps / plain.qps
+        );
+        let db_tls = routed_over(
+            harness,
+            channels(harness, clients).await,
+            "bench-tls",
+            clients,
+        )
+        .await;
+        println!(
+            "{clients:>2} clients  router, TLS to PostgreSQL  {db_tls}  qps {:.2}x of router plaintext",
+            db_tls.qps / router.qps
+        );
+        let both = routed_over(
+            harness,
+            connect_all(tls_endpoint.clone(), clients).await,
+            "bench-tls",
+            clients,
+        )
+        .await;
+        println!(
+            "{clients:>2} clients  router, TLS on both hops   {both}  qps {:.2}x of router plaintext",
+            both.qps / router.qps
+        );
+    }
+    stop.cancel();
 }

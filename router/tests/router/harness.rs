@@ -243,6 +243,19 @@ impl Harness {
     }
 
     fn set_route(&self, id: &str, server: usize, database: &str, limits: TierLimits) {
+        self.set_route_tls(id, server, database, limits, Default::default());
+    }
+
+    /// (Re)publishes an ACTIVE route of tenant `id` to `database` on server `server`, its
+    /// connections using `tls`.
+    pub fn set_route_tls(
+        &self,
+        id: &str,
+        server: usize,
+        database: &str,
+        limits: TierLimits,
+        tls: silo_tls::postgres::PgTls,
+    ) {
         let pg = &self.servers[server];
         self.routes.set(Route {
             tenant_id: tenant_id(id),
@@ -256,7 +269,7 @@ impl Harness {
             credentials_version: 1,
             limits,
             sequence: 0,
-            tls: Default::default(),
+            tls,
         });
     }
 
