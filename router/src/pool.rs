@@ -235,7 +235,12 @@ impl PoolRegistry {
     }
 
     fn build(&self, route: &Route) -> Arc<TenantPool> {
-        let connector = self.connectors.get(&route.tls).map_err(|e| e.to_string());
+        // The file and its fault go to the log; the caller learns only that the router's
+        // own configuration is at fault.
+        let connector = self.connectors.get(&route.tls).map_err(|error| {
+            tracing::warn!(tenant_id = %route.tenant_id, error = %error, "the route's TLS settings cannot be used");
+            "the router cannot read the CA certificates of the tenant's route".to_owned()
+        });
         Arc::new(TenantPool::new(
             route,
             &self.config,

@@ -190,6 +190,31 @@ async fn multi_dimensional_arrays_round_trip_as_nested_arrays() {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 }
 
+/// A route whose CA file the router cannot read (a mount missing on this router): every
+/// call is UNAVAILABLE saying so, without the file's path.
+#[tokio::test]
+async fn a_route_whose_ca_file_is_missing_is_unavailable_without_naming_it() {
+    let harness = Harness::start(PoolConfig::default()).await;
+    let database = harness.add_tenant("acme", 0, TierLimits::default()).await;
+    let tls = silo_tls::postgres::PgTls::new(
+        Some("verify-full"),
+        Some("/nonexistent/tenant-ca/bundle.pem"),
+    )
+    .expect("settings");
+    harness.set_route_tls("acme", 0, &database, TierLimits::default(), tls);
+    let status = harness
+        .client
+        .clone()
+        .query(harness.request("acme", query("SELECT 1", vec![])))
+        .await
+        .expect_err("no CA certificates");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "tenant database unreachable: TLS: the router cannot read the CA certificates of the tenant's route"
+    );
+}
+
 #[tokio::test]
 async fn faults_no_retry_can_fix_are_not_unavailable() {
     let harness = Harness::start(PoolConfig::default()).await;
