@@ -256,6 +256,25 @@ impl Harness {
         limits: TierLimits,
         tls: silo_tls::postgres::PgTls,
     ) {
+        let user = self.servers[server].superuser().to_owned();
+        self.set_route_full(id, server, database, &user, limits, tls);
+    }
+
+    /// (Re)publishes an ACTIVE route of tenant `id` to `database` on server 0, logging in
+    /// as `user` (trusted on the test servers, no password).
+    pub fn set_route_as(&self, id: &str, database: &str, user: &str, limits: TierLimits) {
+        self.set_route_full(id, 0, database, user, limits, Default::default());
+    }
+
+    fn set_route_full(
+        &self,
+        id: &str,
+        server: usize,
+        database: &str,
+        user: &str,
+        limits: TierLimits,
+        tls: silo_tls::postgres::PgTls,
+    ) {
         let pg = &self.servers[server];
         self.routes.set(Route {
             tenant_id: tenant_id(id),
@@ -264,7 +283,7 @@ impl Harness {
             host: pg.host().to_owned(),
             port: pg.port(),
             database: database.to_owned(),
-            user: pg.superuser().to_owned(),
+            user: user.to_owned(),
             password: SecretString::from(""),
             credentials_version: 1,
             limits,

@@ -109,6 +109,64 @@ async fn session_state_does_not_leak_to_the_next_call() {
     );
 }
 
+/// What the reset leaves out or adds by login: a superuser's session authorization is set
+/// back; a tenant-like login (no superuser) cannot change it at all, and its `SET ROLE` and
+/// sequence state are undone like the rest.
+#[tokio::test]
+async fn session_authorization_role_and_sequences_do_not_leak_for_either_kind_of_login() {
+    let harness = Harness::start(PoolConfig::default()).await;
+    let database = harness.add_tenant("acme", 0, single_connection()).await;
+    let admin = harness.servers[0].connect(&database).await.expect("admin");
+    admin
+        .batch_execute(
+            "CREATE ROLE plain LOGIN; CREATE ROLE helper NOLOGIN; GRANT helper TO plain; \
+             CREATE SEQUENCE counter; GRANT USAGE ON SEQUENCE counter TO plain, helper",
+        )
+        .await
+        .expect("roles");
+    let client = harness.client.clone();
+    let run = |sql: &'static str| {
+        let mut client = client.clone();
+        let request = harness.request("acme", query(sql, vec![]));
+        async move { client.query(request).await.map(|r| r.into_inner()) }
+    };
+
+    // A superuser login: SET SESSION AUTHORIZATION works, and is set back.
+    run("SET SESSION AUTHORIZATION plain")
+        .await
+        .expect("superuser may");
+    run("SELECT nextval('counter')").await.expect("nextval");
+    let rows = run("SELECT session_user::text, current_user::text")
+        .await
+        .expect("who");
+    assert_eq!(rows.rows[0].values, [text("postgres"), text("postgres")]);
+    let status = run("SELECT currval('counter')")
+        .await
+        .expect_err("sequence state reset");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+
+    // A login without superuser, as every tenant's is.
+    harness.set_route_as("acme", &database, "plain", single_connection());
+    let status = run("SET SESSION AUTHORIZATION postgres")
+        .await
+        .expect_err("only a superuser may");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    run("SET ROLE helper").await.expect("a member may");
+    run("SELECT nextval('counter')").await.expect("nextval");
+    let rows = run("SELECT session_user::text, current_user::text")
+        .await
+        .expect("who");
+    assert_eq!(
+        rows.rows[0].values,
+        [text("plain"), text("plain")],
+        "SET ROLE undone"
+    );
+    let status = run("SELECT currval('counter')")
+        .await
+        .expect_err("sequence state reset");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+}
+
 #[tokio::test]
 async fn an_interactive_transaction_commits_or_rolls_back() {
     use pb::transaction_request::Kind as In;

@@ -76,6 +76,30 @@ async fn sessions_of(env: &TestEnv, user: &str) -> (i64, bool) {
     (row.get(0), row.get(1))
 }
 
+/// The router's sessions for `tenant` exist and all use TLS. A call first, in a loop: the
+/// pool may be rebuilt (a route event after onboarding) between a call and the look at
+/// pg_stat_ssl, leaving no session to see; a plaintext session fails at once.
+async fn assert_router_sessions_encrypted(
+    env: &TestEnv,
+    router: &TestRouter,
+    tenant: &str,
+    role: &str,
+) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("a session of {tenant}'s to look at"),
+        || async {
+            query_text(router, tenant, "SELECT 'ok'", None)
+                .await
+                .expect("query");
+            let (sessions, all_tls) = sessions_of(env, role).await;
+            assert!(all_tls, "a session of {tenant}'s without TLS");
+            (sessions > 0).then_some(())
+        },
+    )
+    .await;
+}
+
 const V2: &str = "CREATE TABLE invoices (id bigint PRIMARY KEY, total numeric NOT NULL);\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,8 +140,7 @@ async fn onboarding_routing_cancel_and_fleet_migration_work_over_verify_full() {
         .expect("migrated table");
     assert_eq!(invoices, ["0"]);
     let role = cp.get_tenant("acme").await.expect("tenant").role;
-    let (tenant_sessions, all_tls) = sessions_of(&env, &role).await;
-    assert!(tenant_sessions > 0 && all_tls, "{tenant_sessions} sessions");
+    assert_router_sessions_encrypted(&env, &router, "acme", &role).await;
 
     // Cancel: a caller that gives up has its statement cancelled on the server, through
     // a cancel request over TLS like the statement's connection (the cancel token
@@ -236,8 +259,7 @@ async fn plaintext_wrong_ca_and_wrong_host_fail_with_the_certificate_problem() {
         .expect("verify-ca ignores the name");
     assert_eq!(answer, ["ok"]);
     let role = cp.get_tenant("chain").await.expect("tenant").role;
-    let (sessions, all_tls) = sessions_of(&env, &role).await;
-    assert!(sessions > 0 && all_tls, "{sessions} sessions");
+    assert_router_sessions_encrypted(&env, &router, "chain", &role).await;
 
     for (tenant, reason) in [
         ("plain", None),
