@@ -6,8 +6,6 @@
 //! its log lines, both processes' RSS, ListTenants (every page) and GetTenant latency, a
 //! dry-run fleet migration over every tenant, and a retention pass over the whole history.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use silo_control_plane::catalog::Catalog;
@@ -15,90 +13,11 @@ use silo_control_plane::metrics::ControlPlaneMetrics;
 use silo_control_plane::retention::{Retention, trim};
 use silo_proto::controlplane::v1::{self as pb, control_plane_client::ControlPlaneClient};
 use silo_proto::router::v1 as rpb;
+use silo_tests::processes::{free_port, release_binaries, spawn, wait_serving};
 use silo_tests::router::{ROUTER_AUDIENCE, call, statement, tenant_token};
-use silo_tests::{ISSUER, TestEnv, fixture, health_status, http_get, token, with_token};
+use silo_tests::{ISSUER, TestEnv, fixture, http_get, token, with_token};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-
-/// A child process killed when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Process {
-    fn rss_mib(&self) -> f64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
-}
-
-/// Builds the two binaries in release mode and returns the directory holding them.
-fn binaries() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "silo-control-plane",
-            "-p",
-            "silo-router",
-            "--bins",
-        ])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "the binaries build");
-    // target/release/deps/catalog_scale-… → target/release
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
-        .expect("target dir")
-}
-
-fn spawn(binary: &Path, args: &[String], log: &Path) -> Process {
-    let out = std::fs::File::create(log).expect("log file");
-    let err = out.try_clone().expect("log file");
-    Process(
-        Command::new(binary)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("spawns"),
-    )
-}
-
-async fn wait_serving(address: std::net::SocketAddr, timeout: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        if health_status(address, "").await
-            == Some(tonic_health::pb::health_check_response::ServingStatus::Serving)
-        {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < timeout, "serving within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
 
 fn ms(duration: Duration) -> String {
     format!("{:.1} ms", duration.as_secs_f64() * 1e3)
@@ -110,7 +29,7 @@ async fn main() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(100_000);
-    let bin = binaries();
+    let bin = release_binaries();
     let logs = tempfile::tempdir().expect("log dir");
     let env = TestEnv::start(1).await;
 

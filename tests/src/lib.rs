@@ -5,6 +5,7 @@ pub mod calls;
 pub mod fake_rds;
 mod logs;
 pub mod moto;
+pub mod processes;
 pub mod proxy;
 pub mod rds;
 pub mod router;
