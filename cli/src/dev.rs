@@ -4,6 +4,7 @@
 //! SIGTERM stops everything.
 
 mod banner;
+mod instance;
 mod postgres;
 mod secrets;
 mod tls;
@@ -83,6 +84,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    // Before anything is touched: a second instance on this data dir, or a port in use,
+    // must leave the running one alone.
+    let mut lock = instance::InstanceLock::acquire(&data_dir)?;
+    instance::check_ports(&[
+        ("router", args.router_listen),
+        ("router-metrics", args.router_metrics_listen),
+        ("control-plane", args.control_plane_listen),
+        ("control-plane-metrics", args.control_plane_metrics_listen),
+    ])?;
     let secrets = secrets::DevSecrets::load_or_create(&data_dir.join("secrets"))?;
     let mut stop_signal = StopSignal::install()?;
 
@@ -174,6 +184,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
 
     if let Ok(true) = outcome {
+        lock.describe(&format!(
+            "pid {}, router {router_listen}, control plane {}",
+            std::process::id(),
+            control_plane.local_addr()
+        ))?;
         banner::print(&banner::Banner {
             router: router_listen,
             router_metrics,

@@ -226,6 +226,31 @@ async fn silo_dev_serves_two_isolated_tenants_and_stops_cleanly_on_sigterm() {
             && text.contains(&banner_value(&banner, "admin token")),
         "the banner shows a call to paste and the tokens:\n{text}"
     );
+    // A second `silo dev` on the same data dir refuses at once, naming the first, and
+    // touches nothing; one on a port in use refuses before starting anything.
+    let (refused, stderr) = run_to_end(&data_dir, &[]).await;
+    assert!(
+        !refused.success(),
+        "a second instance must not start:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("silo dev is already running on")
+            && stderr.contains(&format!("pid {}", dev.pid()))
+            && stderr.contains(&format!("router {router}")),
+        "the refusal names the running instance:\n{stderr}"
+    );
+    let other_dir = temp.path().join("other");
+    let (refused, stderr) = run_to_end(&other_dir, &[&format!("--router-listen={router}")]).await;
+    assert!(!refused.success(), "a busy port must stop it:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {router} (router)")),
+        "{stderr}"
+    );
+    assert!(
+        !other_dir.join("postgres").exists(),
+        "nothing was started for the refused instance"
+    );
+
     let postmaster_pid: i32 = std::fs::read_to_string(data_dir.join("postgres/postmaster.pid"))
         .expect("postgresql runs on the data dir")
         .lines()
@@ -295,6 +320,35 @@ async fn silo_dev_serves_two_isolated_tenants_and_stops_cleanly_on_sigterm() {
     let left = processes_mentioning(&temp.path().to_string_lossy());
     assert!(left.is_empty(), "processes left behind: {left:?}");
     println!("silo dev ready after {ready_after:?}, stopped {stopped_after:?} after SIGTERM");
+}
+
+/// Runs `silo dev` on `data_dir` (free ports unless `extra` says otherwise) expecting it to
+/// refuse: its exit status and stderr, within 30 s.
+async fn run_to_end(data_dir: &Path, extra: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut args = vec![
+        "dev".to_owned(),
+        format!("--data-dir={}", data_dir.display()),
+        "--router-metrics-listen=127.0.0.1:0".to_owned(),
+        "--control-plane-listen=127.0.0.1:0".to_owned(),
+        "--control-plane-metrics-listen=127.0.0.1:0".to_owned(),
+    ];
+    if !extra.iter().any(|arg| arg.starts_with("--router-listen")) {
+        args.push("--router-listen=127.0.0.1:0".to_owned());
+    }
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    let output = Command::new(env!("CARGO_BIN_EXE_silo"))
+        .args(&args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .expect("a refused silo dev ends at once")
+        .expect("silo dev runs");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// Stops `dev` with SIGTERM and checks it exits 0.
