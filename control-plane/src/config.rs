@@ -9,12 +9,22 @@ use serde::Deserialize;
 use silo_tls::postgres::{PgTls, PgTlsError, parse_dsn};
 use thiserror::Error;
 
+/// Why the configuration was refused at startup.
 #[derive(Debug, Error)]
 pub enum ConfigError {
+    /// A flag's value is wrong (a fleet server's DSN or TLS settings); the message names
+    /// the flag or server, never a secret.
     #[error("{0}")]
     Invalid(String),
+    /// The `--tiers-file` could not be read, is not valid TOML for [`Tiers`], or fails its
+    /// checks.
     #[error("tiers file {path}: {message}")]
-    Tiers { path: PathBuf, message: String },
+    Tiers {
+        /// The tiers file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 fn secret(raw: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -24,7 +34,10 @@ fn secret(raw: &str) -> Result<SecretString, std::convert::Infallible> {
 /// A fleet member: `NAME=postgres://admin@host:port/postgres`.
 #[derive(Clone)]
 pub struct FleetServerArg {
+    /// The name tenants are placed under (`Placement::server`): letters, digits, `-` and
+    /// `_`.
     pub name: String,
+    /// The admin DSN, libpq URL or key-value form; holds a password, so never printed.
     pub dsn: SecretString,
 }
 
@@ -66,6 +79,8 @@ impl FleetServerArg {
     }
 }
 
+/// Everything `silo-control-plane` is started with, from flags or `SILO_*` environment
+/// variables.
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "silo-control-plane",
@@ -131,6 +146,7 @@ pub struct ControlPlaneConfig {
     #[arg(long, env = "SILO_MAX_STEP_ATTEMPTS", default_value_t = 8)]
     pub max_step_attempts: u32,
 
+    /// JWT verification of callers (`--jwt-*` flags; see the auth crate).
     #[command(flatten)]
     pub jwt: JwtArgs,
 
@@ -138,6 +154,7 @@ pub struct ControlPlaneConfig {
     #[command(flatten)]
     pub tls: silo_tls::grpc::ServerTlsArgs,
 
+    /// The `rds` provisioner's AWS settings (`--rds-*` flags).
     #[command(flatten)]
     pub rds: crate::provisioner::rds::RdsArgs,
 
@@ -188,15 +205,24 @@ pub use silo_auth::JwtArgs;
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Tier {
+    /// Provisioner that makes the tier's silos: `postgres` (a database on a fleet server)
+    /// or `rds` (an instance per tenant).
     pub provisioner: String,
+    /// Most connections a router's pool opens to one tenant's database (default 10).
     #[serde(default = "defaults::max_connections")]
     pub max_connections: u32,
+    /// Calls per second a router admits for one tenant (token bucket refill; 0: unlimited;
+    /// default 1000).
     #[serde(default = "defaults::rate_per_second")]
     pub rate_per_second: u32,
+    /// Size of the token bucket: calls admitted at once after a quiet spell (default 2000).
     #[serde(default = "defaults::burst")]
     pub burst: u32,
+    /// Calls of one tenant a router runs at once (0: unlimited; default 32).
     #[serde(default = "defaults::max_concurrent_calls")]
     pub max_concurrent_calls: u32,
+    /// PostgreSQL `statement_timeout` of the tenant's connections, in ms, when the call has
+    /// no shorter deadline (default 30000).
     #[serde(default = "defaults::statement_timeout_ms")]
     pub statement_timeout_ms: u64,
     /// Instance settings when the provisioner is `rds` (`[tiers.NAME.rds]`).
@@ -254,11 +280,15 @@ mod defaults {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Tiers {
+    /// The tier of tenants created without one; must be one of `tiers`.
     pub default_tier: String,
+    /// The tiers by name (`[tiers.NAME]`).
     pub tiers: BTreeMap<String, Tier>,
 }
 
 impl Tiers {
+    /// The tiers used without `--tiers-file`: `free`, `standard` (the default) and
+    /// `enterprise`, all on the `postgres` provisioner.
     pub fn builtin() -> Self {
         let tier = |max_connections, rate_per_second, max_concurrent_calls| Tier {
             provisioner: "postgres".into(),
@@ -281,6 +311,7 @@ impl Tiers {
         }
     }
 
+    /// The tiers of `path` (`--tiers-file`), checked; the built-in ones when `None`.
     pub fn load(path: Option<&PathBuf>) -> Result<Self, ConfigError> {
         let Some(path) = path else {
             return Ok(Self::builtin());
@@ -310,6 +341,7 @@ impl Tiers {
         Ok(())
     }
 
+    /// The tier called `name`, if defined.
     pub fn get(&self, name: &str) -> Option<&Tier> {
         self.tiers.get(name)
     }

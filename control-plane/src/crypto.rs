@@ -11,12 +11,18 @@ use thiserror::Error;
 
 const NONCE_LEN: usize = 12;
 
+/// Why sealing or opening credentials failed; all three are the operator's problem and
+/// reach callers only as INTERNAL.
 #[derive(Debug, Error)]
 pub enum CryptoError {
+    /// The key is not standard base64 of exactly 32 bytes (AES-256).
     #[error("the credential key must be 32 bytes, base64-encoded")]
     BadKey,
+    /// A sealed value does not open: it was sealed with another key or for another tenant,
+    /// is shorter than its 12-byte nonce, or was damaged.
     #[error("stored credentials could not be decrypted (wrong key or damaged data)")]
     Decrypt,
+    /// AES-GCM refused to seal (only for a message beyond its length limit).
     #[error("credentials could not be encrypted")]
     Encrypt,
 }
@@ -55,6 +61,8 @@ impl CredentialCipher {
         SecretString::from(general_purpose::STANDARD.encode(key))
     }
 
+    /// Seals `secret` for `tenant`: a fresh random 12-byte nonce followed by the
+    /// AES-256-GCM ciphertext and 16-byte tag, with the tenant id as associated data.
     pub fn encrypt(&self, tenant: &str, secret: &SecretString) -> Result<Vec<u8>, CryptoError> {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let payload = Payload {
@@ -70,6 +78,7 @@ impl CredentialCipher {
         Ok(sealed)
     }
 
+    /// Opens what `encrypt` sealed for the same `tenant`.
     pub fn decrypt(&self, tenant: &str, sealed: &[u8]) -> Result<SecretString, CryptoError> {
         if sealed.len() <= NONCE_LEN {
             return Err(CryptoError::Decrypt);

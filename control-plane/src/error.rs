@@ -45,20 +45,43 @@ pub enum RequestError {
     UnknownWaveTenant(PlanError),
 }
 
+/// Why a ControlPlane call failed. The variants are named after the gRPC code they map to
+/// (one mapping, `From<ControlPlaneError> for Status`); each says below which domain
+/// conditions it stands for.
 #[derive(Debug, Error)]
 pub enum ControlPlaneError {
+    /// The request was refused as malformed before anything was read or written
+    /// (INVALID_ARGUMENT).
     #[error(transparent)]
     Request(#[from] RequestError),
+    /// The call carries no bearer token, or its JWT fails verification (signature,
+    /// algorithm, `exp` / `nbf`, issuer, audience); the message says which
+    /// (UNAUTHENTICATED).
     #[error("missing or invalid token: {0}")]
     Unauthenticated(String),
+    /// The token is valid but its `role` claim may not make this call: `admin` mutates,
+    /// `admin` and `viewer` read, `router` resolves tenants, `admin` and `router` watch
+    /// events (PERMISSION_DENIED).
     #[error("{0}")]
     PermissionDenied(&'static str),
+    /// What the call names does not exist: a tenant that was never created or is `DELETED`,
+    /// an operation id, or a migration run; the payload names the kind of thing
+    /// (NOT_FOUND).
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// CreateTenant for an id whose tenant is live (not `FAILED` or `DELETED`) with a
+    /// different request id; a retry must reuse the original request id (ALREADY_EXISTS).
     #[error("{0}")]
     AlreadyExists(&'static str),
+    /// The tenant's state forbids the call (suspending a tenant that is not `ACTIVE`,
+    /// resuming one that is not `SUSPENDED`, rotating credentials of one that is neither),
+    /// or it moved on while the call ran; the payload is the state it is in
+    /// (FAILED_PRECONDITION).
     #[error("tenant is {0}")]
     WrongState(TenantState),
+    /// The fleet or the catalog is not where the call needs it: another migration run is
+    /// still pending, a dry run was asked to resume, or a contract migration's barrier is
+    /// not met; the message says what to do first (FAILED_PRECONDITION).
     #[error("{0}")]
     FailedPrecondition(String),
     /// A tier or tenant names a provisioner this control plane was not started with. No
@@ -66,11 +89,20 @@ pub enum ControlPlaneError {
     /// FAILED_PRECONDITION (a migration run records it as a permanent failure).
     #[error("the {0} provisioner is not configured")]
     ProvisionerNotConfigured(String),
+    /// A dependency is down or refusing for now and a retry may succeed: the catalog cannot
+    /// be reached, a provisioner step failed transiently, or AWS refused to list RDS
+    /// instances (UNAVAILABLE).
     #[error("{0}")]
     Unavailable(String),
-    /// A position in a log that is no longer kept.
+    /// A position in a log that is no longer kept: WatchTenants from a sequence older than
+    /// the event retention keeps (`--event-retention-hours`); the router must watch from
+    /// the head and resolve its cached tenants again (OUT_OF_RANGE).
     #[error("{0}")]
     OutOfRange(String),
+    /// A bug or a broken deployment, not the caller's fault: a corrupt catalog row, a
+    /// failed catalog migration, a database error, a sealed credential that does not open,
+    /// a permanent provisioner failure. The detail is logged; the caller only sees
+    /// "internal error" (INTERNAL).
     #[error("internal error")]
     Internal(String),
 }

@@ -1,6 +1,8 @@
 //! silo's control plane: the tenant catalog, the provisioners that make one database per
 //! tenant, the onboarding state machine, and the ControlPlane gRPC service.
 
+#![warn(missing_docs)]
+
 pub mod catalog;
 pub mod config;
 pub mod crypto;

@@ -6,22 +6,32 @@ use prometheus_client::{
     registry::Registry,
 };
 
+/// Labels of `silo_controlplane_step_duration_seconds`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StepLabels {
+    /// The onboarding state the tenant was in when the step ran (`REQUESTED`,
+    /// `PROVISIONING`, `WAITING_AVAILABLE`, `MIGRATING`).
     pub step: String,
 }
 
+/// Labels of `silo_controlplane_operations`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
+    /// Operation kind (`create_tenant`, `delete_tenant`, `migrate_tenants`).
     pub kind: String,
+    /// `succeeded` or `failed`.
     pub result: String,
 }
 
+/// Labels of `silo_controlplane_catalog_calls`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
+    /// `ok` or `error`.
     pub outcome: String,
 }
 
+/// The control plane's own metrics, registered once per process and shared by the workers,
+/// the silo guard and the catalog.
 #[derive(Clone, Debug)]
 pub struct ControlPlaneMetrics {
     step_duration: Family<StepLabels, Histogram>,
@@ -30,11 +40,13 @@ pub struct ControlPlaneMetrics {
     guard_repairs: Family<RepairLabels, Counter>,
 }
 
+/// Labels of `silo_controlplane_guard_repairs`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RepairLabels {
     /// `password`, `attributes`, `settings` (a tenant role put back) or `isolation` (a
     /// silo given the current isolation).
     pub what: String,
+    /// `ok` or `error`.
     pub result: String,
 }
 
@@ -55,6 +67,8 @@ impl Default for ControlPlaneMetrics {
 }
 
 impl ControlPlaneMetrics {
+    /// Registers the metrics in `registry` (served on `--metrics-listen`) and returns
+    /// handles to them.
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
         registry.register(
@@ -80,6 +94,7 @@ impl ControlPlaneMetrics {
         metrics
     }
 
+    /// Counts one silo guard repair of `what` (see [`RepairLabels::what`]).
     pub fn guard_repair(&self, what: &str, ok: bool) {
         self.guard_repairs
             .get_or_create(&RepairLabels {
@@ -89,6 +104,7 @@ impl ControlPlaneMetrics {
             .inc();
     }
 
+    /// Records how long one attempt of a step took, in seconds.
     pub fn step(&self, step: &str, seconds: f64) {
         self.step_duration
             .get_or_create(&StepLabels {
@@ -97,6 +113,7 @@ impl ControlPlaneMetrics {
             .observe(seconds);
     }
 
+    /// Counts one finished operation of `kind` with `result` (`succeeded` or `failed`).
     pub fn operation(&self, kind: &str, result: &str) {
         self.operations
             .get_or_create(&OperationLabels {
@@ -106,6 +123,8 @@ impl ControlPlaneMetrics {
             .inc();
     }
 
+    /// Counts one catalog connection taken from the pool (`ok: false`: the pool could not
+    /// give one).
     pub fn catalog_call(&self, ok: bool) {
         let outcome = if ok { "ok" } else { "error" };
         self.catalog_calls

@@ -12,46 +12,80 @@ include!(concat!(env!("OUT_DIR"), "/embedded_migrations.rs"));
 /// Advisory lock key held while a database is migrated (advisory locks are per database).
 const MIGRATION_LOCK_KEY: i64 = 0x5110_0003;
 
+/// Why a migration set could not be loaded or applied; the first error stops the run and
+/// leaves the database at the last migration that committed.
 #[derive(Debug, Error)]
 pub enum MigrationError {
+    /// A file is not named `V<version>__<name>.sql` with a positive version and a non-empty
+    /// name.
     #[error("migration file {0:?} is not named V<version>__<name>.sql")]
     BadFileName(String),
+    /// Two files of one set share a version number.
     #[error("two migration files have version {0}")]
     DuplicateVersion(i64),
+    /// A migration the database recorded as applied has a different SHA-256 now: someone
+    /// edited an applied file.
     #[error(
         "migration {version} ({name}) was changed after it was applied: recorded checksum {recorded}, file checksum {current}; add a new migration instead of editing an applied one"
     )]
     ChecksumMismatch {
+        /// Version of the edited migration.
         version: i64,
+        /// Name of the edited migration.
         name: String,
+        /// SHA-256 (hex) recorded in `silo_schema_migrations` when it was applied.
         recorded: String,
+        /// SHA-256 (hex) of the file in this build.
         current: String,
     },
+    /// The database has applied a version this build does not have (`(applied version,
+    /// latest version of this build)`): an older binary met a newer database.
     #[error("the database is at schema version {0}, newer than this build knows ({1})")]
     DatabaseAhead(i64, i64),
+    /// A migration's SQL failed; it was rolled back (unless marked `no-transaction`).
     #[error("migration {version} ({name}) failed: {reason}")]
     Apply {
+        /// Version of the failing migration.
         version: i64,
+        /// Name of the failing migration.
         name: String,
+        /// PostgreSQL's message and SQLSTATE.
         reason: String,
     },
+    /// Taking the advisory lock, reading or writing `silo_schema_migrations` failed.
     #[error("migration bookkeeping failed: {0}")]
     Database(#[from] tokio_postgres::Error),
+    /// A `-- silo:` marker line is malformed, or requires a version that is not earlier
+    /// than its own file.
     #[error("migration {file}: {message}")]
-    BadMarker { file: String, message: String },
+    BadMarker {
+        /// The migration's file name.
+        file: String,
+        /// What is wrong with the marker.
+        message: String,
+    },
+    /// A migrations directory (`from_dir`) or one of its files could not be read.
     #[error("reading migrations from {path}: {source}")]
     Read {
+        /// The directory being read.
         path: std::path::PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
 }
 
+/// One `V<version>__<name>.sql` file, parsed.
 #[derive(Clone, Debug)]
 pub struct Migration {
+    /// The `<version>` of the file name; positive, unique in its set, applied in increasing
+    /// order.
     pub version: i64,
+    /// The `<name>` of the file name (after `__`, without `.sql`).
     pub name: String,
+    /// The file's SQL, run with a simple-query batch.
     pub sql: String,
+    /// SHA-256 of `sql` in hex, recorded when applied and checked on every later run.
     pub checksum: String,
     /// `-- silo:requires-all-tenants-at N`: a contract step that may only run once every
     /// tenant is at version N or later (expand / contract).
@@ -73,15 +107,19 @@ pub struct MigrationSet {
 /// What `apply` did: the schema version before and after.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Applied {
+    /// Highest version applied before the call (0 for a fresh database).
     pub from: i64,
+    /// Highest version applied after the call.
     pub to: i64,
 }
 
 impl MigrationSet {
+    /// The catalog's own migrations (`migrations/catalog`), compiled in.
     pub fn catalog() -> Result<Self, MigrationError> {
         Self::from_files(CATALOG_MIGRATIONS)
     }
 
+    /// The compiled-in tenant migrations (`migrations/tenant`), applied to every silo.
     pub fn tenant() -> Result<Self, MigrationError> {
         Self::from_files(TENANT_MIGRATIONS)
     }
@@ -109,6 +147,8 @@ impl MigrationSet {
         Self::from_owned(files)
     }
 
+    /// A set from `(file name, SQL)` pairs; sorts them by version and rejects bad names,
+    /// markers and duplicate versions.
     pub fn from_files(files: &[(&str, &str)]) -> Result<Self, MigrationError> {
         Self::from_owned(
             files
@@ -147,10 +187,12 @@ impl MigrationSet {
         Ok(Self { migrations })
     }
 
+    /// Version of the last migration, 0 for an empty set.
     pub fn latest_version(&self) -> i64 {
         self.migrations.last().map_or(0, |m| m.version)
     }
 
+    /// Whether `version` names a migration of this set (0, "no migration", always does).
     pub fn contains_version(&self, version: i64) -> bool {
         version == 0 || self.migrations.iter().any(|m| m.version == version)
     }

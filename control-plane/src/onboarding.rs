@@ -26,16 +26,20 @@ use crate::{
 /// What a test hook tells the worker after a transition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HookAction {
+    /// Go on as usual.
     Continue,
     /// Stop at once as if the process died: nothing more is written, the claim is dropped.
     Halt,
 }
 
+/// A test hook called after every tenant state transition a worker writes, with the tenant
+/// and its new state.
 pub type TransitionHook = Arc<dyn Fn(&TenantId, TenantState) -> HookAction + Send + Sync>;
 
 /// Fault-injection points for tests; empty in production.
 #[derive(Clone, Default)]
 pub struct Hooks {
+    /// Called after each transition a worker writes; `Halt` simulates a crash right there.
     pub after_transition: Option<TransitionHook>,
 }
 
@@ -48,6 +52,9 @@ pub(crate) enum Outcome {
 #[derive(Debug)]
 pub(crate) struct Halted;
 
+/// The worker that runs onboarding and deletion operations: claims a pending operation,
+/// runs its steps through the tenant's provisioner, and records each transition in the
+/// catalog (retrying transient failures up to `--max-step-attempts`).
 pub struct Onboarding {
     pub(crate) catalog: Catalog,
     pub(crate) provisioners: Provisioners,

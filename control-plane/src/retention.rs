@@ -27,7 +27,9 @@ pub struct Retention {
 /// What one pass deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Trimmed {
+    /// Tenant events deleted.
     pub events: u64,
+    /// Finished operations deleted (their steps and migration rows go with them).
     pub operations: u64,
 }
 

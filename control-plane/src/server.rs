@@ -25,29 +25,48 @@ use crate::{
     tenant::SiloNamer,
 };
 
+/// Why [`start`] gave up; nothing is left running when it returns one.
 #[derive(Debug, Error)]
 pub enum StartError {
+    /// A flag, the silo name key, the tiers file or the catalog DSN is wrong.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// `--credentials-key` is not 32 bytes of base64.
     #[error("credentials key: {0}")]
     Crypto(#[from] CryptoError),
+    /// The JWT verifier could not be built: the pinned algorithms do not fit the key
+    /// source,
+    /// or the key could not be loaded.
     #[error("token verification: {0}")]
     Auth(#[from] silo_auth::AuthConfigError),
+    /// The `--jwt-*` flags are wrong: an unknown algorithm name, or not exactly one of
+    /// `--jwt-public-key-file`, `--jwt-jwks-file`, `--jwt-hmac-secret`.
     #[error("token verification: {0}")]
     AuthArgs(#[from] silo_auth::InvalidJwtArgs),
+    /// A provisioner could not be built from its flags (e.g. the `rds` provisioner's AWS
+    /// settings).
     #[error("provisioner: {0}")]
     Provisioner(#[from] ProvisionError),
+    /// The catalog database could not be reached or migrated at startup.
     #[error("catalog: {0}")]
     Catalog(#[from] CatalogError),
+    /// The tenant migrations (compiled in, or `--tenant-migrations-dir`) could not be
+    /// loaded.
     #[error("tenant migrations: {0}")]
     Migrations(#[from] MigrationError),
+    /// The gRPC API's TLS files could not be loaded.
     #[error("tls: {0}")]
     Tls(#[from] silo_tls::grpc::GrpcTlsError),
+    /// The gRPC reflection service could not be built from the file descriptor set.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC API (`--listen`) or the metrics endpoint (`--metrics-listen`) could not be
+    /// bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
+        /// The address that could not be bound.
         addr: SocketAddr,
+        /// Why binding failed (address in use, permission denied, ...).
         #[source]
         source: std::io::Error,
     },
@@ -63,6 +82,7 @@ pub struct RunningControlPlane {
 }
 
 impl RunningControlPlane {
+    /// Address the gRPC API listens on (the bound port when `--listen` asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }

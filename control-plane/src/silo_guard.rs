@@ -37,6 +37,8 @@ struct RoleState {
     has_settings: bool,
 }
 
+/// The guard's state between rounds (see the module docs); one per control plane replica,
+/// run by `run`.
 pub struct SiloGuard {
     catalog: Catalog,
     provisioners: Provisioners,
@@ -53,6 +55,8 @@ pub struct SiloGuard {
 }
 
 impl SiloGuard {
+    /// A guard over the `postgres` provisioner's fleet in `provisioners`; `cipher` opens
+    /// the stored passwords it compares and puts back.
     pub fn new(
         catalog: Catalog,
         provisioners: Provisioners,
@@ -287,10 +291,14 @@ pub fn spawn(
     tasks.spawn(guard.run(interval, shutdown));
 }
 
+/// Why one guard round, or one server or silo within it, failed; logged when the failure
+/// starts and when it ends, and retried next round.
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
+    /// The catalog could not be read or updated.
     #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),
+    /// A fleet server could not be reached or a repair statement failed.
     #[error(transparent)]
     Provision(#[from] ProvisionError),
 }

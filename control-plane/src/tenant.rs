@@ -10,6 +10,8 @@ use thiserror::Error;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(String);
 
+/// A string that is not a valid tenant id (see [`TenantId`]); the rule is the proto's
+/// `is_valid_tenant_id`, shared with the router.
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error(
     "tenant id must be a lower-case letter followed by 1 to 62 lower-case letters, digits or hyphens"
@@ -17,6 +19,8 @@ pub struct TenantId(String);
 pub struct InvalidTenantId;
 
 impl TenantId {
+    /// Checks `raw` against the tenant id rule, so the id can be used in names, SQL
+    /// identifiers and URLs.
     pub fn parse(raw: &str) -> Result<Self, InvalidTenantId> {
         if silo_proto::is_valid_tenant_id(raw) {
             Ok(Self(raw.to_owned()))
@@ -25,6 +29,7 @@ impl TenantId {
         }
     }
 
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -38,8 +43,11 @@ fn hex(bytes: &[u8]) -> String {
 /// them. Every step reads them from the catalog, never recomputes them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SiloNames {
+    /// The database name (at most 63 bytes, PostgreSQL's identifier limit).
     pub database: String,
+    /// The login role name; unique over the catalog.
     pub role: String,
+    /// How the names were made.
     pub scheme: NameScheme,
 }
 
@@ -53,6 +61,7 @@ pub enum NameScheme {
 }
 
 impl NameScheme {
+    /// The text stored in `tenants.name_scheme`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::TenantId => "tenant-id",
@@ -60,6 +69,7 @@ impl NameScheme {
         }
     }
 
+    /// The scheme stored as `raw`; `None` if no scheme has that text.
     pub fn parse(raw: &str) -> Option<Self> {
         [Self::TenantId, Self::HmacSha256]
             .into_iter()
@@ -76,6 +86,7 @@ pub struct SiloNamer {
     mac: Hmac<Sha256>,
 }
 
+/// An empty `--silo-name-key` (HMAC-SHA256 accepts any other length).
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("the silo name key must not be empty")]
 pub struct InvalidNameKey;
@@ -130,18 +141,31 @@ impl fmt::Display for TenantId {
 /// MIGRATING → ACTIVE`, `ACTIVE ⇄ SUSPENDED`, `* → DELETING → DELETED`, and `FAILED`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TenantState {
+    /// Recorded by CreateTenant; waiting for a worker to start onboarding.
     Requested,
+    /// The provisioner is making the database and role (or RDS instance).
     Provisioning,
+    /// Waiting for the silo's server to accept connections (an RDS instance to become
+    /// `available`).
     WaitingAvailable,
+    /// Applying the tenant schema migrations to the new silo.
     Migrating,
+    /// Onboarded and served by routers.
     Active,
+    /// Kept, but routers refuse its calls until it is resumed.
     Suspended,
+    /// Deletion is under way; routers stop serving it.
     Deleting,
+    /// Deleted; the row stays (until the id is created again) so lookups and events still
+    /// name it.
     Deleted,
+    /// Onboarding failed for good (`failure_reason` says why); the tenant can be created
+    /// again.
     Failed,
 }
 
 impl TenantState {
+    /// Every state, in lifecycle order.
     pub const ALL: [TenantState; 9] = [
         Self::Requested,
         Self::Provisioning,
@@ -154,6 +178,8 @@ impl TenantState {
         Self::Failed,
     ];
 
+    /// The text stored in the catalog and sent over gRPC (`ACTIVE`, `WAITING_AVAILABLE`,
+    /// ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Requested => "REQUESTED",
@@ -183,6 +209,8 @@ impl fmt::Display for TenantState {
     }
 }
 
+/// A state text that is none of [`TenantState::ALL`]: a corrupt catalog row or a bad
+/// filter.
 #[derive(Debug, Error)]
 #[error("unknown tenant state {0:?}")]
 pub struct UnknownTenantState(pub String);

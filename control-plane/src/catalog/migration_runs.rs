@@ -16,6 +16,7 @@ use crate::tenant::{TenantId, TenantState};
 /// Serializes starting and resuming runs, so at most one real run is pending at a time.
 const RUN_LOCK_KEY: i64 = 0x5110_0004;
 
+/// What a fleet migration run does after a tenant's migration fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailurePolicy {
@@ -25,33 +26,53 @@ pub enum FailurePolicy {
     Continue,
 }
 
+/// One wave of a run as stored: the tenants of a wave start only after the previous wave
+/// finished.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WaveParams {
+    /// Name of the wave, as requested (`rest` for the wave of tenants no named wave took,
+    /// `all` when none were named).
     pub name: String,
+    /// How many tenants of the wave are migrated at once; at least 1.
     pub concurrency: u32,
 }
 
 /// A run's settings, kept in the operation's params.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationParams {
+    /// Tenant schema version every planned tenant is brought to.
     pub target_version: i64,
+    /// The waves, in the order they run; `TenantMigration::wave` indexes into this.
     pub waves: Vec<WaveParams>,
+    /// What to do after a tenant fails.
     pub failure_policy: FailurePolicy,
+    /// Only plan: tenants are recorded as `planned` and nothing is migrated.
     pub dry_run: bool,
+    /// Also migrate `SUSPENDED` tenants (otherwise they are skipped).
     pub include_suspended: bool,
 }
 
+/// Where one tenant is in a fleet migration run; stored as text in
+/// `migration_tenants.state`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TenantMigrationState {
+    /// In the plan of a dry run; will not be migrated.
     Planned,
+    /// Waiting for its wave.
     Pending,
+    /// Being migrated (or the worker died mid-way; resuming the run starts it again).
     Running,
+    /// At the target version (or found already there).
     Done,
+    /// Its migration failed; `detail` holds the error.
     Failed,
+    /// Not migrated: not `ACTIVE` (or suspended without `include_suspended`), already at
+    /// the target, or gone; `detail` says which.
     Skipped,
 }
 
 impl TenantMigrationState {
+    /// The text stored in `migration_tenants.state`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Planned => "planned",
@@ -81,14 +102,24 @@ impl TenantMigrationState {
 /// One tenant's place in a run.
 #[derive(Clone, Debug)]
 pub struct TenantMigration {
+    /// The tenant.
     pub tenant_id: TenantId,
+    /// Index of the tenant's wave in `MigrationParams::waves` (0 for skipped tenants).
     pub wave: i32,
+    /// Where the tenant is in the run.
     pub state: TenantMigrationState,
+    /// The tenant's schema version when the run was planned.
     pub from_version: i64,
+    /// The tenant's schema version as last recorded by the run: `from_version` until it is
+    /// migrated, then the version reached.
     pub version: i64,
+    /// What happened: the error, the skip reason, or `<from> -> <to>`; empty while pending.
     pub detail: String,
+    /// How many times the run started migrating this tenant.
     pub attempts: i32,
+    /// When the tenant's migration (last) started; `None` until then.
     pub started_at: Option<SystemTime>,
+    /// When the tenant's migration finished; `None` until then.
     pub finished_at: Option<SystemTime>,
 }
 
@@ -113,9 +144,13 @@ impl TenantMigration {
 /// A tenant as planning sees it.
 #[derive(Clone, Debug)]
 pub struct PlanTenant {
+    /// The tenant.
     pub id: TenantId,
+    /// The tenant's tier, for `Tier` wave selectors.
     pub tier: String,
+    /// The tenant's state; only `ACTIVE` (and `SUSPENDED`, if asked) tenants are migrated.
     pub state: TenantState,
+    /// The tenant's current schema version.
     pub schema_version: i64,
 }
 
@@ -274,6 +309,7 @@ impl Catalog {
             .collect()
     }
 
+    /// Every tenant row of run `id`, by wave and tenant id.
     pub async fn migration_tenants(&self, id: Uuid) -> Result<Vec<TenantMigration>, CatalogError> {
         let conn = self.conn().await?;
         let rows = conn
@@ -350,6 +386,8 @@ async fn refuse_if_running(
 }
 
 impl OperationRecord {
+    /// The run settings of a fleet migration operation; `Corrupt` if `params` does not hold
+    /// them.
     pub fn migration_params(&self) -> Result<MigrationParams, CatalogError> {
         serde_json::from_value(self.params.clone())
             .map_err(|e| CatalogError::Corrupt(format!("migration params: {e}")))

@@ -31,24 +31,41 @@ use crate::{
 
 pub(crate) type PgPool = bb8::Pool<PostgresConnectionManager<PgConnector>>;
 
+/// Why a catalog call failed; `From<CatalogError> for ControlPlaneError` gives each its
+/// gRPC code.
 #[derive(Debug, Error)]
 pub enum CatalogError {
+    /// No tenant row has this id.
     #[error("tenant not found")]
     TenantNotFound,
+    /// CreateTenant for an id whose tenant is live (not `FAILED` or `DELETED`), with a
+    /// request id other than the one that created it.
     #[error("tenant already exists")]
     TenantExists,
+    /// No operation has this id (or, for a migration run, it is not one).
     #[error("operation not found")]
     OperationNotFound,
+    /// A state change found the tenant in another state than it needs (e.g. suspending one
+    /// that is not `ACTIVE`); holds the state it is in.
     #[error("tenant is {0}")]
     WrongState(TenantState),
+    /// The request clashes with what the catalog holds (another migration run is pending, a
+    /// dry run cannot resume); the message says what to do.
     #[error("{0}")]
     Conflict(String),
+    /// A statement failed; a closed connection or an I/O error is reported as unavailable,
+    /// a database error as internal.
     #[error("catalog database error: {0}")]
     Database(#[from] tokio_postgres::Error),
+    /// No catalog connection could be had: connecting failed, or the pool timed out waiting
+    /// for one.
     #[error("catalog unreachable: {0}")]
     Unreachable(String),
+    /// The catalog's own schema could not be migrated at startup.
     #[error("catalog schema: {0}")]
     Migration(#[from] MigrationError),
+    /// A stored value does not parse (a state, kind, tenant id or JSON column): the catalog
+    /// was edited by hand or by a newer build.
     #[error("catalog holds an unreadable value: {0}")]
     Corrupt(String),
 }

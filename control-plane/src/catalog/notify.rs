@@ -12,12 +12,15 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) const CHANNEL: &str = "silo_catalog";
 
+/// The wake-up signal of one process: `notify` after a local write, and the LISTEN task for
+/// other replicas' writes, wake everyone waiting in `wait`.
 #[derive(Debug, Default)]
 pub struct CatalogChanges {
     notify: Notify,
 }
 
 impl CatalogChanges {
+    /// Wakes every task waiting for a change now (not later ones).
     pub fn notify(&self) {
         self.notify.notify_waiters();
     }

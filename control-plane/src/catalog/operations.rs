@@ -141,11 +141,15 @@ pub(super) async fn finish_step(
 /// and the lock with it, and another replica picks the operation up at once.
 pub struct ClaimedOperation<'a> {
     client: &'a Client,
+    /// The operation as it was when claimed.
     pub operation: OperationRecord,
+    /// How many earlier attempts were released with `retry_after` (0 on the first);
+    /// onboarding fails the tenant once it reaches `--max-step-attempts`.
     pub attempts: i32,
 }
 
 impl Catalog {
+    /// The operation `id` with its steps; `OperationNotFound` if there is none.
     pub async fn get_operation(&self, id: Uuid) -> Result<OperationRecord, CatalogError> {
         let conn = self.conn().await?;
         let row = conn

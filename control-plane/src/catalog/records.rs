@@ -16,32 +16,53 @@ pub struct Placement {
     pub server: String,
     /// Address routers connect to; may be empty until the server is available.
     pub host: String,
+    /// TCP port routers connect to (5432 unless the server listens elsewhere).
     pub port: u16,
     /// Provisioner-specific facts (e.g. an RDS secret ARN).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub details: serde_json::Value,
 }
 
+/// A row of the `tenants` table: one tenant, its lifecycle state, and where its silo lives.
 #[derive(Clone, Debug)]
 pub struct TenantRecord {
+    /// The tenant id; primary key of the catalog.
     pub id: TenantId,
+    /// Free-form name for people, as given at creation; never used to address anything.
     pub display_name: String,
+    /// Name of the tier (from `--tiers-file`) the tenant was created in; it chose the
+    /// provisioner and instance settings.
     pub tier: String,
+    /// Where the tenant is in its lifecycle (see [`TenantState`]).
     pub state: TenantState,
+    /// Why onboarding failed, for a tenant in `FAILED`; empty otherwise.
     pub failure_reason: String,
+    /// Name of the provisioner that made the silo (`postgres` or `rds`), fixed at creation.
     pub provisioner: String,
+    /// Where the silo lives; `None` until the provisioner has placed it.
     pub placement: Option<Placement>,
+    /// Name of the tenant's database on its server; read from here, never recomputed.
     pub database_name: String,
+    /// Name of the tenant's login role on its server; unique over the catalog.
     pub role_name: String,
+    /// How `database_name` and `role_name` were made (tenants made before keyed names keep
+    /// `t_<id>`).
     pub name_scheme: NameScheme,
     /// The isolation steps the silo has been given (`provisioner::isolation::VERSION`).
     pub isolation_version: i32,
     /// Sealed password (see `crypto`); never leaves the control plane but to routers.
     pub credentials: Option<Vec<u8>>,
+    /// Bumped each time a new sealed password is stored (onboarding's first one included),
+    /// so routers and the silo guard can tell a new password from an old one; 0 before any.
     pub credentials_version: i32,
+    /// Tenant schema migration version the silo is at (the `V<n>` of the last applied
+    /// tenant migration); 0 before any.
     pub schema_version: i64,
+    /// Idempotency key of the CreateTenant call that made the tenant.
     pub request_id: String,
+    /// When the row was inserted.
     pub created_at: SystemTime,
+    /// When the row last changed (state, placement, credentials or schema version).
     pub updated_at: SystemTime,
 }
 
@@ -96,15 +117,20 @@ impl TenantRecord {
     }
 }
 
+/// What a long-running operation does; stored as text in `operations.kind`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OperationKind {
+    /// Onboarding of one tenant: provision, wait for availability, migrate, activate.
     CreateTenant,
+    /// Deletion of one tenant's silo (see [`DeleteParams`]).
     DeleteTenant,
     /// A schema migration over the fleet; no single tenant.
     MigrateTenants,
 }
 
 impl OperationKind {
+    /// The text stored in `operations.kind` (`create_tenant`, `delete_tenant`,
+    /// `migrate_tenants`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::CreateTenant => "create_tenant",
@@ -123,24 +149,36 @@ impl OperationKind {
     }
 }
 
+/// Where an operation is, as reported to callers (GetOperation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OperationStatus {
+    /// Stored as `pending` and no step has started yet: waiting for a worker.
     Pending,
+    /// Stored as `pending` with at least one step started: a worker has it, or will retry
+    /// it.
     Running,
+    /// Finished; every step is done.
     Succeeded,
+    /// Finished without success; `OperationRecord::error` says why.
     Failed,
 }
 
 impl OperationStatus {
+    /// True once the operation has succeeded or failed and will not run again.
     pub fn is_done(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed)
     }
 }
 
+/// State of one step of an operation, stored as text in `operation_steps.status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StepStatus {
+    /// Started and not yet finished (or the worker running it died; the next attempt
+    /// restarts it).
     Running,
+    /// Finished successfully.
     Done,
+    /// Finished with an error; `StepRecord::detail` holds it.
     Failed,
 }
 
@@ -163,13 +201,22 @@ impl StepStatus {
     }
 }
 
+/// One row of `operation_steps`: a named step of an operation, in the order it ran.
 #[derive(Clone, Debug)]
 pub struct StepRecord {
+    /// Name of the step: the tenant state it runs in (`PROVISIONING`, `WAITING_AVAILABLE`,
+    /// `MIGRATING`, `DELETING`), or a fleet migration phase.
     pub name: String,
+    /// Where the step is.
     pub status: StepStatus,
+    /// The error of a failed step, or why a running step waits for its next attempt; often
+    /// empty.
     pub detail: String,
+    /// How many times the step has been started (1 on the first run).
     pub attempts: i32,
+    /// When the step was (last) started.
     pub started_at: SystemTime,
+    /// When the step finished; `None` while it runs.
     pub finished_at: Option<SystemTime>,
 }
 
@@ -190,22 +237,40 @@ impl StepRecord {
 /// Options of a deletion.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteParams {
+    /// Keep the tenant's data: on a `postgres` fleet server the database stays, renamed and
+    /// owned by the admin, instead of being dropped (the role goes either way). An `rds`
+    /// instance is deleted either way; its final snapshot keeps the data.
     pub keep_database: bool,
 }
 
+/// A row of `operations` with its steps: a long-running, idempotent request (create,
+/// delete, fleet migration).
 #[derive(Clone, Debug)]
 pub struct OperationRecord {
+    /// Operation id (UUID v4), returned to the caller to poll with GetOperation.
     pub id: Uuid,
+    /// What the operation does.
     pub kind: OperationKind,
     /// None for fleet-wide operations.
     pub tenant_id: Option<TenantId>,
+    /// Idempotency key of the call; with `kind` and the tenant it identifies the operation
+    /// (unique index).
     pub request_id: String,
+    /// Where the operation is; `Pending` vs `Running` is derived from whether a step has
+    /// started.
     pub status: OperationStatus,
+    /// Why the operation failed; empty unless `status` is `Failed`.
     pub error: String,
+    /// Kind-specific parameters as JSON (`DeleteParams` for deletions, the plan options for
+    /// fleet migrations).
     pub params: serde_json::Value,
+    /// The steps started so far, in order.
     pub steps: Vec<StepRecord>,
+    /// When the operation was requested.
     pub created_at: SystemTime,
+    /// Latest change to the operation or any of its steps.
     pub updated_at: SystemTime,
+    /// When the operation succeeded or failed; `None` until then.
     pub finished_at: Option<SystemTime>,
 }
 
@@ -253,25 +318,39 @@ impl OperationRecord {
             .ok_or_else(|| CatalogError::Corrupt(format!("operation {} has no tenant", self.id)))
     }
 
+    /// The parameters of a deletion; defaults (keep nothing) if `params` does not hold
+    /// them.
     pub fn delete_params(&self) -> DeleteParams {
         serde_json::from_value(self.params.clone()).unwrap_or_default()
     }
 }
 
+/// What happened to a tenant, as recorded in `tenant_events` and streamed to routers by
+/// WatchTenants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
+    /// The tenant was created (in `REQUESTED`).
     Created,
+    /// The tenant moved from one onboarding state to the next.
     StateChanged,
+    /// Onboarding finished: the tenant is `ACTIVE` and routable.
     Activated,
+    /// The tenant was suspended: routers stop serving it.
     Suspended,
+    /// The tenant was resumed from `SUSPENDED` to `ACTIVE`.
     Resumed,
+    /// Deletion began: routers drop the tenant's pool.
     Deleting,
+    /// Deletion finished: the silo is retired and the tenant is `DELETED`.
     Deleted,
+    /// The role's password was replaced; routers fetch the new one.
     CredentialsRotated,
+    /// Onboarding failed; the tenant is `FAILED`.
     Failed,
 }
 
 impl EventKind {
+    /// The text stored in `tenant_events.kind`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Created => "created",
@@ -304,11 +383,18 @@ impl EventKind {
     }
 }
 
+/// One row of `tenant_events`, the log routers follow with WatchTenants.
 #[derive(Clone, Debug)]
 pub struct TenantEvent {
+    /// Position in the log; strictly increasing, and visible in order (written under the
+    /// event lock), so a watcher resumes after the last one it saw.
     pub sequence: i64,
+    /// The tenant the event is about.
     pub tenant_id: TenantId,
+    /// What happened.
     pub kind: EventKind,
+    /// The tenant's state right after the event.
     pub state: TenantState,
+    /// When the event was recorded.
     pub occurred_at: SystemTime,
 }

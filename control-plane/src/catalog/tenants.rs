@@ -12,27 +12,38 @@ use crate::tenant::{SiloNames, TenantId, TenantState};
 /// A tenant to onboard.
 #[derive(Clone, Debug)]
 pub struct NewTenant {
+    /// The tenant id; must not belong to a live tenant (one not `FAILED` or `DELETED`).
     pub id: TenantId,
+    /// Free-form name for people.
     pub display_name: String,
+    /// Name of the tier the tenant is created in.
     pub tier: String,
+    /// Name of the provisioner the tier uses (`postgres` or `rds`).
     pub provisioner: String,
+    /// Idempotency key: a second call with the same key returns the first call's operation.
     pub request_id: String,
     /// The silo names for a new tenant (a tenant created again after FAILED keeps the
     /// names its earlier attempt stored, so it adopts what that attempt made).
     pub names: SiloNames,
 }
 
+/// What `list_tenants` returns: tenants matching every field that is set, by id.
 #[derive(Clone, Debug, Default)]
 pub struct TenantFilter {
+    /// Only tenants in this state; `None` lists every state but `DELETED`.
     pub state: Option<TenantState>,
+    /// Only tenants of this tier.
     pub tier: Option<String>,
     /// List tenants with ids greater than this (keyset pagination).
     pub after: Option<String>,
+    /// Page size; 0 is taken as 1.
     pub limit: u32,
 }
 
+/// One page of `list_tenants`, ordered by tenant id.
 #[derive(Clone, Debug)]
 pub struct TenantPage {
+    /// At most `limit` tenants.
     pub tenants: Vec<TenantRecord>,
     /// The last id of this page when more may follow.
     pub next_after: Option<String>,
@@ -43,17 +54,26 @@ pub struct TenantPage {
 /// written and `apply` returns false.
 #[derive(Clone, Debug)]
 pub struct Transition {
+    /// The tenant that changes.
     pub tenant: TenantId,
+    /// The state the tenant must be in for the change to apply.
     pub from: TenantState,
+    /// The state it moves to (the same as `from` for changes that keep the state).
     pub to: TenantState,
     /// The event routers see; None for bookkeeping that changes nothing they serve.
     pub event: Option<EventKind>,
+    /// New placement; `None` keeps the stored one.
     pub placement: Option<Placement>,
+    /// New sealed password; `Some` also bumps `credentials_version`.
     pub credentials: Option<Vec<u8>>,
+    /// Remove the stored credentials (takes precedence over `credentials`).
     pub clear_credentials: bool,
+    /// New tenant schema version; `None` keeps it.
     pub schema_version: Option<i64>,
     /// The isolation the silo has now been given (`provisioner::isolation::VERSION`).
     pub isolation_version: Option<i32>,
+    /// Why the tenant failed; stored only when `to` is `FAILED`, and cleared on any other
+    /// transition.
     pub failure_reason: Option<String>,
     /// The operation whose steps record this transition.
     pub operation: Option<Uuid>,
@@ -64,6 +84,8 @@ pub struct Transition {
 }
 
 impl Transition {
+    /// A transition from `from` to `to` that emits `event` and changes nothing else; set
+    /// the other fields to add to it.
     pub fn new(tenant: &TenantId, from: TenantState, to: TenantState, event: EventKind) -> Self {
         Self {
             tenant: tenant.clone(),
@@ -223,6 +245,7 @@ impl Catalog {
         self.get_operation(id).await
     }
 
+    /// The tenant's row, whatever its state; `TenantNotFound` if there is none.
     pub async fn get_tenant(&self, id: &TenantId) -> Result<TenantRecord, CatalogError> {
         let conn = self.conn().await?;
         let row = conn
@@ -235,6 +258,7 @@ impl Catalog {
         TenantRecord::from_row(&row)
     }
 
+    /// One page of tenants matching `filter` (keyset pagination on the tenant id).
     pub async fn list_tenants(&self, filter: &TenantFilter) -> Result<TenantPage, CatalogError> {
         let conn = self.conn().await?;
         let state = filter.state.map(TenantState::as_str);

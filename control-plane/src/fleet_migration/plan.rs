@@ -15,6 +15,7 @@ use crate::{
     tenant::{TenantId, TenantState},
 };
 
+/// Which of the not-yet-taken tenants a wave takes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WaveSelector {
     /// These tenants (a canary list).
@@ -27,35 +28,62 @@ pub enum WaveSelector {
     Rest,
 }
 
+/// One requested wave: a name, which tenants, and how many run at once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WaveSpec {
+    /// Name shown in the run's progress.
     pub name: String,
+    /// Which tenants the wave takes (from those no earlier wave took).
     pub selector: WaveSelector,
+    /// How many tenants of the wave are migrated at once; 0 is taken as 1.
     pub concurrency: u32,
 }
 
+/// A MigrateTenants request after validation: what to migrate to, in which waves, and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MigrationRequest {
+    /// Tenant schema version to bring tenants to; must be a version of the tenant migration
+    /// set.
     pub target_version: i64,
+    /// Waves in order; none means one wave, `all`, of every eligible tenant.
     pub waves: Vec<WaveSpec>,
+    /// Concurrency of the implicit `all` / `rest` wave; 0 is taken as 1.
     pub concurrency: u32,
+    /// What to do after a tenant fails.
     pub failure_policy: FailurePolicy,
+    /// Only plan and record the plan; migrate nothing.
     pub dry_run: bool,
+    /// Also migrate `SUSPENDED` tenants.
     pub include_suspended: bool,
 }
 
+/// Why a run cannot be planned; nothing is recorded.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PlanError {
+    /// A `Tenants` wave names a tenant that is not in the catalog (or is `DELETED`).
     #[error("wave {wave} names tenant {tenant}, which does not exist")]
-    UnknownTenant { wave: String, tenant: String },
+    UnknownTenant {
+        /// Name of the wave.
+        wave: String,
+        /// The tenant id it names.
+        tenant: String,
+    },
+    /// An expand / contract barrier: a migration between the lowest planned version and the
+    /// target is marked `-- silo:requires-all-tenants-at N`, and some `ACTIVE` or
+    /// `SUSPENDED` tenant is still below `N`.
     #[error(
         "migration {version} ({name}) needs every tenant at version {requires} first; {count} tenant(s) are below it (e.g. {examples}): run to version {requires} first"
     )]
     Barrier {
+        /// Version of the contract migration.
         version: i64,
+        /// Name of the contract migration.
         name: String,
+        /// The version every live tenant must reach first.
         requires: i64,
+        /// How many live tenants are below it.
         count: usize,
+        /// Up to five of them, comma-separated.
         examples: String,
     },
 }

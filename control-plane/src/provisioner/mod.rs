@@ -24,14 +24,22 @@ use crate::{
 /// The tenant a provisioner works for, with the names the catalog keeps for its silo.
 #[derive(Clone, Debug)]
 pub struct TenantSpec {
+    /// The tenant.
     pub id: TenantId,
+    /// The tenant's tier; the `rds` provisioner takes the instance settings from it and
+    /// tags the instance with it.
     pub tier: String,
+    /// Idempotency key of the onboarding request; `rds` tags the instance with it and
+    /// derives the final snapshot name of a deletion from it.
     pub request_id: String,
+    /// Name of the tenant's database, as stored in the catalog.
     pub database: String,
+    /// Name of the tenant's login role, as stored in the catalog.
     pub role: String,
 }
 
 impl TenantSpec {
+    /// A spec from its parts; `names` are the catalog's, never recomputed.
     pub fn new(id: &TenantId, tier: &str, request_id: &str, names: &SiloNames) -> Self {
         Self {
             id: id.clone(),
@@ -56,10 +64,13 @@ impl TenantSpec {
 /// Whether a server can take connections yet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Availability {
+    /// The server accepts connections.
     Ready,
     /// Still coming up (or going away); ask again after `retry_after`.
     Waiting {
+        /// What the server reports (e.g. the RDS instance status `creating`).
         status: String,
+        /// How long to wait before polling again.
         retry_after: Duration,
     },
 }
@@ -67,6 +78,7 @@ pub enum Availability {
 /// A superuser-like login on the server that holds a placement. Never logged.
 #[derive(Clone)]
 pub struct AdminAccess {
+    /// Host, port, user and password of the admin login.
     pub config: tokio_postgres::Config,
     /// TLS for the server (the admin login's, and the tenant logins' on the same server).
     pub connector: silo_tls::postgres::PgConnector,
@@ -81,6 +93,8 @@ impl std::fmt::Debug for AdminAccess {
     }
 }
 
+/// A provisioner step failed; onboarding and deletion retry or fail the tenant according to
+/// the variant.
 #[derive(Debug, Error)]
 pub enum ProvisionError {
     /// Worth retrying: the server is unreachable, throttled, restarting.
@@ -92,6 +106,7 @@ pub enum ProvisionError {
 }
 
 impl ProvisionError {
+    /// Whether the step should be retried (up to `--max-step-attempts`).
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Transient(_))
     }
@@ -141,7 +156,9 @@ pub trait Provisioner: Send + Sync {
 /// Every provisioner this build knows; the tiers name one of them.
 #[derive(Clone, Debug)]
 pub enum AnyProvisioner {
+    /// A database per tenant on a shared fleet of PostgreSQL servers.
     Postgres(PostgresProvisioner),
+    /// An RDS for PostgreSQL instance per tenant.
     Rds(RdsProvisioner),
 }
 
@@ -205,14 +222,18 @@ pub struct Provisioners {
 }
 
 impl Provisioners {
+    /// Registers `provisioner` under `name` (the name tiers use), replacing any earlier
+    /// one.
     pub fn insert(&mut self, name: &str, provisioner: AnyProvisioner) {
         self.by_name.insert(name.to_owned(), provisioner);
     }
 
+    /// The provisioner called `name`; `None` when it is not configured.
     pub fn get(&self, name: &str) -> Option<&AnyProvisioner> {
         self.by_name.get(name)
     }
 
+    /// The configured provisioner names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.by_name.keys().map(String::as_str)
     }

@@ -12,7 +12,10 @@ use crate::catalog::Placement;
 /// One server of the fleet: a name that stays stable in the catalog, and an admin login.
 #[derive(Clone)]
 pub struct FleetServer {
+    /// Name tenants are placed under (`--postgres-server NAME=DSN`); stays stable in the
+    /// catalog.
     pub name: String,
+    /// The admin (superuser) login from the DSN; never printed.
     pub admin: tokio_postgres::Config,
     /// The DSN's `sslmode` / `sslrootcert`; also what tenant routes to this server use
     /// unless their tier names its own.
@@ -64,12 +67,15 @@ impl FleetServer {
     }
 }
 
+/// The `postgres` provisioner: tenants' databases and roles on a fixed fleet of shared
+/// PostgreSQL servers; a new tenant goes to the server holding the fewest live tenants.
 #[derive(Clone, Debug)]
 pub struct PostgresProvisioner {
     servers: Vec<FleetServer>,
 }
 
 impl PostgresProvisioner {
+    /// A provisioner over `servers`; `Permanent` if there are none or one has no TCP host.
     pub fn new(servers: Vec<FleetServer>) -> Result<Self, ProvisionError> {
         if servers.is_empty() {
             return Err(ProvisionError::Permanent(

@@ -7,6 +7,7 @@ use tonic::metadata::MetadataMap;
 
 use crate::error::ControlPlaneError;
 
+/// What a call needs the caller's `role` claim to allow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Permission {
     /// Read tenants and operations.
@@ -30,7 +31,9 @@ struct OperatorClaims {
 /// The authenticated caller, for audit lines.
 #[derive(Clone, Debug)]
 pub struct Caller {
+    /// The token's `sub` claim (empty if absent).
     pub subject: String,
+    /// The token's `role` claim: `admin`, `viewer` or `router`.
     pub role: String,
 }
 

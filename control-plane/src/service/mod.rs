@@ -34,6 +34,8 @@ use crate::{
 const MAX_PAGE_SIZE: u32 = 1000;
 const DEFAULT_PAGE_SIZE: u32 = 100;
 
+/// The ControlPlane gRPC service: checks each call's token and arguments, then reads the
+/// catalog or hands work to the workers through it.
 pub struct ControlPlaneService {
     pub(crate) catalog: Catalog,
     pub(crate) verifier: JwtVerifier,

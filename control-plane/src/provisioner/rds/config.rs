@@ -12,23 +12,35 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RdsTierSettings {
+    /// RDS instance class, e.g. `db.t4g.micro` (the default).
     pub instance_class: String,
+    /// Allocated storage in GiB (RDS's `AllocatedStorage`); default 20.
     pub allocated_storage_gb: i32,
+    /// RDS storage type (`gp3`, `gp2`, `io1`, ...); empty: RDS's default.
     pub storage_type: Option<String>,
     /// Empty: RDS's default PostgreSQL version.
     pub engine_version: Option<String>,
+    /// DB subnet group the instance is placed in (its VPC); empty: the default VPC.
     pub db_subnet_group: Option<String>,
+    /// VPC security groups of the instance; empty: the VPC's default group.
     pub vpc_security_group_ids: Vec<String>,
+    /// DB parameter group; empty: RDS's default for the engine version.
     pub db_parameter_group: Option<String>,
     /// KMS key for storage encryption (and the managed master secret); empty: the AWS key.
     pub kms_key_id: Option<String>,
+    /// Create a Multi-AZ deployment (a standby in another availability zone).
     pub multi_az: bool,
+    /// Give the instance a public DNS address; false keeps it inside the VPC.
     pub publicly_accessible: bool,
+    /// Days RDS keeps automated backups (0 turns them off); empty: RDS's default.
     pub backup_retention_days: Option<i32>,
+    /// Master user of the instance; the bootstrap logs in as it to make the tenant's
+    /// database and role.
     pub master_username: String,
     /// true: RDS keeps the master password in Secrets Manager and silo reads it from there;
     /// false: silo generates it and keeps it encrypted in the catalog.
     pub manage_master_password: bool,
+    /// RDS deletion protection; deletion turns it off just before deleting the instance.
     pub deletion_protection: bool,
 }
 
@@ -58,8 +70,11 @@ impl Default for RdsTierSettings {
 /// bootstrap step can run against a local PostgreSQL server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointRewrite {
+    /// The endpoint to match: `host`, `host:port`, or `*`.
     pub from: String,
+    /// Host to connect to instead.
     pub to_host: String,
+    /// Port to connect to instead.
     pub to_port: u16,
 }
 
@@ -170,14 +185,17 @@ pub struct RdsArgs {
 }
 
 impl RdsArgs {
+    /// `--rds-poll-min-ms` as a duration (at least 1 ms).
     pub fn poll_min(&self) -> Duration {
         Duration::from_millis(self.poll_min_ms.max(1))
     }
 
+    /// `--rds-poll-max-ms` as a duration, never shorter than the minimum.
     pub fn poll_max(&self) -> Duration {
         Duration::from_millis(self.poll_max_ms.max(self.poll_min_ms.max(1)))
     }
 
+    /// `--rds-not-found-grace-secs` as a duration.
     pub fn not_found_grace(&self) -> Duration {
         Duration::from_secs(self.not_found_grace_secs)
     }

@@ -32,15 +32,22 @@ const SERVER_SIDE: &[&str] = &[
 pub struct AwsFault {
     /// The AWS error code (`DBInstanceNotFound`, `Throttling`, ...), if the service sent one.
     pub code: Option<String>,
+    /// What failed and AWS's message, prefixed with the call's context (never credentials).
     pub message: String,
+    /// Worth retrying: throttling, a 5xx, a timeout, AWS unreachable; false for
+    /// configuration and client errors.
     pub transient: bool,
 }
 
 impl AwsFault {
+    /// Whether AWS answered with error code `code`.
     pub fn is(&self, code: &str) -> bool {
         self.code.as_deref() == Some(code)
     }
 
+    /// Reduces an SDK error of the call described by `context` to a fault: service errors
+    /// keep their code, and throttling, server-side codes, HTTP 5xx, timeouts and dispatch
+    /// failures are transient.
     pub fn from_sdk<E>(context: &str, error: &SdkError<E>) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,

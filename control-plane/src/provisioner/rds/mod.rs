@@ -45,10 +45,16 @@ use crate::{catalog::Placement, config::Tiers, crypto::CredentialCipher};
 /// Facts about a tenant's instance, kept in `Placement::details`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RdsDetails {
+    /// RDS DB instance identifier (`silo-<tenant id>`, cleaned and hashed when the id
+    /// breaks RDS's rules).
     pub instance_id: String,
+    /// The tenant the instance was made for (its `silo:tenant-id` tag).
     pub tenant_id: String,
+    /// Request id of the onboarding that made it (its `silo:request-id` tag).
     pub request_id: String,
+    /// The tier whose settings made it (its `silo:tier` tag); also chooses the TLS to it.
     pub tier: String,
+    /// The instance's master user, which the bootstrap logs in as.
     pub master_username: String,
     /// The generated master password, sealed (base64); absent when RDS manages it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,6 +62,7 @@ pub struct RdsDetails {
     /// The Secrets Manager secret RDS keeps the master password in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master_secret_arn: Option<String>,
+    /// ARN of the DB instance, once RDS has reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_arn: Option<String>,
     /// Unix seconds when silo created (or adopted) the instance.
@@ -70,6 +77,8 @@ pub struct RdsDetails {
 }
 
 impl RdsDetails {
+    /// The RDS details stored in a placement; `Permanent` if they are missing or unreadable
+    /// (the placement was not made by this provisioner).
     pub fn from_placement(placement: &Placement) -> Result<Self, ProvisionError> {
         serde_json::from_value(placement.details.clone()).map_err(|e| {
             ProvisionError::Permanent(format!(
@@ -118,7 +127,10 @@ pub fn tenant_tag(instance: &DbInstance) -> Option<&str> {
 /// Timing of the status poll.
 #[derive(Clone, Copy, Debug)]
 pub struct PollTiming {
+    /// First interval between status polls (`--rds-poll-min-ms`).
     pub min: Duration,
+    /// Longest interval between status polls (`--rds-poll-max-ms`); the interval grows with
+    /// the instance's age.
     pub max: Duration,
     /// A NotFound this soon after create is eventual consistency, not a lost instance.
     pub not_found_grace: Duration,
@@ -135,6 +147,8 @@ struct Inner {
     tls: BTreeMap<String, (PgTls, PgConnector)>,
 }
 
+/// The `rds` provisioner: one RDS for PostgreSQL instance per tenant, made with the
+/// settings of the tenant's tier. Cheap to clone (shared state behind an `Arc`).
 #[derive(Clone)]
 pub struct RdsProvisioner {
     inner: Arc<Inner>,

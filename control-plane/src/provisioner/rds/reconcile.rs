@@ -15,10 +15,14 @@ use crate::{
     tenant::TenantState,
 };
 
+/// Why a reconcile pass stopped before its report was complete.
 #[derive(Debug, Error)]
 pub enum ReconcileError {
+    /// DescribeDBInstances failed (after the SDK's retries); the message is AWS's, without
+    /// credentials.
     #[error("listing RDS instances: {0}")]
     Aws(String),
+    /// The catalog could not be read.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
 }
@@ -26,8 +30,12 @@ pub enum ReconcileError {
 /// A silo-tagged instance that no live tenant in the catalog owns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OrphanInstance {
+    /// RDS DB instance identifier.
     pub instance_id: String,
+    /// The tenant id its `silo:tenant-id` tag names (which may never have existed or be
+    /// `DELETED`).
     pub tenant_id: String,
+    /// The instance status RDS reports (`available`, `deleting`, ...).
     pub status: String,
     /// What happened when deletion was asked for (empty when it was not).
     pub action: String,
@@ -36,18 +44,28 @@ pub struct OrphanInstance {
 /// A tenant the catalog places on an instance that RDS does not know.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MissingInstance {
+    /// The tenant.
     pub tenant_id: String,
+    /// The DB instance identifier its placement names.
     pub instance_id: String,
+    /// The tenant's state; only tenants that must have an instance (`MIGRATING`, `ACTIVE`,
+    /// `SUSPENDED`) are reported.
     pub state: TenantState,
 }
 
+/// What a reconcile pass found (and, if asked, deleted); returned by ReconcileRdsInstances
+/// and logged by the periodic pass.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
+    /// Every instance DescribeDBInstances listed, silo's or not.
     pub instances_seen: usize,
     /// Instances without a `silo:tenant-id` tag: not silo's, never touched.
     pub foreign_instances: usize,
+    /// Silo-tagged instances that are the placement of the tenant their tag names.
     pub matched: usize,
+    /// Silo-tagged instances whose tagged tenant is gone, `DELETED`, or placed elsewhere.
     pub orphans: Vec<OrphanInstance>,
+    /// Live tenants whose instance RDS does not list.
     pub missing: Vec<MissingInstance>,
 }
 

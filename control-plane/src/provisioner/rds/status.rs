@@ -7,11 +7,13 @@ use std::time::Duration;
 /// An instance status, classified.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InstanceStatus {
+    /// `available`: the instance takes connections.
     Available,
     /// On its way (creating, backing-up, modifying, configuring-*, ...): ask again later.
     Transitional,
     /// Will not become available without an operator: the tenant goes to FAILED.
     Failed {
+        /// The status RDS reported, and what it means for the tenant.
         reason: String,
     },
 }
