@@ -16,6 +16,7 @@ mod onboarding;
 mod provisioner_suite;
 mod rds_moto;
 mod rds_scripted;
+mod readme_links;
 mod replicas;
 mod routing;
 mod secrets;
