@@ -58,21 +58,21 @@ pub enum ControlPlaneError {
     /// algorithm, `exp` / `nbf`, issuer, audience); the message says which
     /// (UNAUTHENTICATED).
     #[error("missing or invalid token: {0}")]
-    Unauthenticated(String),
+    InvalidToken(String),
     /// The token is valid but its `role` claim may not make this call: `admin` mutates,
     /// `admin` and `viewer` read, `router` resolves tenants, `admin` and `router` watch
     /// events (PERMISSION_DENIED).
     #[error("{0}")]
-    PermissionDenied(&'static str),
+    RoleNotAllowed(&'static str),
     /// What the call names does not exist: a tenant that was never created or is `DELETED`,
     /// an operation id, or a migration run; the payload names the kind of thing
     /// (NOT_FOUND).
     #[error("{0} not found")]
-    NotFound(&'static str),
+    Missing(&'static str),
     /// CreateTenant for an id whose tenant is live (not `FAILED` or `DELETED`) with a
     /// different request id; a retry must reuse the original request id (ALREADY_EXISTS).
     #[error("{0}")]
-    AlreadyExists(&'static str),
+    Exists(&'static str),
     /// The tenant's state forbids the call (suspending a tenant that is not `ACTIVE`,
     /// resuming one that is not `SUSPENDED`, rotating credentials of one that is neither),
     /// or it moved on while the call ran; the payload is the state it is in
@@ -83,7 +83,7 @@ pub enum ControlPlaneError {
     /// still pending, a dry run was asked to resume, or a contract migration's barrier is
     /// not met; the message says what to do first (FAILED_PRECONDITION).
     #[error("{0}")]
-    FailedPrecondition(String),
+    Conflict(String),
     /// A tier or tenant names a provisioner this control plane was not started with. No
     /// retry helps until it is configured, so every call that meets it gets the same
     /// FAILED_PRECONDITION (a migration run records it as a permanent failure).
@@ -93,36 +93,36 @@ pub enum ControlPlaneError {
     /// be reached, a provisioner step failed transiently, or AWS refused to list RDS
     /// instances (UNAVAILABLE).
     #[error("{0}")]
-    Unavailable(String),
+    Unreachable(String),
     /// A position in a log that is no longer kept: WatchTenants from a sequence older than
     /// the event retention keeps (`--event-retention-hours`); the router must watch from
     /// the head and resolve its cached tenants again (OUT_OF_RANGE).
     #[error("{0}")]
-    OutOfRange(String),
+    HistoryTrimmed(String),
     /// A bug or a broken deployment, not the caller's fault: a corrupt catalog row, a
     /// failed catalog migration, a database error, a sealed credential that does not open,
     /// a permanent provisioner failure. The detail is logged; the caller only sees
     /// "internal error" (INTERNAL).
     #[error("internal error")]
-    Internal(String),
+    Unexpected(String),
 }
 
 impl From<CatalogError> for ControlPlaneError {
     fn from(error: CatalogError) -> Self {
         match error {
-            CatalogError::TenantNotFound => Self::NotFound("tenant"),
-            CatalogError::OperationNotFound => Self::NotFound("operation"),
-            CatalogError::TenantExists => Self::AlreadyExists(
-                "tenant already exists (a retry must reuse the original request_id)",
-            ),
+            CatalogError::TenantNotFound => Self::Missing("tenant"),
+            CatalogError::OperationNotFound => Self::Missing("operation"),
+            CatalogError::TenantExists => {
+                Self::Exists("tenant already exists (a retry must reuse the original request_id)")
+            }
             CatalogError::WrongState(state) => Self::WrongState(state),
-            CatalogError::Conflict(message) => Self::FailedPrecondition(message),
-            CatalogError::Unreachable(_) => Self::Unavailable("catalog unavailable".into()),
+            CatalogError::Conflict(message) => Self::Conflict(message),
+            CatalogError::Unreachable(_) => Self::Unreachable("catalog unavailable".into()),
             CatalogError::Database(ref db) if db.is_closed() || db.as_db_error().is_none() => {
-                Self::Unavailable("catalog unavailable".into())
+                Self::Unreachable("catalog unavailable".into())
             }
             CatalogError::Database(_) | CatalogError::Migration(_) | CatalogError::Corrupt(_) => {
-                Self::Internal(error.to_string())
+                Self::Unexpected(error.to_string())
             }
         }
     }
@@ -132,7 +132,7 @@ impl From<crate::provisioner::rds::reconcile::ReconcileError> for ControlPlaneEr
     fn from(error: crate::provisioner::rds::reconcile::ReconcileError) -> Self {
         use crate::provisioner::rds::reconcile::ReconcileError;
         match error {
-            ReconcileError::Aws(message) => Self::Unavailable(message),
+            ReconcileError::Aws(message) => Self::Unreachable(message),
             ReconcileError::Catalog(error) => error.into(),
         }
     }
@@ -144,7 +144,7 @@ impl From<PlanError> for ControlPlaneError {
             // The request named a tenant the fleet does not have.
             PlanError::UnknownTenant { .. } => RequestError::UnknownWaveTenant(error).into(),
             // The fleet is not yet where the migration needs it.
-            PlanError::Barrier { .. } => Self::FailedPrecondition(error.to_string()),
+            PlanError::Barrier { .. } => Self::Conflict(error.to_string()),
         }
     }
 }
@@ -155,7 +155,7 @@ impl From<CryptoError> for ControlPlaneError {
     fn from(error: CryptoError) -> Self {
         match error {
             CryptoError::BadKey | CryptoError::Decrypt | CryptoError::Encrypt => {
-                Self::Internal(error.to_string())
+                Self::Unexpected(error.to_string())
             }
         }
     }
@@ -164,8 +164,8 @@ impl From<CryptoError> for ControlPlaneError {
 impl From<ProvisionError> for ControlPlaneError {
     fn from(error: ProvisionError) -> Self {
         match error {
-            ProvisionError::Transient(message) => Self::Unavailable(message),
-            ProvisionError::Permanent(message) => Self::Internal(message),
+            ProvisionError::Transient(message) => Self::Unreachable(message),
+            ProvisionError::Permanent(message) => Self::Unexpected(message),
         }
     }
 }
@@ -184,16 +184,16 @@ impl From<ControlPlaneError> for Status {
                 | RequestError::Migration(_)
                 | RequestError::UnknownWaveTenant(_) => Code::InvalidArgument,
             },
-            ControlPlaneError::Unauthenticated(_) => Code::Unauthenticated,
-            ControlPlaneError::PermissionDenied(_) => Code::PermissionDenied,
-            ControlPlaneError::NotFound(_) => Code::NotFound,
-            ControlPlaneError::AlreadyExists(_) => Code::AlreadyExists,
+            ControlPlaneError::InvalidToken(_) => Code::Unauthenticated,
+            ControlPlaneError::RoleNotAllowed(_) => Code::PermissionDenied,
+            ControlPlaneError::Missing(_) => Code::NotFound,
+            ControlPlaneError::Exists(_) => Code::AlreadyExists,
             ControlPlaneError::WrongState(_)
-            | ControlPlaneError::FailedPrecondition(_)
+            | ControlPlaneError::Conflict(_)
             | ControlPlaneError::ProvisionerNotConfigured(_) => Code::FailedPrecondition,
-            ControlPlaneError::Unavailable(_) => Code::Unavailable,
-            ControlPlaneError::OutOfRange(_) => Code::OutOfRange,
-            ControlPlaneError::Internal(detail) => {
+            ControlPlaneError::Unreachable(_) => Code::Unavailable,
+            ControlPlaneError::HistoryTrimmed(_) => Code::OutOfRange,
+            ControlPlaneError::Unexpected(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 Code::Internal
             }
@@ -241,24 +241,21 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (
-                ControlPlaneError::Unauthenticated("expired".into()),
+                ControlPlaneError::InvalidToken("expired".into()),
                 Code::Unauthenticated,
             ),
             (
-                ControlPlaneError::PermissionDenied("admin only"),
+                ControlPlaneError::RoleNotAllowed("admin only"),
                 Code::PermissionDenied,
             ),
-            (ControlPlaneError::NotFound("tenant"), Code::NotFound),
-            (
-                ControlPlaneError::AlreadyExists("tenant"),
-                Code::AlreadyExists,
-            ),
+            (ControlPlaneError::Missing("tenant"), Code::NotFound),
+            (ControlPlaneError::Exists("tenant"), Code::AlreadyExists),
             (
                 ControlPlaneError::WrongState(TenantState::Deleting),
                 Code::FailedPrecondition,
             ),
             (
-                ControlPlaneError::FailedPrecondition("contract".into()),
+                ControlPlaneError::Conflict("contract".into()),
                 Code::FailedPrecondition,
             ),
             (
@@ -266,14 +263,14 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (
-                ControlPlaneError::Unavailable("catalog".into()),
+                ControlPlaneError::Unreachable("catalog".into()),
                 Code::Unavailable,
             ),
             (
-                ControlPlaneError::OutOfRange("trimmed".into()),
+                ControlPlaneError::HistoryTrimmed("trimmed".into()),
                 Code::OutOfRange,
             ),
-            (ControlPlaneError::Internal("bug".into()), Code::Internal),
+            (ControlPlaneError::Unexpected("bug".into()), Code::Internal),
             // Domain errors, through their one conversion each.
             (CatalogError::TenantNotFound.into(), Code::NotFound),
             (CatalogError::OperationNotFound.into(), Code::NotFound),
@@ -346,7 +343,7 @@ mod tests {
 
     #[test]
     fn internal_errors_do_not_leak_their_detail() {
-        let status = Status::from(ControlPlaneError::Internal("password=hunter2".into()));
+        let status = Status::from(ControlPlaneError::Unexpected("password=hunter2".into()));
         assert_eq!(status.message(), "internal error");
     }
 
@@ -362,16 +359,16 @@ mod tests {
         "Request::OperationId",
         "Request::Migration",
         "Request::UnknownWaveTenant",
-        "Unauthenticated",
-        "PermissionDenied",
-        "NotFound",
-        "AlreadyExists",
+        "InvalidToken",
+        "RoleNotAllowed",
+        "Missing",
+        "Exists",
         "WrongState",
-        "FailedPrecondition",
+        "Conflict",
         "ProvisionerNotConfigured",
-        "Unavailable",
-        "OutOfRange",
-        "Internal",
+        "Unreachable",
+        "HistoryTrimmed",
+        "Unexpected",
     ];
 
     /// The variant of `error`, by an exhaustive match (no `_` arm, on purpose).
@@ -388,16 +385,16 @@ mod tests {
                 RequestError::Migration(_) => "Request::Migration",
                 RequestError::UnknownWaveTenant(_) => "Request::UnknownWaveTenant",
             },
-            ControlPlaneError::Unauthenticated(_) => "Unauthenticated",
-            ControlPlaneError::PermissionDenied(_) => "PermissionDenied",
-            ControlPlaneError::NotFound(_) => "NotFound",
-            ControlPlaneError::AlreadyExists(_) => "AlreadyExists",
+            ControlPlaneError::InvalidToken(_) => "InvalidToken",
+            ControlPlaneError::RoleNotAllowed(_) => "RoleNotAllowed",
+            ControlPlaneError::Missing(_) => "Missing",
+            ControlPlaneError::Exists(_) => "Exists",
             ControlPlaneError::WrongState(_) => "WrongState",
-            ControlPlaneError::FailedPrecondition(_) => "FailedPrecondition",
+            ControlPlaneError::Conflict(_) => "Conflict",
             ControlPlaneError::ProvisionerNotConfigured(_) => "ProvisionerNotConfigured",
-            ControlPlaneError::Unavailable(_) => "Unavailable",
-            ControlPlaneError::OutOfRange(_) => "OutOfRange",
-            ControlPlaneError::Internal(_) => "Internal",
+            ControlPlaneError::Unreachable(_) => "Unreachable",
+            ControlPlaneError::HistoryTrimmed(_) => "HistoryTrimmed",
+            ControlPlaneError::Unexpected(_) => "Unexpected",
         }
     }
 }

@@ -44,10 +44,10 @@ pub fn authorize(
 ) -> Result<Caller, ControlPlaneError> {
     let header = metadata.get("authorization").and_then(|v| v.to_str().ok());
     let token = silo_auth::bearer_token(header)
-        .map_err(|e| ControlPlaneError::Unauthenticated(e.to_string()))?;
+        .map_err(|e| ControlPlaneError::InvalidToken(e.to_string()))?;
     let claims: OperatorClaims = verifier
         .verify(token)
-        .map_err(|e| ControlPlaneError::Unauthenticated(e.to_string()))?;
+        .map_err(|e| ControlPlaneError::InvalidToken(e.to_string()))?;
     let allowed = match permission {
         Permission::Read => matches!(claims.role.as_str(), "admin" | "viewer"),
         Permission::Mutate => claims.role == "admin",
@@ -55,7 +55,7 @@ pub fn authorize(
         Permission::WatchEvents => matches!(claims.role.as_str(), "admin" | "router"),
     };
     if !allowed {
-        return Err(ControlPlaneError::PermissionDenied(
+        return Err(ControlPlaneError::RoleNotAllowed(
             "the token's role may not make this call",
         ));
     }

@@ -159,7 +159,7 @@ pub(super) async fn migration_run(
     record: &OperationRecord,
 ) -> Result<pb::MigrationRun, ControlPlaneError> {
     if record.kind != OperationKind::MigrateTenants {
-        return Err(ControlPlaneError::NotFound("migration"));
+        return Err(ControlPlaneError::Missing("migration"));
     }
     let params = record.migration_params()?;
     let rows = catalog.migration_tenants(record.id).await?;

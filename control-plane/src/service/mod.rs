@@ -139,16 +139,15 @@ impl ControlPlaneService {
         let tenant = self.catalog.get_tenant(id).await?;
         match tenant.state {
             TenantState::Active | TenantState::Suspended => {}
-            TenantState::Deleted => return Err(ControlPlaneError::NotFound("tenant")),
+            TenantState::Deleted => return Err(ControlPlaneError::Missing("tenant")),
             other => return Err(ControlPlaneError::WrongState(other)),
         }
         let provisioner = self.provisioners.get(&tenant.provisioner).ok_or_else(|| {
             ControlPlaneError::ProvisionerNotConfigured(tenant.provisioner.clone())
         })?;
-        let placement = tenant
-            .placement
-            .as_ref()
-            .ok_or_else(|| ControlPlaneError::Internal("active tenant without placement".into()))?;
+        let placement = tenant.placement.as_ref().ok_or_else(|| {
+            ControlPlaneError::Unexpected("active tenant without placement".into())
+        })?;
         let admin = provisioner.admin_access(placement).await?;
         let spec = TenantSpec::of(&tenant);
         let password = generate_password();
@@ -166,7 +165,7 @@ impl ControlPlaneService {
     fn route_tls(&self, tier: &Tier, placement: &Placement) -> Result<PgTls, ControlPlaneError> {
         if let Some(tls) = tier
             .tls()
-            .map_err(|e| ControlPlaneError::Internal(e.to_string()))?
+            .map_err(|e| ControlPlaneError::Unexpected(e.to_string()))?
         {
             return Ok(tls);
         }
@@ -184,14 +183,14 @@ impl ControlPlaneService {
         let sequence = self.catalog.latest_sequence().await?;
         let tenant = self.catalog.get_tenant(id).await?;
         if tenant.state == TenantState::Deleted {
-            return Err(ControlPlaneError::NotFound("tenant"));
+            return Err(ControlPlaneError::Missing("tenant"));
         }
         let tier = self
             .tiers
             .get(&tenant.tier)
             .or_else(|| self.tiers.get(&self.tiers.default_tier))
             .ok_or_else(|| {
-                ControlPlaneError::Internal(format!("tier {} is not configured", tenant.tier))
+                ControlPlaneError::Unexpected(format!("tier {} is not configured", tenant.tier))
             })?;
         let mut route = pb::TenantRoute {
             tenant_id: tenant.id.to_string(),
@@ -501,7 +500,7 @@ impl ControlPlane for ControlPlaneService {
                 .await
                 .map_err(ControlPlaneError::from)?;
             if from > 0 && from + 1 < oldest {
-                return Err(ControlPlaneError::OutOfRange(format!(
+                return Err(ControlPlaneError::HistoryTrimmed(format!(
                     "events before sequence {oldest} are no longer kept; watch from the head \
                      and resolve cached tenants again"
                 ))
