@@ -138,6 +138,27 @@ async fn siloctl_manages_a_tenant_from_creation_to_deletion() {
     );
     let other = siloctl_sql(&router, &acme, &["query", "--tenant", "globex", "SELECT 1"]).await;
     assert!(!other.status.success());
+
+    // A tenant token in SILO_TOKEN and an admin token in SILO_ADMIN_TOKEN, both exported:
+    // each command uses the one it needs.
+    let both = |args: &'static [&'static str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_siloctl"))
+            .args(args)
+            .env("SILO_CONTROL_PLANE", format!("http://{}", cp.address()))
+            .env("SILO_ROUTER", format!("http://{}", router.address))
+            .env("SILO_TOKEN", &acme)
+            .env("SILO_ADMIN_TOKEN", token("admin"))
+            .env_remove("SILO_OUTPUT")
+            .output()
+    };
+    let listed = stdout(&both(&["tenants", "list"]).await.unwrap());
+    assert!(listed.contains("acme"), "{listed}");
+    let counted = stdout(
+        &both(&["query", "--tenant", "acme", "SELECT count(*) FROM notes"])
+            .await
+            .unwrap(),
+    );
+    assert!(counted.contains("(1 row)"), "{counted}");
     assert!(String::from_utf8_lossy(&other.stderr).contains("PermissionDenied"));
     let bad_sql = siloctl_sql(&router, &acme, &["exec", "SELEC 1"]).await;
     assert!(!bad_sql.status.success());

@@ -71,17 +71,19 @@ pub fn print(banner: &Banner<'_>) {
         );
         println!("      {} silo.router.v1.Router/Query", banner.router);
         println!();
-        println!("  or with siloctl (cargo run -q -p silo --bin siloctl -- ...):");
+        println!("  or with siloctl (scripts/siloctl builds it once, then runs it):");
         println!();
         println!(
             "    SILO_ROUTER={scheme}://{}{siloctl_ca} SILO_TOKEN='{token}' \\",
             banner.router
         );
-        println!("      siloctl query --tenant {tenant} 'select current_database(), now()'");
+        println!(
+            "      scripts/siloctl query --tenant {tenant} 'select current_database(), now()'"
+        );
     }
     println!();
     println!(
-        "  tenants: SILO_CONTROL_PLANE={scheme}://{}{siloctl_ca} SILO_TOKEN=<admin token> siloctl tenants list",
+        "  tenants: SILO_CONTROL_PLANE={scheme}://{}{siloctl_ca} SILO_ADMIN_TOKEN=<admin token> scripts/siloctl tenants list",
         banner.control_plane
     );
     println!();

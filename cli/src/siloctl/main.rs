@@ -39,10 +39,15 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     router: String,
-    /// Bearer token: for the control plane, role admin for changes or viewer for reads;
-    /// for query / exec, a token for the tenant or a service token allowed to pick it.
+    /// Bearer token: for query / exec, a token for the tenant or a service token allowed to
+    /// pick it; for the control plane too, unless --admin-token is given.
     #[arg(long, global = true, env = "SILO_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Bearer token for the control plane (tenants, migrate): role admin for changes or
+    /// viewer for reads. Kept apart from --token so a tenant token for SQL and an admin
+    /// token can both be exported at once.
+    #[arg(long, global = true, env = "SILO_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// PEM CA certificates the server's certificate must chain to, for `https://`
     /// endpoints. Unset: the system's CA certificates.
     #[arg(long, global = true, env = "SILO_CA_FILE")]
@@ -90,11 +95,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Token(args) => token::run(&args),
         Command::Tenants(command) => {
-            let connection = Connection::new(&cli.control_plane, cli.token, &tls).await?;
+            let token = cli.admin_token.or(cli.token);
+            let connection = Connection::new(&cli.control_plane, token, &tls).await?;
             tenants::run(&connection, command, cli.output).await
         }
         Command::Migrate(args) => {
-            let connection = Connection::new(&cli.control_plane, cli.token, &tls).await?;
+            let token = cli.admin_token.or(cli.token);
+            let connection = Connection::new(&cli.control_plane, token, &tls).await?;
             migrate::run(&connection, args, cli.output).await
         }
         Command::Query(args) => {
