@@ -82,11 +82,11 @@ async fn siloctl_manages_a_tenant_from_creation_to_deletion() {
 
     let listed = json(&siloctl(&cp, &["tenants", "list", "-o", "json"]).await);
     assert_eq!(listed[0]["tenant_id"], "acme");
-    assert_eq!(listed[0]["state"], "Active");
+    assert_eq!(listed[0]["state"], "ACTIVE");
     assert_eq!(listed[0]["display_name"], "Acme Corp");
     let table = stdout(&siloctl(&cp, &["tenants", "list"]).await);
     assert!(
-        table.contains("acme") && table.contains("Active") && table.contains("TENANT"),
+        table.contains("acme") && table.contains("ACTIVE") && table.contains("TENANT"),
         "{table}"
     );
 
@@ -151,6 +151,43 @@ async fn siloctl_manages_a_tenant_from_creation_to_deletion() {
             .env_remove("SILO_OUTPUT")
             .output()
     };
+    // The newcomer's mistakes get a reason and a hint, each said once.
+    let wrong_token = siloctl_sql(
+        &router,
+        &token("admin"),
+        &["query", "--tenant", "acme", "SELECT 1"],
+    )
+    .await;
+    let said = String::from_utf8_lossy(&wrong_token.stderr);
+    assert!(
+        said.contains("hint: query and exec need a tenant's token in SILO_TOKEN"),
+        "{said}"
+    );
+    let wrong_server = tokio::process::Command::new(env!("CARGO_BIN_EXE_siloctl"))
+        .args(["query", "--tenant", "acme", "SELECT 1"])
+        .env("SILO_ROUTER", format!("http://{}", cp.address()))
+        .env("SILO_TOKEN", &acme)
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&wrong_server.stderr);
+    assert!(
+        said.contains("Unimplemented: the server does not serve this API"),
+        "{said}"
+    );
+    let nobody = tokio::process::Command::new(env!("CARGO_BIN_EXE_siloctl"))
+        .args(["tenants", "list"])
+        .env("SILO_CONTROL_PLANE", "http://127.0.0.1:1")
+        .env("SILO_ADMIN_TOKEN", token("admin"))
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&nobody.stderr);
+    assert!(
+        !nobody.status.success() && said.matches("tcp connect error").count() <= 1,
+        "{said}"
+    );
+
     let listed = stdout(&both(&["tenants", "list"]).await.unwrap());
     assert!(listed.contains("acme"), "{listed}");
     let counted = stdout(
@@ -169,7 +206,7 @@ async fn siloctl_manages_a_tenant_from_creation_to_deletion() {
     );
 
     let suspended = json(&siloctl(&cp, &["tenants", "suspend", "acme", "-o", "json"]).await);
-    assert_eq!(suspended["state"], "Suspended");
+    assert_eq!(suspended["state"], "SUSPENDED");
     let refused = eventually(Duration::from_secs(10), "queries refused", || async {
         let output = siloctl_sql(&router, &acme, &select).await;
         (!output.status.success()).then_some(output)
@@ -183,7 +220,7 @@ async fn siloctl_manages_a_tenant_from_creation_to_deletion() {
     assert_eq!(refused.status.code(), Some(1));
 
     let resumed = json(&siloctl(&cp, &["tenants", "resume", "acme", "-o", "json"]).await);
-    assert_eq!(resumed["state"], "Active");
+    assert_eq!(resumed["state"], "ACTIVE");
     let works = eventually(Duration::from_secs(10), "queries work again", || async {
         let output = siloctl_sql(&router, &acme, &select).await;
         output.status.success().then_some(output)
@@ -210,7 +247,7 @@ async fn siloctl_manages_a_tenant_from_creation_to_deletion() {
     let deleted = json(&siloctl(&cp, &["tenants", "delete", "acme", "-o", "json"]).await);
     assert_eq!(deleted["status"], "Succeeded");
     let gone = json(&siloctl(&cp, &["tenants", "get", "acme", "-o", "json"]).await);
-    assert_eq!(gone["state"], "Deleted");
+    assert_eq!(gone["state"], "DELETED");
 }
 
 #[tokio::test]

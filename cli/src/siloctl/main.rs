@@ -117,14 +117,65 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    let sql = matches!(cli.command, Command::Query(_) | Command::Exec(_));
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             match error.downcast_ref::<tonic::Status>() {
-                Some(status) => eprintln!("error: {:?}: {}", status.code(), status.message()),
-                None => eprintln!("error: {error:#}"),
+                Some(status) => {
+                    eprintln!("error: {:?}: {}", status.code(), status_text(status));
+                    if let Some(hint) = hint(status, sql) {
+                        eprintln!("hint: {hint}");
+                    }
+                }
+                None => eprintln!("error: {}", chain_text(&error)),
             }
             ExitCode::FAILURE
         }
     }
+}
+
+/// The status's message, or what an empty one means.
+fn status_text(status: &tonic::Status) -> String {
+    match (status.code(), status.message()) {
+        (tonic::Code::Unimplemented, "") => {
+            "the server does not serve this API (the address of the router where the control \
+             plane's is wanted, or the other way round?)"
+                .to_owned()
+        }
+        (_, message) => message.to_owned(),
+    }
+}
+
+/// What to try next, for mistakes a newcomer makes.
+fn hint(status: &tonic::Status, sql: bool) -> Option<&'static str> {
+    match status.code() {
+        tonic::Code::Unauthenticated if sql => Some(
+            "query and exec need a tenant's token in SILO_TOKEN (siloctl token --tenant <id>); \
+             the admin token goes in SILO_ADMIN_TOKEN",
+        ),
+        tonic::Code::PermissionDenied if !sql => Some(
+            "tenants and migrate need a token with role admin (or viewer, for reads) in \
+             SILO_ADMIN_TOKEN",
+        ),
+        _ => None,
+    }
+}
+
+/// The error and its causes, each said once: transport errors repeat their cause's words
+/// (`tcp connect error: tcp connect error: ...`).
+fn chain_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let said = cause.to_string();
+        if said.is_empty() || text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
 }

@@ -22,12 +22,20 @@ fn name<T: std::fmt::Debug>(value: T) -> String {
     format!("{value:?}")
 }
 
+/// A tenant state as the docs and `--state` spell it: `ACTIVE`, `SUSPENDED`, ...
+pub fn state_name(state: pb::TenantState) -> String {
+    state
+        .as_str_name()
+        .trim_start_matches("TENANT_STATE_")
+        .to_owned()
+}
+
 pub fn tenant_json(tenant: &pb::Tenant) -> Value {
     json!({
         "tenant_id": tenant.tenant_id,
         "display_name": tenant.display_name,
         "tier": tenant.tier,
-        "state": name(tenant.state()),
+        "state": state_name(tenant.state()),
         "failure_reason": tenant.failure_reason,
         "provisioner": tenant.provisioner,
         "placement": tenant.placement,
@@ -113,7 +121,7 @@ pub fn tenants_table(tenants: &[pb::Tenant]) -> Table {
             tenant.tenant_id.clone(),
             tenant.display_name.clone(),
             tenant.tier.clone(),
-            name(tenant.state()),
+            state_name(tenant.state()),
             tenant.placement.clone(),
             tenant.database.clone(),
             tenant.role.clone(),

@@ -31,40 +31,42 @@ pub enum TenantsCommand {
         #[arg(long)]
         no_wait: bool,
     },
-    Get {
-        tenant_id: String,
-    },
+    /// Show one tenant: state, tier, placement, database and role names, schema version.
+    Get { tenant_id: String },
+    /// List tenants, every page, optionally of one state or tier.
     List {
         /// Only tenants in this state (e.g. ACTIVE, SUSPENDED).
         #[arg(long)]
         state: Option<String>,
+        /// Only tenants of this tier.
         #[arg(long)]
         tier: Option<String>,
         /// Tenants per page asked of the server.
         #[arg(long, default_value_t = 500)]
         page_size: u32,
     },
+    /// Stop serving an ACTIVE tenant: routers refuse its calls until it is resumed; its
+    /// data stays.
     Suspend {
         tenant_id: String,
+        /// Why, kept with the tenant's events.
         #[arg(long, default_value = "")]
         reason: String,
     },
-    Resume {
-        tenant_id: String,
-    },
+    /// Serve a SUSPENDED tenant again.
+    Resume { tenant_id: String },
     /// Delete a tenant's database and role, and follow the deletion.
     Delete {
         tenant_id: String,
         /// Keep the database, renamed, instead of dropping it.
         #[arg(long)]
         keep_database: bool,
+        /// Return at once instead of following the deletion.
         #[arg(long)]
         no_wait: bool,
     },
     /// Give the tenant's role a new password; routers recycle its pool.
-    RotateCredentials {
-        tenant_id: String,
-    },
+    RotateCredentials { tenant_id: String },
 }
 
 fn parse_state(raw: &str) -> anyhow::Result<pb::TenantState> {
