@@ -43,8 +43,33 @@ if ! "$SILO_KUBERNETES_VALIDATE" --version > /dev/null 2>&1; then
   .venv/bin/pip install -q kubernetes-validate
 fi
 
+# What the suite leaves in the temporary directories must be nothing but the PostgreSQL
+# template cache (README: "a cache and stays after a run"). Listed before and after, kept
+# under target/ so the lists themselves are not new entries.
+mkdir -p target
+leftovers_before=target/tmp-entries-before
+leftovers_after=target/tmp-entries-after
+temp_entries() {
+  for dir in "${TMPDIR:-/tmp}" /dev/shm; do
+    ls -A "$dir" 2> /dev/null | sed "s|^|$dir/|"
+  done | grep -v '/silo-pg-template-' | sort
+}
+temp_entries > "$leftovers_before"
+
+status=0
 if cargo nextest --version > /dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast "$@"
+  cargo nextest run --workspace --no-fail-fast "$@" || status=$?
 else
-  cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@" || status=$?
 fi
+
+temp_entries > "$leftovers_after"
+left=$(comm -13 "$leftovers_before" "$leftovers_after")
+rm -f "$leftovers_before" "$leftovers_after"
+if [ -n "$left" ]; then
+  echo "the test run left these behind:" >&2
+  echo "$left" >&2
+  # Other programs on a shared machine may make files meanwhile: only CI fails on it.
+  if [ -n "${CI:-}" ]; then status=1; fi
+fi
+exit "$status"
