@@ -184,6 +184,10 @@ pub struct ControlPlaneConfig {
     /// Log format: `human` or `json`.
     #[arg(long, env = "SILO_LOG_FORMAT", default_value = "human")]
     pub log_format: LogFormat,
+
+    /// Span export (OpenTelemetry over OTLP/gRPC).
+    #[command(flatten)]
+    pub traces: silo_telemetry::TraceArgs,
 }
 
 pub use silo_telemetry::LogFormat;

@@ -113,6 +113,7 @@ impl<S: RouteSource> Router for RouterService<S> {
             .query(&statement, max_rows, limits.max_response_bytes, deadline)
             .await
             .map_err(RouterError::from)?;
+        tracing::Span::current().record("rows", rows.rows.len() as u64);
         Ok(Response::new(rows.into()))
     }
 
@@ -153,6 +154,7 @@ impl<S: RouteSource> Router for RouterService<S> {
             .execute(&statement, deadline)
             .await
             .map_err(RouterError::from)?;
+        tracing::Span::current().record("rows", rows_affected);
         Ok(Response::new(pb::ExecuteResponse { rows_affected }))
     }
 

@@ -8,7 +8,7 @@ mod request_metrics;
 mod throttle;
 
 pub use grpc::{Health, Readiness, reflection};
-pub use logs::{LogFormat, init_logs};
+pub use logs::{LogFormat, TraceArgs, Tracing, TracingError, init, init_logs};
 pub use metrics_http::serve_metrics;
 pub use request_metrics::{CallTenant, GrpcMetrics, GrpcMetricsLayer};
 pub use throttle::Throttle;

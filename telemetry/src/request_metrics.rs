@@ -150,6 +150,19 @@ fn code_name(headers: &http::HeaderMap) -> String {
     format!("{code:?}")
 }
 
+/// Reads W3C trace context from gRPC metadata (HTTP/2 headers).
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
 impl<S, B, R> Service<http::Request<B>> for GrpcMetricsService<S>
 where
     S: Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
@@ -169,8 +182,21 @@ where
         let tenant = CallTenant::default();
         request.extensions_mut().insert(tenant.clone());
         let metrics = self.metrics.clone();
-        // The request span: handlers and the auth step add fields (tenant_id) to it.
-        let span = tracing::info_span!("grpc", method = %method, tenant_id = tracing::field::Empty);
+        // The request span: handlers and the auth step add fields (tenant_id, rows, pool
+        // wait) to it. It joins the caller's trace when the call carries W3C trace context
+        // (`traceparent`), so an exported span sits under the calling service's.
+        let span = tracing::info_span!(
+            "grpc",
+            otel.name = %method,
+            method = %method,
+            tenant_id = tracing::field::Empty,
+            rows = tracing::field::Empty,
+            pool_wait_us = tracing::field::Empty,
+        );
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(request.headers()))
+        });
+        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
         let future = self.inner.call(request);
         Box::pin(
             async move {

@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = ControlPlaneConfig::parse();
-    silo_telemetry::init_logs(config.log_format);
+    let _tracing = silo_telemetry::init(config.log_format, &config.traces, "silo-control-plane")?;
     let shutdown = CancellationToken::new();
     let running = silo_control_plane::start(config, Hooks::default(), shutdown.clone()).await?;
     let mut terminate = signal(SignalKind::terminate())?;

@@ -12,7 +12,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = RouterConfig::parse();
-    silo_telemetry::init_logs(config.log_format);
+    let _tracing = silo_telemetry::init(config.log_format, &config.traces, "silo-router")?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {

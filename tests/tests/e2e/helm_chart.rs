@@ -631,6 +631,22 @@ fn monitoring_variant_renders_service_monitors_and_router_autoscaler() {
     let Some(tools) = tools() else { return };
     let rendered = tools.checked(&["ci/monitoring-values.yaml"]);
 
+    // Spans go to the collector: the endpoint in both services, egress to it allowed.
+    for deployment in [router(), control_plane()] {
+        assert_eq!(
+            rendered
+                .env_var(&deployment, "OTEL_EXPORTER_OTLP_ENDPOINT")
+                .as_deref(),
+            Some("http://otel-collector.observability.svc:4317"),
+            "{deployment}"
+        );
+        let policy = rendered.get("NetworkPolicy", &deployment);
+        assert!(
+            egress_rule_with_port(policy, "4317").is_some(),
+            "{deployment}: egress to the collector"
+        );
+    }
+
     // The HPA owns the router's replica count.
     let hpa = rendered.get("HorizontalPodAutoscaler", &router());
     assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");

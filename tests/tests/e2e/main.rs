@@ -13,6 +13,7 @@ mod helm_chart;
 mod lifecycle;
 mod observability;
 mod onboarding;
+mod otlp;
 mod provisioner_suite;
 mod rds_moto;
 mod rds_scripted;
