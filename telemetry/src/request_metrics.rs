@@ -11,25 +11,15 @@ use std::{
 };
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
 use tower::{Layer, Service};
 use tracing::Instrument as _;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CallLabels {
-    method: String,
-    code: String,
-    tenant_id: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MethodLabels {
-    method: String,
-    tenant_id: String,
-}
+/// `method`, then `code` (call counts only), then `tenant_id` only on a server that labels
+/// tenants: a label that is always empty would only cost the scrape.
+type Labels = Vec<(&'static str, String)>;
 
 /// The tenant a call acted for, set by the handler once it authenticated the call; the
 /// request layer puts an empty one into every request's extensions and reads it back.
@@ -74,9 +64,22 @@ const OTHER_TENANTS: &str = "_other";
 /// The request metrics of one server.
 #[derive(Clone)]
 pub struct GrpcMetrics {
-    calls: Family<CallLabels, Counter>,
-    latency: Family<MethodLabels, Histogram>,
+    calls: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram>,
     tenants: Arc<TenantLabels>,
+}
+
+impl GrpcMetrics {
+    fn labels(&self, method: &str, code: Option<String>, tenant: Option<&String>) -> Labels {
+        let mut labels = vec![("method", method.to_owned())];
+        if let Some(code) = code {
+            labels.push(("code", code));
+        }
+        if self.tenants.max > 0 {
+            labels.push(("tenant_id", self.tenants.label(tenant)));
+        }
+        labels
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -87,7 +90,8 @@ fn latency_histogram() -> Histogram {
 
 impl GrpcMetrics {
     /// Registers `<prefix>_grpc_calls` and `<prefix>_grpc_call_duration_seconds`, labelled
-    /// by method, code and tenant (at most `max_tenant_labels` distinct tenants).
+    /// by method, code and tenant (at most `max_tenant_labels` distinct tenants; 0: no
+    /// tenant label at all).
     pub fn register(registry: &mut Registry, prefix: &str, max_tenant_labels: usize) -> Self {
         let metrics = Self {
             calls: Family::default(),
@@ -206,21 +210,14 @@ where
                     Ok(response) => code_name(response.headers()),
                     Err(_) => "Unknown".to_owned(),
                 };
-                let tenant_id = metrics.tenants.label(tenant.0.get());
+                let tenant_id = tenant.0.get();
                 metrics
                     .latency
-                    .get_or_create(&MethodLabels {
-                        method: method.clone(),
-                        tenant_id: tenant_id.clone(),
-                    })
+                    .get_or_create(&metrics.labels(&method, None, tenant_id))
                     .observe(started.elapsed().as_secs_f64());
                 metrics
                     .calls
-                    .get_or_create(&CallLabels {
-                        method,
-                        code,
-                        tenant_id,
-                    })
+                    .get_or_create(&metrics.labels(&method, Some(code), tenant_id))
                     .inc();
                 result
             }
