@@ -152,7 +152,8 @@ pub async fn run(config: RouterConfig, shutdown: CancellationToken) -> anyhow::R
     let source = ControlPlaneRoutes::new(channel, config.control_plane_token.clone(), &link);
     let connected = source.connected();
     let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = metrics::RouterMetrics::register(&mut registry);
+    let metrics = metrics::RouterMetrics::register(&mut registry)
+        .with_tenant_labels(config.max_tenant_labels);
     let grpc = silo_telemetry::GrpcMetrics::register(
         &mut registry,
         "silo_router",

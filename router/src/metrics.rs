@@ -21,6 +21,22 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Labels of the per-tenant pool gauges: a tenant id, or `_other` past the label budget.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantPoolLabels {
+    /// The tenant (only tenants with a pool: resolved, ACTIVE).
+    pub tenant_id: String,
+    /// `in_use` (lent to a call) or `idle`.
+    pub state: String,
+}
+
+/// Labels of the per-tenant wait gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabel {
+    /// The tenant, or `_other` past the label budget.
+    pub tenant_id: String,
+}
+
 /// The router's Prometheus metrics; clones share the same series.
 #[derive(Clone, Debug, Default)]
 pub struct RouterMetrics {
@@ -42,6 +58,14 @@ pub struct RouterMetrics {
     pub pool_idle_connections: Gauge,
     /// Calls that had to wait for a connection, summed over the pools alive.
     pub pool_waits: Gauge,
+    /// Connections of each tenant's pool, in use and idle (the tenants with the most
+    /// connections get their own label, up to `tenant_labels`; the rest sum under `_other`).
+    pub tenant_pool_connections: Family<TenantPoolLabels, Gauge>,
+    /// Seconds calls of each tenant waited for a connection, over its current pool's life.
+    pub tenant_pool_wait_seconds: Family<TenantLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// How many tenants get a label of their own in the per-tenant gauges (0: none are
+    /// kept).
+    pub tenant_labels: usize,
 }
 
 impl RouterMetrics {
@@ -94,7 +118,24 @@ impl RouterMetrics {
             "calls that waited for a connection, over the pools open now",
             metrics.pool_waits.clone(),
         );
+        registry.register(
+            "silo_router_tenant_pool_connections",
+            "connections of a tenant's pool, by state (in_use, idle); tenants past \
+             --max-tenant-labels sum under tenant_id=\"_other\"",
+            metrics.tenant_pool_connections.clone(),
+        );
+        registry.register(
+            "silo_router_tenant_pool_wait_seconds",
+            "seconds a tenant's calls waited for a connection, over its current pool's life",
+            metrics.tenant_pool_wait_seconds.clone(),
+        );
         metrics
+    }
+
+    /// The same metrics with per-tenant pool gauges for up to `tenants` tenants.
+    pub fn with_tenant_labels(mut self, tenants: usize) -> Self {
+        self.tenant_labels = tenants;
+        self
     }
 
     /// Counts one route resolution with `result`.

@@ -362,6 +362,48 @@ impl PoolRegistry {
         self.metrics.pool_connections.set(connections);
         self.metrics.pool_idle_connections.set(idle);
         self.metrics.pool_waits.set(waits);
+        self.observe_tenants();
+    }
+
+    /// Per-tenant pool gauges: the tenants with the most connections by name, the rest
+    /// summed under `_other`. Only tenants with a pool appear: ids a caller merely sent
+    /// never become label values.
+    fn observe_tenants(&self) {
+        use crate::metrics::{TenantLabel, TenantPoolLabels};
+        let budget = self.metrics.tenant_labels;
+        if budget == 0 {
+            return;
+        }
+        let mut pools: Vec<(String, bb8::State)> = self
+            .pools
+            .iter()
+            .map(|(tenant, pool)| (tenant.to_string(), pool.pool.state()))
+            .collect();
+        pools.sort_by(|a, b| b.1.connections.cmp(&a.1.connections).then(a.0.cmp(&b.0)));
+        let connections = &self.metrics.tenant_pool_connections;
+        let waits = &self.metrics.tenant_pool_wait_seconds;
+        connections.clear();
+        waits.clear();
+        for (rank, (tenant, state)) in pools.into_iter().enumerate() {
+            let tenant_id = if rank < budget {
+                tenant
+            } else {
+                "_other".to_owned()
+            };
+            let idle = i64::from(state.idle_connections);
+            let in_use = i64::from(state.connections) - idle;
+            for (name, value) in [("in_use", in_use), ("idle", idle)] {
+                connections
+                    .get_or_create(&TenantPoolLabels {
+                        tenant_id: tenant_id.clone(),
+                        state: name.to_owned(),
+                    })
+                    .inc_by(value);
+            }
+            waits
+                .get_or_create(&TenantLabel { tenant_id })
+                .inc_by(state.statistics.get_wait_time.as_secs_f64());
+        }
     }
 
     /// Whether the tenant has a pool now.
@@ -378,5 +420,63 @@ impl PoolRegistry {
     /// Whether no pool is alive, after pending evictions ran.
     pub async fn is_empty(&self) -> bool {
         self.len().await == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::{TenantState, TierLimits};
+    use silo_tls::postgres::PgTls;
+
+    fn route(tenant: &str) -> Route {
+        Route {
+            tenant_id: TenantId::parse(tenant).expect("id"),
+            state: TenantState::Active,
+            tier: "standard".into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            database: tenant.into(),
+            user: tenant.into(),
+            password: secrecy::SecretString::from(""),
+            credentials_version: 1,
+            limits: TierLimits::default(),
+            sequence: 1,
+            tls: PgTls::disabled(),
+        }
+    }
+
+    /// Per-tenant gauges name tenants up to the budget and sum the rest under `_other`;
+    /// a tenant without a pool never appears.
+    #[tokio::test]
+    async fn tenant_pool_gauges_respect_the_label_budget() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = crate::metrics::RouterMetrics::register(&mut registry).with_tenant_labels(1);
+        let pools = PoolRegistry::with_metrics(PoolConfig::default(), metrics);
+        for tenant in ["acme", "globex", "initech"] {
+            pools.get(&route(tenant)).await;
+        }
+        pools.pools.run_pending_tasks().await;
+        pools.observe();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        let named: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("silo_router_tenant_pool_connections{"))
+            .collect();
+        // Equal connection counts: ties go by tenant id, so acme keeps its label.
+        assert_eq!(
+            named,
+            [
+                r#"silo_router_tenant_pool_connections{tenant_id="acme",state="in_use"} 0"#,
+                r#"silo_router_tenant_pool_connections{tenant_id="acme",state="idle"} 0"#,
+                r#"silo_router_tenant_pool_connections{tenant_id="_other",state="in_use"} 0"#,
+                r#"silo_router_tenant_pool_connections{tenant_id="_other",state="idle"} 0"#,
+            ]
+            .into_iter()
+            .collect(),
+            "{text}"
+        );
+        assert!(!text.contains("ghost"));
     }
 }
