@@ -104,7 +104,8 @@ impl ControlPlaneMetrics {
             .inc();
     }
 
-    /// Records how long one attempt of a step took, in seconds.
+    /// Records how long a tenant spent in onboarding state `step` within one run of its
+    /// operation (entering it to leaving it, every pass and poll included), in seconds.
     pub fn step(&self, step: &str, seconds: f64) {
         self.step_duration
             .get_or_create(&StepLabels {

@@ -232,6 +232,10 @@ impl Onboarding {
         attempts: i32,
         shutdown: &CancellationToken,
     ) -> Result<Outcome, StepError> {
+        // The state this run is in and since when: a step's duration is observed once, when
+        // the tenant leaves its state (a state may take several passes, such as MIGRATING's
+        // storing the password first, or WAITING_AVAILABLE's polls).
+        let mut current: Option<(TenantState, std::time::Instant)> = None;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(Outcome::Retry(
@@ -240,6 +244,16 @@ impl Onboarding {
                 ));
             }
             let tenant = self.catalog.get_tenant(operation.tenant()?).await?;
+            if let Some((state, since)) = current
+                && state != tenant.state
+            {
+                self.metrics
+                    .step(state.as_str(), since.elapsed().as_secs_f64());
+                current = None;
+            }
+            if current.is_none() && tenant.state.is_onboarding() {
+                current = Some((tenant.state, std::time::Instant::now()));
+            }
             let Some(provisioner) = self.provisioners.get(&tenant.provisioner) else {
                 let error = ProvisionError::Permanent(format!(
                     "provisioner {} is not configured",
@@ -248,14 +262,9 @@ impl Onboarding {
                 return self.step_failed(&tenant, operation, attempts, error).await;
             };
             let spec = TenantSpec::of(&tenant);
-            let started = std::time::Instant::now();
             let step = self
                 .onboarding_step(&tenant, operation, provisioner, &spec)
                 .await;
-            if !matches!(tenant.state, TenantState::Active | TenantState::Suspended) {
-                self.metrics
-                    .step(tenant.state.as_str(), started.elapsed().as_secs_f64());
-            }
             match step {
                 Ok(Some(outcome)) => return Ok(outcome),
                 Ok(None) => {}

@@ -62,9 +62,16 @@ async fn health_follows_the_catalog_and_metrics_and_reflection_are_served() {
         let scraped = http_get(cp.metrics_address(), "/metrics").await;
         scraped
             .contains(r#"silo_controlplane_step_duration_seconds_count{step="MIGRATING"}"#)
-            .then_some(())
+            .then_some(scraped)
     })
     .await;
+    // One onboarding so far ("metered"): each state it passed through observed once,
+    // however many passes the state took (MIGRATING stores the password first).
+    let scraped = http_get(cp.metrics_address(), "/metrics").await;
+    for step in ["PROVISIONING", "WAITING_AVAILABLE", "MIGRATING"] {
+        let line = format!(r#"silo_controlplane_step_duration_seconds_count{{step="{step}"}} 1"#);
+        assert!(scraped.contains(&line), "{step}:\n{scraped}");
+    }
 
     // Reflection lists the services, for grpcurl without .proto files.
     use tonic_reflection::pb::v1::{
