@@ -36,6 +36,7 @@ pub struct OutcomeLabels {
 pub struct ControlPlaneMetrics {
     step_duration: Family<StepLabels, Histogram>,
     operations: Family<OperationLabels, Counter>,
+    operation_duration: Family<OperationLabels, Histogram>,
     catalog_calls: Family<OutcomeLabels, Counter>,
     guard_repairs: Family<RepairLabels, Counter>,
 }
@@ -60,6 +61,11 @@ impl Default for ControlPlaneMetrics {
                 ])
             }),
             operations: Family::default(),
+            operation_duration: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
+                ])
+            }),
             catalog_calls: Family::default(),
             guard_repairs: Family::default(),
         }
@@ -73,13 +79,20 @@ impl ControlPlaneMetrics {
         let metrics = Self::default();
         registry.register(
             "silo_controlplane_step_duration_seconds",
-            "time one attempt of an onboarding or deletion step took, by step",
+            "time a tenant spent in an onboarding state within one run of its operation, or \
+             in DELETING from the request to its end, by step",
             metrics.step_duration.clone(),
         );
         registry.register(
             "silo_controlplane_operations",
             "operations finished, by kind and result",
             metrics.operations.clone(),
+        );
+        registry.register(
+            "silo_controlplane_operation_duration_seconds",
+            "time from an operation's request to its end, by kind and result: one \
+             observation per tenant onboarded or deleted",
+            metrics.operation_duration.clone(),
         );
         registry.register(
             "silo_controlplane_catalog_calls",
@@ -114,14 +127,17 @@ impl ControlPlaneMetrics {
             .observe(seconds);
     }
 
-    /// Counts one finished operation of `kind` with `result` (`succeeded` or `failed`).
-    pub fn operation(&self, kind: &str, result: &str) {
-        self.operations
-            .get_or_create(&OperationLabels {
-                kind: kind.to_owned(),
-                result: result.to_owned(),
-            })
-            .inc();
+    /// Counts one finished operation of `kind` with `result` (`succeeded` or `failed`)
+    /// and observes how long it took from its request, in seconds.
+    pub fn operation(&self, kind: &str, result: &str, seconds: f64) {
+        let labels = OperationLabels {
+            kind: kind.to_owned(),
+            result: result.to_owned(),
+        };
+        self.operation_duration
+            .get_or_create(&labels)
+            .observe(seconds);
+        self.operations.get_or_create(&labels).inc();
     }
 
     /// Counts one catalog connection taken from the pool (`ok: false`: the pool could not

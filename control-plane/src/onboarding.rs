@@ -151,9 +151,21 @@ impl Onboarding {
                 OperationKind::DeleteTenant => self.delete(&operation, attempts).await,
                 OperationKind::MigrateTenants => self.migrate_fleet(&operation, shutdown).await,
             };
+            let took = || {
+                std::time::SystemTime::now()
+                    .duration_since(operation.created_at)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            };
             match &outcome {
-                Ok(Outcome::Done) => self.metrics.operation(operation.kind.as_str(), "succeeded"),
-                Ok(Outcome::Failed(_)) => self.metrics.operation(operation.kind.as_str(), "failed"),
+                Ok(Outcome::Done) => {
+                    self.metrics
+                        .operation(operation.kind.as_str(), "succeeded", took())
+                }
+                Ok(Outcome::Failed(_)) => {
+                    self.metrics
+                        .operation(operation.kind.as_str(), "failed", took())
+                }
                 _ => {}
             }
             match outcome {
@@ -457,6 +469,12 @@ impl Onboarding {
         t.operation = Some(operation.id);
         t.finish_step = Some((StepStatus::Done, String::new()));
         self.apply(t).await?;
+        // The tenant has been DELETING since the request made this operation.
+        let deleting = std::time::SystemTime::now()
+            .duration_since(operation.created_at)
+            .unwrap_or_default();
+        self.metrics
+            .step(TenantState::Deleting.as_str(), deleting.as_secs_f64());
         Ok(Outcome::Done)
     }
 }

@@ -72,6 +72,17 @@ async fn health_follows_the_catalog_and_metrics_and_reflection_are_served() {
         let line = format!(r#"silo_controlplane_step_duration_seconds_count{{step="{step}"}} 1"#);
         assert!(scraped.contains(&line), "{step}:\n{scraped}");
     }
+    // A deletion: its DELETING step, and one duration per operation, request to end.
+    let deleted = silo_tests::rds::delete_tenant(&cp, "metered").await;
+    assert!(deleted.error.is_empty(), "{}", deleted.error);
+    let scraped = http_get(cp.metrics_address(), "/metrics").await;
+    for line in [
+        r#"silo_controlplane_step_duration_seconds_count{step="DELETING"} 1"#,
+        r#"silo_controlplane_operation_duration_seconds_count{kind="create_tenant",result="succeeded"} 1"#,
+        r#"silo_controlplane_operation_duration_seconds_count{kind="delete_tenant",result="succeeded"} 1"#,
+    ] {
+        assert!(scraped.contains(line), "{line}:\n{scraped}");
+    }
 
     // Reflection lists the services, for grpcurl without .proto files.
     use tonic_reflection::pb::v1::{
