@@ -477,3 +477,58 @@ async fn silo_dev_tls_puts_every_hop_on_tls_with_the_printed_ca() {
     );
     stop(dev).await;
 }
+
+/// The README's siloctl block, run as written against a `silo dev` this test starts, from
+/// a directory laid out as the README assumes (`.silo-dev` beside the commands). Only
+/// what cannot be the same in a test changes: `scripts/siloctl` is the siloctl built for
+/// the tests (building it again from a test would take minutes), and the addresses are
+/// the ports this `silo dev` got. A README change that breaks a command fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_siloctl_block_runs_as_written() {
+    let temp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        temp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (dev, banner) = start_silo_dev(&temp.path().join(".silo-dev"), &[]).await;
+    let router = banner_value(&banner, "router");
+    let control_plane = banner_value(&banner, "control plane");
+
+    let readme = std::fs::read_to_string(repository().join("README.md")).unwrap();
+    let section = &readme[readme.find("\n## siloctl\n").expect("a siloctl section")..];
+    let start = section.find("```sh\n").expect("a shell block") + "```sh\n".len();
+    let block = &section[start..start + section[start..].find("```").expect("block end")];
+    assert!(
+        block.contains("scripts/siloctl tenants create") && block.contains("127.0.0.1:50052"),
+        "the block this test replays changed shape:\n{block}"
+    );
+    let script = block
+        .replace("scripts/siloctl", env!("CARGO_BIN_EXE_siloctl"))
+        .replace("127.0.0.1:50052", &control_plane);
+    let output = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(temp.path())
+        // The block relies on siloctl's default router address; this one's port differs.
+        .env("SILO_ROUTER", format!("http://{router}"))
+        .env_remove("SILO_TOKEN")
+        .env_remove("SILO_ADMIN_TOKEN")
+        .env_remove("SILO_OUTPUT")
+        .output()
+        .await
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "the README's block failed:\n{said}"
+    );
+    assert!(
+        said.contains("first note") && said.contains("initech"),
+        "the block did not do what it says:\n{said}"
+    );
+    stop(dev).await;
+}
