@@ -376,7 +376,18 @@ impl Catalog {
             .parse()
             .map_err(|e: crate::tenant::UnknownTenantState| CatalogError::Corrupt(e.to_string()))?;
         match state {
-            TenantState::Deleted => return Err(CatalogError::TenantNotFound),
+            // A retry of the deletion that finished gets its answer again; any other
+            // request finds the tenant gone.
+            TenantState::Deleted => {
+                return operations::find_by_request(
+                    &tx,
+                    OperationKind::DeleteTenant,
+                    id,
+                    request_id,
+                )
+                .await?
+                .ok_or(CatalogError::TenantNotFound);
+            }
             TenantState::Deleting => {
                 if let Some(running) =
                     operations::find_pending(&tx, OperationKind::DeleteTenant, id).await?

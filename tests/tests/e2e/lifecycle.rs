@@ -121,6 +121,32 @@ async fn suspend_resume_delete_show_in_the_catalog_and_as_ordered_events() {
         cp.resolve("umbrella").await.unwrap_err().code(),
         tonic::Code::NotFound
     );
+    // A retry of the finished deletion gets the same operation; any other finds it gone.
+    let delete_again = |request_id: &'static str| {
+        let mut client = client.clone();
+        async move {
+            client
+                .delete_tenant(
+                    admin_call(pb::DeleteTenantRequest {
+                        tenant_id: "umbrella".into(),
+                        keep_database: false,
+                        request_id: request_id.into(),
+                    })
+                    .await,
+                )
+                .await
+        }
+    };
+    let retried = delete_again("del-1")
+        .await
+        .expect("the same deletion")
+        .into_inner();
+    assert_eq!(retried.operation_id, deletion.operation_id);
+    assert_eq!(retried.status(), pb::OperationStatus::Succeeded);
+    assert_eq!(
+        delete_again("del-2").await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
 
     // The router reconnects from the last sequence it saw and misses nothing.
     let mut resumed_watch = watch(&cp, last_seen).await;
