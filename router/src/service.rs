@@ -178,6 +178,7 @@ impl<S: RouteSource> Router for RouterService<S> {
             .batch(&statements, deadline)
             .await
             .map_err(RouterError::from)?;
+        tracing::Span::current().record("rows", rows_affected.iter().sum::<u64>());
         Ok(Response::new(pb::BatchResponse { rows_affected }))
     }
 

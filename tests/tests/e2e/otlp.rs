@@ -84,12 +84,27 @@ async fn a_router_call_is_exported_under_the_callers_trace() {
             .unwrap(),
     );
     router.client.clone().query(request).await.expect("query");
+    let batch = rpb::BatchRequest {
+        statements: ["SELECT 1", "SELECT 1 UNION ALL SELECT 2"]
+            .into_iter()
+            .map(|sql| rpb::Statement {
+                sql: sql.into(),
+                params: vec![],
+            })
+            .collect(),
+    };
+    router
+        .client
+        .clone()
+        .batch(call(batch, &tenant_token("acme"), None))
+        .await
+        .expect("batch");
     tracing.flush();
 
     let mut spans: Vec<Span> = Vec::new();
-    let span = eventually(
+    let (span, batch_span) = eventually(
         Duration::from_secs(10),
-        "the call's span at the collector",
+        "the calls' spans at the collector",
         || {
             while let Ok(batch) = exported.try_recv() {
                 for resource in batch.resource_spans {
@@ -98,10 +113,9 @@ async fn a_router_call_is_exported_under_the_callers_trace() {
                     }
                 }
             }
-            let found = spans
-                .iter()
-                .find(|span| span.name == "/silo.router.v1.Router/Query")
-                .cloned();
+            let named = |name: &str| spans.iter().find(|span| span.name == name).cloned();
+            let found =
+                named("/silo.router.v1.Router/Query").zip(named("/silo.router.v1.Router/Batch"));
             if found.is_none() {
                 tracing.flush();
             }
@@ -109,6 +123,11 @@ async fn a_router_call_is_exported_under_the_callers_trace() {
         },
     )
     .await;
+    assert_eq!(
+        attribute(&batch_span, "rows").as_deref(),
+        Some("3"),
+        "rows of the whole batch"
+    );
     let hex: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(hex, trace_id, "the span joins the caller's trace");
     let parent: String = span
