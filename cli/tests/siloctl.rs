@@ -360,3 +360,34 @@ async fn siloctl_reaches_a_mutual_tls_control_plane_with_its_ca_and_certificate_
         "TLS files with an http:// endpoint are refused: {error}"
     );
 }
+
+/// `scripts/siloctl`, the README's and the banner's way to run siloctl from a checkout:
+/// it builds siloctl when needed (here the test build already has) and runs it with the
+/// arguments given, its output and exit code unchanged.
+#[tokio::test]
+async fn scripts_siloctl_runs_siloctl_with_its_arguments() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/siloctl");
+    let minted = tokio::process::Command::new(&script)
+        .args(["token", "--role", "admin"])
+        .env(
+            "SILO_JWT_HMAC_SECRET",
+            "a-dev-secret-of-at-least-32-bytes!!",
+        )
+        .output()
+        .await
+        .unwrap();
+    let token = stdout(&minted);
+    assert!(
+        token.starts_with("eyJ") && token.trim().split('.').count() == 3,
+        "{token}"
+    );
+    let refused = tokio::process::Command::new(&script)
+        .args(["tenants", "frobnicate"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "siloctl's exit code comes through"
+    );
+}
