@@ -33,7 +33,13 @@ pub struct JwtArgs {
     #[arg(long = "jwt-jwks-file", env = "SILO_JWT_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
     /// Shared secret for HS256/384/512 tokens (only when no public key is given).
-    #[arg(long = "jwt-hmac-secret", env = "SILO_JWT_HMAC_SECRET", value_parser = secret, hide_env_values = true)]
+    #[arg(
+        long = "jwt-hmac-secret",
+        env = "SILO_JWT_HMAC_SECRET",
+        value_parser = secret,
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub hmac_secret: Option<SecretString>,
     /// Required `iss` claim.
     #[arg(long = "jwt-issuer", env = "SILO_JWT_ISSUER")]

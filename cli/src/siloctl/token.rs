@@ -11,7 +11,13 @@ pub struct TokenArgs {
     #[arg(long, env = "SILO_TOKEN_KEY_FILE", conflicts_with = "hmac_secret")]
     key_file: Option<PathBuf>,
     /// Shared HS256 secret (the `silo dev` control plane keeps one in .silo-dev/secrets/jwt.secret).
-    #[arg(long, env = "SILO_JWT_HMAC_SECRET", hide_env_values = true)]
+    /// Taken as given even when it starts with `-`, as a random secret may.
+    #[arg(
+        long,
+        env = "SILO_JWT_HMAC_SECRET",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     hmac_secret: Option<String>,
     /// Signing algorithm.
     #[arg(long, default_value = "HS256")]
