@@ -101,13 +101,25 @@ pub struct ControlPlaneConfig {
     pub catalog_pool_size: u32,
 
     /// AES-256-GCM key (32 bytes, base64) that seals tenant credentials in the catalog.
-    #[arg(long, env = "SILO_CREDENTIALS_KEY", value_parser = secret, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SILO_CREDENTIALS_KEY",
+        value_parser = secret,
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub credentials_key: SecretString,
 
     /// Key of the keyed hash (HMAC-SHA256) that names new tenants' databases and roles, so
     /// that names on a shared server do not reveal tenant ids. Any secret string; keep it
     /// for the life of the deployment. Unset: derived from the credentials key.
-    #[arg(long, env = "SILO_NAME_KEY", value_parser = secret, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SILO_NAME_KEY",
+        value_parser = secret,
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub silo_name_key: Option<SecretString>,
 
     /// How often the silo guard compares every tenant role on the `postgres` fleet with
@@ -354,6 +366,32 @@ impl Tiers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_starting_with_a_hyphen_are_values_not_flags() {
+        let config = ControlPlaneConfig::try_parse_from([
+            "silo-control-plane",
+            "--catalog-url=postgres://silo@db/catalog",
+            "--credentials-key",
+            "-not-a-flag-but-a-key",
+            "--silo-name-key",
+            "-also-a-value",
+            "--jwt-hmac-secret",
+            "-a-dashed-hmac-secret-long-enough!!",
+        ])
+        .expect("parses");
+        assert_eq!(
+            config.credentials_key.expose_secret(),
+            "-not-a-flag-but-a-key"
+        );
+        assert_eq!(
+            config
+                .silo_name_key
+                .as_ref()
+                .map(|k| k.expose_secret().to_owned()),
+            Some("-also-a-value".to_owned())
+        );
+    }
 
     #[test]
     fn tier_tls_follows_libpq_and_rds_verifies_by_default() {
