@@ -43,16 +43,19 @@ if ! "$SILO_KUBERNETES_VALIDATE" --version > /dev/null 2>&1; then
   .venv/bin/pip install -q kubernetes-validate
 fi
 
-# What the suite leaves in the temporary directories must be nothing but the PostgreSQL
-# template cache (README: "a cache and stays after a run"). Listed before and after, kept
-# under target/ so the lists themselves are not new entries.
+# The suite must leave nothing in the temporary directories. Its one shared artefact,
+# the PostgreSQL template cluster that initdb builds once for all the tests' servers, is
+# removed at the end when this run built it. Listed before and after, kept under target/
+# so the lists themselves are not new entries.
 mkdir -p target
 leftovers_before=target/tmp-entries-before
 leftovers_after=target/tmp-entries-after
+temp_dirs=("${TMPDIR:-/tmp}" /dev/shm)
+if [ -n "${SILO_PG_TMPDIR:-}" ]; then temp_dirs+=("$SILO_PG_TMPDIR"); fi
 temp_entries() {
-  for dir in "${TMPDIR:-/tmp}" /dev/shm; do
+  for dir in "${temp_dirs[@]}"; do
     ls -A "$dir" 2> /dev/null | sed "s|^|$dir/|"
-  done | grep -v '/silo-pg-template-' | sort
+  done | sort -u
 }
 temp_entries > "$leftovers_before"
 
@@ -63,6 +66,10 @@ else
   cargo test --workspace --no-fail-fast "$@" || status=$?
 fi
 
+# Templates this run built (not listed before it): removed, like everything else it made.
+comm -13 "$leftovers_before" <(temp_entries) | { grep '/silo-pg-template-' || true; } | while read -r template; do
+  rm -rf "$template"
+done
 temp_entries > "$leftovers_after"
 left=$(comm -13 "$leftovers_before" "$leftovers_after")
 rm -f "$leftovers_before" "$leftovers_after"

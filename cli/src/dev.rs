@@ -101,6 +101,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         false => None,
     };
     let server = postgres::start(&data_dir).await?;
+    // silo dev starts no other server: a template cluster it built for this one's first
+    // start is not kept in /dev/shm or /tmp.
+    silo_pg_server::remove_template_built_here();
     tls::configure_postgres(&server.server, tls.as_ref())
         .await
         .context("configuring TLS on the local PostgreSQL server")?;

@@ -101,8 +101,18 @@ fn banner_value(lines: &[String], label: &str) -> String {
         .unwrap_or_else(|| panic!("no `{label}` line in:\n{}", lines.join("\n")))
 }
 
+/// Where a `silo dev` started by [`start_silo_dev`] on `data_dir` keeps its temporary
+/// PostgreSQL files (`SILO_PG_TMPDIR`): its own, so the test can see what stays there.
+fn pg_tmpdir(data_dir: &Path) -> PathBuf {
+    data_dir.with_extension("pg-tmp")
+}
+
 async fn start_silo_dev(data_dir: &Path, extra: &[&str]) -> (SiloDev, Vec<String>) {
+    let pg_tmp = pg_tmpdir(data_dir);
+    std::fs::create_dir_all(&pg_tmp).unwrap();
+    std::fs::set_permissions(&pg_tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_silo"))
+        .env(silo_pg_server::PG_TMPDIR_ENV, &pg_tmp)
         .arg("dev")
         .arg("--data-dir")
         .arg(data_dir)
@@ -251,6 +261,14 @@ async fn silo_dev_serves_two_isolated_tenants_and_stops_cleanly_on_sigterm() {
         "nothing was started for the refused instance"
     );
 
+    // The template cluster silo dev built for its server's first start is gone.
+    let kept: Vec<_> = std::fs::read_dir(pg_tmpdir(&data_dir))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().starts_with("silo-pg-template"))
+        .collect();
+    assert!(kept.is_empty(), "silo dev kept its template: {kept:?}");
+
     let postmaster_pid: i32 = std::fs::read_to_string(data_dir.join("postgres/postmaster.pid"))
         .expect("postgresql runs on the data dir")
         .lines()
@@ -317,6 +335,11 @@ async fn silo_dev_serves_two_isolated_tenants_and_stops_cleanly_on_sigterm() {
         },
     )
     .await;
+    let files_left: Vec<_> = std::fs::read_dir(pg_tmpdir(&data_dir))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(files_left.is_empty(), "left behind: {files_left:?}");
     let left = processes_mentioning(&temp.path().to_string_lossy());
     assert!(left.is_empty(), "processes left behind: {left:?}");
     println!("silo dev ready after {ready_after:?}, stopped {stopped_after:?} after SIGTERM");

@@ -44,6 +44,7 @@ pub use options::PgServerOptions;
 pub use os_user::{give_to_server_user, run_as_server_user};
 pub use server::PgServer;
 pub use temp_base::PG_TMPDIR_ENV;
+pub use template::remove_template_built_here;
 
 /// The address every server listens on.
 const HOST: &str = "127.0.0.1";

@@ -23,6 +23,24 @@ use crate::temp_base::temp_base;
 /// Name of the cluster directory inside the template directory.
 const DATA: &str = "data";
 
+/// The template this process built, if it built one: [`remove_template_built_here`]
+/// deletes it, so a program that needs no more servers leaves nothing behind.
+static BUILT_HERE: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Deletes the template cluster if this process built it (a later start builds it again,
+/// in about a second). For a program done starting servers, such as `silo dev` once its
+/// own server is up; a template another process built is left to that process.
+pub fn remove_template_built_here() {
+    let built = BUILT_HERE.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(template) = built {
+        // Renamed away first, so another process never copies from half a template.
+        let trash = template.with_extension(format!("removed-{}", std::process::id()));
+        if std::fs::rename(&template, &trash).is_ok() {
+            let _ = std::fs::remove_dir_all(&trash);
+        }
+    }
+}
+
 /// Returns the data directory of the template cluster, building it if needed.
 pub(crate) async fn template_data_dir(
     binaries: &PgBinaries,
@@ -56,6 +74,7 @@ pub(crate) async fn template_data_dir(
     match std::fs::rename(building.path(), &template) {
         Ok(()) => {
             let _ = building.keep();
+            *BUILT_HERE.lock().unwrap_or_else(|e| e.into_inner()) = Some(template.clone());
             tracing::info!(
                 template = %template.display(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
