@@ -9,7 +9,6 @@ reason on the first failed check.
 usage: silo_dev_client.py PROTO_DIR ROUTER_ADDR METRICS_URL TENANT=TOKEN TENANT=TOKEN
 """
 
-import importlib
 import os
 import re
 import sys
@@ -17,29 +16,8 @@ import tempfile
 import urllib.request
 
 import grpc
-from grpc_tools import protoc
 
-
-def load_stubs(proto_dir, out_dir):
-    # `python -m grpc_tools.protoc` adds the well-known types' include path itself;
-    # called as a function it needs it spelled out.
-    import grpc_tools
-
-    well_known = grpc_tools.__path__[0] + "/_proto"
-    code = protoc.main([
-        "grpc_tools.protoc",
-        f"-I{proto_dir}",
-        f"-I{well_known}",
-        f"--python_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        "silo/router/v1/router.proto",
-    ])
-    if code != 0:
-        sys.exit(f"protoc failed ({code}) on {proto_dir}/silo/router/v1/router.proto")
-    sys.path.insert(0, out_dir)
-    messages = importlib.import_module("silo.router.v1.router_pb2")
-    services = importlib.import_module("silo.router.v1.router_pb2_grpc")
-    return messages, services
+from stubs import load_stubs
 
 
 class Tenant:
@@ -98,7 +76,7 @@ def main():
     proto_dir, router, metrics_url, *tenant_args = sys.argv[1:]
     # The generated modules are imported before the directory goes away.
     with tempfile.TemporaryDirectory(prefix="silo-stubs-") as stubs:
-        pb, pb_grpc = load_stubs(proto_dir, stubs)
+        pb, pb_grpc = load_stubs(proto_dir, stubs, "silo/router/v1/router.proto")
     # SILO_CA_FILE: `silo dev --tls`'s CA; the router's certificate must chain to it
     # and name the address dialled.
     ca_file = os.environ.get("SILO_CA_FILE")

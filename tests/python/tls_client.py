@@ -1,4 +1,4 @@
-"""An independent gRPC-over-TLS client for the TLS tests (tests/tests/e2e/tls.rs).
+"""An independent gRPC-over-TLS client for the TLS tests (tests/tests/e2e/grpc_tls.rs).
 
 Connects with grpcio (BoringSSL) to a silo server over TLS, trusting only the given CA and
 presenting a client certificate when one is given, then checks grpc.health.v1 and makes
@@ -12,33 +12,14 @@ usage: tls_client.py PROTO_DIR TARGET --ca FILE [--cert FILE --key FILE]
 """
 
 import argparse
-import importlib
 import sys
 import tempfile
 
 import grpc
-from grpc_tools import protoc
+
+from stubs import load_stubs
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-
-
-def load_stubs(proto_dir, out_dir, proto):
-    import grpc_tools
-
-    well_known = grpc_tools.__path__[0] + "/_proto"
-    code = protoc.main([
-        "grpc_tools.protoc",
-        f"-I{proto_dir}",
-        f"-I{well_known}",
-        f"--python_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        proto,
-    ])
-    if code != 0:
-        sys.exit(f"protoc failed ({code}) on {proto_dir}/{proto}")
-    sys.path.insert(0, out_dir)
-    module = proto[:-len(".proto")].replace("/", ".")
-    return importlib.import_module(module + "_pb2"), importlib.import_module(module + "_pb2_grpc")
 
 
 def health_request(service):

@@ -28,6 +28,39 @@ pub const AUDIENCE: &str = "silo-control-plane";
 /// checked, but it must never show up in a log line or an error message.
 pub const FLEET_PASSWORD: &str = "fleet-admin-pw-7f3a9c";
 
+/// The repository's root.
+pub fn repository() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A Python with grpcio and grpcio-tools (`SILO_TEST_PYTHON`, else the repository's
+/// `.venv`, which scripts/test.sh fills), or None after saying why when the test may skip;
+/// under CI (`CI` set) a missing one fails the test instead.
+pub fn grpc_python() -> Option<PathBuf> {
+    let python = std::env::var_os("SILO_TEST_PYTHON")
+        .map_or_else(|| repository().join(".venv/bin/python"), PathBuf::from);
+    let usable = std::process::Command::new(&python)
+        .args(["-c", "import grpc, grpc_tools"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if usable {
+        return Some(python);
+    }
+    let why = format!(
+        "{} with grpcio and grpcio-tools is missing: run scripts/test.sh (it installs them \
+         into .venv) or set SILO_TEST_PYTHON",
+        python.display()
+    );
+    assert!(
+        std::env::var_os("CI").is_none_or(|ci| ci.is_empty()),
+        "CI is set and {why}"
+    );
+    eprintln!("skipped: {why}");
+    None
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/keys")

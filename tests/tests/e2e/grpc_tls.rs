@@ -8,7 +8,6 @@
 //! that has grpcio and grpcio-tools the Python checks are skipped (failed when `CI` is set).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,35 +25,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-fn repository() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A Python with grpcio and grpcio-tools, or None (after saying why) when the test may skip.
-fn python() -> Option<PathBuf> {
-    let python = std::env::var_os("SILO_TEST_PYTHON")
-        .map_or_else(|| repository().join(".venv/bin/python"), PathBuf::from);
-    let usable = std::process::Command::new(&python)
-        .args(["-c", "import grpc, grpc_tools"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if usable {
-        return Some(python);
-    }
-    let why = format!(
-        "{} with grpcio and grpcio-tools is missing: run scripts/test.sh (it installs them \
-         into .venv) or set SILO_TEST_PYTHON",
-        python.display()
-    );
-    assert!(
-        std::env::var_os("CI").is_none_or(|ci| ci.is_empty()),
-        "CI is set and {why}"
-    );
-    eprintln!("skipped: {why}");
-    None
-}
+use silo_tests::{grpc_python as python, repository};
 
 /// Runs tests/python/tls_client.py against `target` with `args`; its output on failure.
 async fn python_client(
