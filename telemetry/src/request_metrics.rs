@@ -197,10 +197,13 @@ where
             rows = tracing::field::Empty,
             pool_wait_us = tracing::field::Empty,
         );
-        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.extract(&HeaderExtractor(request.headers()))
-        });
-        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
+        // Only calls that carry trace context pay for reading it.
+        if request.headers().contains_key("traceparent") {
+            let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+                propagator.extract(&HeaderExtractor(request.headers()))
+            });
+            let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
+        }
         let future = self.inner.call(request);
         Box::pin(
             async move {
