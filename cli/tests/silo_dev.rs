@@ -473,13 +473,13 @@ async fn silo_dev_tls_puts_every_hop_on_tls_with_the_printed_ca() {
     stop(dev).await;
 }
 
-/// The README's siloctl block, run as written against a `silo dev` this test starts, from
-/// a directory laid out as the README assumes (`.silo-dev` beside the commands). Only
-/// what cannot be the same in a test changes: `scripts/siloctl` is the siloctl built for
+/// The README's siloctl block (and below, its Python block), run as written against a
+/// `silo dev` this test starts, from a directory laid out as the README assumes
+/// (`.silo-dev` beside the commands). Only what cannot be the same in a test changes: `scripts/siloctl` is the siloctl built for
 /// the tests (building it again from a test would take minutes), and the addresses are
 /// the ports this `silo dev` got. A README change that breaks a command fails here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readmes_siloctl_block_runs_as_written() {
+async fn the_readmes_siloctl_and_python_blocks_run_as_written() {
     let temp = tempfile::tempdir().unwrap();
     std::fs::set_permissions(
         temp.path(),
@@ -524,6 +524,82 @@ async fn the_readmes_siloctl_block_runs_as_written() {
     assert!(
         said.contains("first note") && said.contains("initech"),
         "the block did not do what it says:\n{said}"
+    );
+
+    // The Python block below the banner: every line as written but for its directory
+    // (`/tmp/silo-py`, here the test's own) and the router's address. The venv the block
+    // creates is made beforehand with a `.pth` naming the test's grpcio, so its
+    // `pip install` finds grpcio and grpcio-tools installed and needs no network
+    // (`PIP_NO_INDEX`).
+    let Some(grpc_python) = python() else {
+        stop(dev).await;
+        return;
+    };
+    let start = readme
+        .find("stubs come from `proto/`")
+        .expect("the Python paragraph");
+    let start = start + readme[start..].find("```sh\n").expect("its block") + "```sh\n".len();
+    let block = &readme[start..start + readme[start..].find("```").expect("block end")];
+    assert!(
+        block.contains("/tmp/silo-py") && block.contains("127.0.0.1:50051"),
+        "the block this test replays changed shape:\n{block}"
+    );
+    let venv = temp.path().join("py");
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .await
+        .unwrap();
+    assert!(made.success(), "python3 -m venv");
+    let site_packages = |python: &Path| {
+        let output = std::process::Command::new(python)
+            .args([
+                "-c",
+                "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+            ])
+            .output()
+            .unwrap();
+        PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+    };
+    let own = site_packages(&venv.join("bin/python"));
+    std::fs::write(
+        own.join("silo-test-grpcio.pth"),
+        format!("{}\n", site_packages(&grpc_python).display()),
+    )
+    .unwrap();
+    // grpcio-tools needs a newer setuptools than the one `venv` puts in; the test's
+    // grpcio comes with one.
+    for entry in std::fs::read_dir(&own).unwrap() {
+        let entry = entry.unwrap();
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("setuptools")
+        {
+            std::fs::remove_dir_all(entry.path()).unwrap();
+        }
+    }
+    let script = block
+        .replace("/tmp/silo-py", venv.to_str().unwrap())
+        .replace("127.0.0.1:50051", &router);
+    let token = banner_value(&banner, "token acme");
+    let output = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(repository())
+        .env("SILO_TOKEN", token)
+        .env("PIP_NO_INDEX", "1")
+        .output()
+        .await
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && said.contains("string_value: \"s_"),
+        "the README's Python block failed:\n{said}"
     );
     stop(dev).await;
 }

@@ -405,3 +405,84 @@ async fn scripts_siloctl_runs_siloctl_with_its_arguments() {
         "siloctl's exit code comes through"
     );
 }
+
+/// `scripts/siloctl` and `scripts/dev.sh` on a checkout not built yet say how long the
+/// first build takes and show cargo's progress (no `--quiet`); once built, they build
+/// quietly and say nothing. A `cargo` of the test's own stands in for the build: it notes
+/// its arguments and leaves a binary that prints its own.
+#[tokio::test]
+async fn the_scripts_say_how_long_the_first_build_takes() {
+    let temp = tempfile::tempdir().unwrap();
+    let bin = temp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let log = temp.path().join("cargo.log");
+    std::fs::write(
+        bin.join("cargo"),
+        r#"#!/bin/sh
+echo "$*" >> "$FAKE_CARGO_LOG"
+prev=""
+for arg in "$@"; do
+  [ "$prev" = "--bin" ] && name="$arg"
+  prev="$arg"
+done
+mkdir -p "$CARGO_TARGET_DIR/debug"
+printf '#!/bin/sh\necho ran %s "$@"\n' "$name" > "$CARGO_TARGET_DIR/debug/$name"
+chmod +x "$CARGO_TARGET_DIR/debug/$name"
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        bin.join("cargo"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for (script, args, binary) in [
+        ("siloctl", &["tenants", "list"][..], "siloctl"),
+        ("dev.sh", &["--tenants", "acme"][..], "silo"),
+    ] {
+        let target = temp.path().join(format!("target-{binary}"));
+        let run = || {
+            tokio::process::Command::new(scripts.join(script))
+                .args(args)
+                .env("PATH", &path)
+                .env("CARGO_TARGET_DIR", &target)
+                .env("FAKE_CARGO_LOG", &log)
+                .output()
+        };
+        let _ = std::fs::remove_file(&log);
+        let first = run().await.unwrap();
+        let said = String::from_utf8_lossy(&first.stderr);
+        assert!(first.status.success(), "{script}: {said}");
+        assert!(
+            said.contains("the first build takes"),
+            "{script} on a fresh checkout says nothing of the build: {said}"
+        );
+        let built = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !built.contains("--quiet"),
+            "{script} hides cargo's progress on the first build: {built}"
+        );
+        let ran = String::from_utf8_lossy(&first.stdout).into_owned();
+        let expected_args = match binary {
+            "silo" => format!("ran silo dev {}", args.join(" ")),
+            _ => format!("ran siloctl {}", args.join(" ")),
+        };
+        assert_eq!(ran.trim(), expected_args, "{script} passes its arguments");
+
+        let _ = std::fs::remove_file(&log);
+        let again = run().await.unwrap();
+        let said = String::from_utf8_lossy(&again.stderr);
+        assert!(again.status.success(), "{script}: {said}");
+        assert!(!said.contains("first build"), "{script} again: {said}");
+        assert!(
+            std::fs::read_to_string(&log).unwrap().contains("--quiet"),
+            "{script} once built rebuilds quietly"
+        );
+    }
+}

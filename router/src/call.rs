@@ -332,7 +332,8 @@ impl Lease {
         deadline: Option<Instant>,
     ) -> mpsc::Receiver<Result<Rows, CallError>> {
         let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(async move {
+        let span = tracing::Span::current();
+        let producer = async move {
             let sender = tx.clone();
             let (conn, session) = self.split();
             session.residue.add(Residue::of(&statement.sql));
@@ -378,7 +379,9 @@ impl Lease {
             if let Err(e) = result {
                 let _ = tx.send(Err(e)).await;
             }
-        });
+        };
+        // Its log lines carry the call's span (its tenant).
+        tokio::spawn(tracing::Instrument::instrument(producer, span));
         rx
     }
 }

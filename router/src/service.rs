@@ -27,6 +27,34 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
 /// A server stream of `T` or a status ending it.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// Counts the rows a streaming call returned or affected and records the total as the
+/// call span's `rows` when the call ends (when the response stream is dropped): the
+/// rows of QueryStream and Transaction flow after the handler has returned.
+struct SpanRows {
+    span: tracing::Span,
+    rows: u64,
+}
+
+impl SpanRows {
+    /// Counts for the current (the call's) span.
+    fn current() -> Self {
+        Self {
+            span: tracing::Span::current(),
+            rows: 0,
+        }
+    }
+
+    fn add(&mut self, rows: u64) {
+        self.rows += rows;
+    }
+}
+
+impl Drop for SpanRows {
+    fn drop(&mut self) {
+        self.span.record("rows", self.rows);
+    }
+}
+
 /// The Router gRPC service over a [`RouterCore`] with route source `S`.
 pub struct RouterService<S> {
     core: Arc<RouterCore<S>>,
@@ -134,7 +162,11 @@ impl<S: RouteSource> Router for RouterService<S> {
         );
         let lease = self.core.lease(&tenant).await?;
         let batches = lease.stream(statement, batch_size, limits.max_response_bytes, deadline);
-        let stream = ReceiverStream::new(batches).map(|batch| {
+        let mut counted = SpanRows::current();
+        let stream = ReceiverStream::new(batches).map(move |batch| {
+            if let Ok(batch) = &batch {
+                counted.add(batch.rows.len() as u64);
+            }
             batch
                 .map(pb::RowBatch::from)
                 .map_err(|e| Status::from(RouterError::from(e)))
@@ -206,7 +238,9 @@ impl<S: RouteSource> Router for RouterService<S> {
             .map_err(RouterError::from)?;
         let (tx, rx) = mpsc::channel(4);
         let core = self.core.clone();
-        tokio::spawn(async move {
+        let mut counted = SpanRows::current();
+        let span = counted.span.clone();
+        let transaction = async move {
             use pb::transaction_response::Kind as Out;
             let send = |kind| pb::TransactionResponse { kind: Some(kind) };
             if tx.send(Ok(send(Out::Begun(begin)))).await.is_err() {
@@ -239,6 +273,11 @@ impl<S: RouteSource> Router for RouterService<S> {
                 };
                 match result {
                     Ok(out) => {
+                        match &out {
+                            Out::Query(rows) => counted.add(rows.rows.len() as u64),
+                            Out::Execute(executed) => counted.add(executed.rows_affected),
+                            _ => {}
+                        }
                         let done = matches!(out, Out::Committed(_) | Out::RolledBack(_));
                         if tx.send(Ok(send(out))).await.is_err() || done {
                             return;
@@ -250,7 +289,9 @@ impl<S: RouteSource> Router for RouterService<S> {
                     }
                 }
             }
-        });
+        };
+        // The task's log lines carry the call's span (its tenant), which ends with it.
+        tokio::spawn(tracing::Instrument::instrument(transaction, span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

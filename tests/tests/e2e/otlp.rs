@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
     trace_service_server::{TraceService, TraceServiceServer},
@@ -99,10 +100,55 @@ async fn a_router_call_is_exported_under_the_callers_trace() {
         .batch(call(batch, &tenant_token("acme"), None))
         .await
         .expect("batch");
+    // Streaming calls: their rows flow after the handler has returned.
+    let streamed = router
+        .client
+        .clone()
+        .query_stream(call(
+            rpb::QueryStreamRequest {
+                statement: statement("SELECT generate_series(1, 5)", vec![]),
+                batch_size: 2,
+            },
+            &tenant_token("acme"),
+            None,
+        ))
+        .await
+        .expect("query stream")
+        .into_inner();
+    let batches: Vec<_> = streamed.collect().await;
+    assert_eq!(batches.len(), 3, "{batches:?}");
+    let messages = [
+        rpb::transaction_request::Kind::Begin(rpb::Begin::default()),
+        rpb::transaction_request::Kind::Query(rpb::QueryRequest {
+            statement: statement("SELECT generate_series(1, 4)", vec![]),
+            max_rows: 0,
+        }),
+        rpb::transaction_request::Kind::Execute(rpb::ExecuteRequest {
+            statement: statement(
+                "CREATE TEMP TABLE t AS SELECT generate_series(1, 3) AS n",
+                vec![],
+            ),
+        }),
+        rpb::transaction_request::Kind::Commit(rpb::Commit {}),
+    ]
+    .map(|kind| rpb::TransactionRequest { kind: Some(kind) });
+    let responses = router
+        .client
+        .clone()
+        .transaction(call(
+            futures::stream::iter(messages),
+            &tenant_token("acme"),
+            None,
+        ))
+        .await
+        .expect("transaction")
+        .into_inner();
+    let responses: Vec<_> = responses.collect().await;
+    assert!(responses.iter().all(Result::is_ok), "{responses:?}");
     tracing.flush();
 
     let mut spans: Vec<Span> = Vec::new();
-    let (span, batch_span) = eventually(
+    let (span, batch_span, stream_span, transaction_span) = eventually(
         Duration::from_secs(10),
         "the calls' spans at the collector",
         || {
@@ -114,8 +160,14 @@ async fn a_router_call_is_exported_under_the_callers_trace() {
                 }
             }
             let named = |name: &str| spans.iter().find(|span| span.name == name).cloned();
-            let found =
-                named("/silo.router.v1.Router/Query").zip(named("/silo.router.v1.Router/Batch"));
+            let found = (|| {
+                Some((
+                    named("/silo.router.v1.Router/Query")?,
+                    named("/silo.router.v1.Router/Batch")?,
+                    named("/silo.router.v1.Router/QueryStream")?,
+                    named("/silo.router.v1.Router/Transaction")?,
+                ))
+            })();
             if found.is_none() {
                 tracing.flush();
             }
@@ -127,6 +179,20 @@ async fn a_router_call_is_exported_under_the_callers_trace() {
         attribute(&batch_span, "rows").as_deref(),
         Some("3"),
         "rows of the whole batch"
+    );
+    assert_eq!(
+        attribute(&stream_span, "rows").as_deref(),
+        Some("5"),
+        "rows of every batch of the stream"
+    );
+    assert_eq!(
+        attribute(&transaction_span, "rows").as_deref(),
+        Some("7"),
+        "rows returned and affected in the transaction"
+    );
+    assert_eq!(
+        attribute(&transaction_span, "tenant_id").as_deref(),
+        Some("acme")
     );
     let hex: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(hex, trace_id, "the span joins the caller's trace");
