@@ -15,7 +15,13 @@
 //! Run with `scripts/bench-router.sh` (installs pgbouncer and h2load), or
 //! `cargo bench -p silo-tests --bench router_process` when they are installed.
 //! `SILO_BENCH_SECONDS` sets the measuring window of each run (default 4, after 1 s of
-//! warm-up).
+//! warm-up); `SILO_BENCH_WORKLOADS` (`point,stream,batch`) and `SILO_BENCH_CLIENTS`
+//! (`1,16,64`) pick a part of it, e.g. to profile one run.
+//!
+//! With the point SELECT, a fourth path, `grpc-floor`: h2load calling the router's
+//! `grpc.health.v1.Health/Check`, which touches no database and no token. Its CPU per
+//! call is what the router's HTTP/2 + gRPC stack and h2load cost for a call that does
+//! nothing, the floor under any routed call on this machine.
 
 mod cpu;
 mod load;
@@ -46,6 +52,7 @@ const TENANT: &str = "bench";
 const TIER: &str = "bench";
 const ROWS: i64 = 10_000;
 const CLIENTS: [usize; 3] = [1, 16, 64];
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 /// The id every h2load request asks for (h2load sends one fixed body).
 const FIXED_ID: i64 = 4242;
 const POINT_SELECT: &str = "SELECT id, body FROM items WHERE id = $1";
@@ -95,6 +102,23 @@ struct Workload {
     response_bytes: u64,
     /// Empties the ledger before each run (the Batch workload).
     truncate_ledger: bool,
+    /// `point`, `stream` or `batch`, for `SILO_BENCH_WORKLOADS`.
+    name: &'static str,
+}
+
+/// A comma-separated list from the environment variable `name`, or `default`.
+fn list_from_env<T: std::str::FromStr>(name: &str, default: Vec<T>) -> anyhow::Result<Vec<T>> {
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value
+            .split(',')
+            .map(|item| {
+                item.trim()
+                    .parse()
+                    .map_err(|_| anyhow!("{name}: cannot read {item:?}"))
+            })
+            .collect(),
+        _ => Ok(default),
+    }
 }
 
 /// The router's process and addresses.
@@ -109,6 +133,11 @@ async fn bench() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
+    let chosen: Vec<String> = list_from_env(
+        "SILO_BENCH_WORKLOADS",
+        ["point", "stream", "batch"].map(String::from).to_vec(),
+    )?;
+    let client_counts: Vec<usize> = list_from_env("SILO_BENCH_CLIENTS", CLIENTS.to_vec())?;
     machine_header();
     let scratch = tempfile::tempdir()?;
     let pgbench = Pgbench::find(scratch.path())?;
@@ -187,10 +216,14 @@ async fn bench() -> anyhow::Result<()> {
     );
     println!("{}\n", report::LEGEND);
 
-    for workload in &workloads {
+    let floor = write_health_check(scratch.path())?;
+    for workload in workloads
+        .iter()
+        .filter(|w| chosen.iter().any(|name| name == w.name))
+    {
         println!("{}", workload.title);
         report::header();
-        for clients in CLIENTS {
+        for &clients in &client_counts {
             let run = Run {
                 clients,
                 warm_up: Duration::from_secs(1),
@@ -230,12 +263,20 @@ async fn bench() -> anyhow::Result<()> {
             if workload.truncate_ledger {
                 admin.batch_execute("TRUNCATE ledger").await?;
             }
-            let routed = routed(&h2load, &mut router, workload, &run, postmaster, tick)
+            let through_router = routed(&h2load, &mut router, workload, &run, postmaster, tick)
                 .await
                 .with_context(|| format!("h2load to the router, {clients} clients"))?;
-            report::line(clients, "router", &routed);
-            report::ratios(&routed, &bounced, "pgbouncer");
-            report::ratios(&routed, &direct, "direct");
+            report::line(clients, "router", &through_router);
+            if workload.name == "point" {
+                let floor = routed(&h2load, &mut router, &floor, &run, postmaster, tick)
+                    .await
+                    .with_context(|| {
+                        format!("h2load to the router's health check, {clients} clients")
+                    })?;
+                report::line(clients, "grpc-floor", &floor);
+            }
+            report::ratios(&through_router, &bounced, "pgbouncer");
+            report::ratios(&through_router, &direct, "direct");
         }
         println!();
     }
@@ -388,6 +429,7 @@ async fn workloads(
         body: write("point.bin", &grpc_frame(&query))?,
         response_bytes: framed(answer.encoded_len()),
         truncate_ledger: false,
+        name: "point",
     };
 
     let stream = rpb::QueryStreamRequest {
@@ -414,6 +456,7 @@ async fn workloads(
         body: write("stream.bin", &grpc_frame(&stream))?,
         response_bytes: stream_bytes,
         truncate_ledger: false,
+        name: "stream",
     };
 
     let inserts: Vec<String> = (1..=10)
@@ -448,8 +491,25 @@ async fn workloads(
         body: write("batch.bin", &grpc_frame(&batch))?,
         response_bytes: framed(answer.encoded_len()),
         truncate_ledger: true,
+        name: "batch",
     };
     Ok(vec![point, stream, batch])
+}
+
+/// The `grpc-floor` path: `grpc.health.v1.Health/Check` for the whole server (an empty
+/// request), answered SERVING (a 2-byte message) without a database or a token.
+fn write_health_check(dir: &Path) -> anyhow::Result<Workload> {
+    let body = dir.join("health.bin");
+    std::fs::write(&body, [0u8, 0, 0, 0, 0])?;
+    Ok(Workload {
+        title: String::new(),
+        script: PathBuf::new(),
+        method: HEALTH_CHECK.into(),
+        body,
+        response_bytes: 2 + 5,
+        truncate_ledger: false,
+        name: "grpc-floor",
+    })
 }
 
 /// One h2load run against the router, checked: every call OK by the router's count, and
