@@ -14,7 +14,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use crate::connection::PooledConnection;
-use crate::pool::TenantPool;
+use crate::pool::{TenantPool, Turn};
 use crate::request::{Column, Rows, SqlStatement};
 use crate::session::Residue;
 use crate::value::{SqlValue, ValueError, check_column_type};
@@ -77,6 +77,8 @@ pub enum CallError {
 /// next borrower reads its answer first. A statement still running is cancelled first.
 pub struct Lease {
     conn: Option<PooledConnection>,
+    /// Dropped after the connection is back in the pool.
+    turn: Option<Turn>,
     session: SessionState,
     _permit: Option<OwnedSemaphorePermit>,
     _pool: Arc<TenantPool>,
@@ -125,11 +127,13 @@ impl Lease {
     /// A lease for any number of statements.
     pub fn new(
         conn: PooledConnection,
+        turn: Turn,
         pool: Arc<TenantPool>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Self {
         Self {
             conn: Some(conn),
+            turn: Some(turn),
             session: SessionState::default(),
             _permit: permit,
             _pool: pool,
@@ -410,26 +414,35 @@ impl Drop for Lease {
             conn.broken = true;
             return;
         };
+        // The turn stays taken until the connection is back (or closed).
+        let turn = self.turn.take();
         runtime.spawn(async move {
-            if let Err(e) = conn.cancel().await {
-                // The statement may still run and a late cancel could hit the next
-                // borrower's: this connection is not lent again.
-                if let Some(held_back) = CANCEL_FAILED.allow() {
-                    tracing::warn!(error = %e, held_back, "cannot send a cancel request; dropping the connection");
-                }
-                conn.broken = true;
-                return;
-            }
-            // A reset sent behind the statement may be what the cancel hit: then again.
-            let clean = reset_sent && conn.settle().await.is_ok();
-            if !clean {
-                conn.send_reset(session.reset_sql());
-                if let Err(e) = conn.settle().await {
-                    tracing::debug!(error = %e, "session reset failed; dropping the connection");
-                    conn.broken = true;
-                }
-            }
+            cancel_and_reset(conn, session, reset_sent).await;
+            drop(turn);
         });
+    }
+}
+
+/// Cancels the statement `conn` is running and resets its session, then gives it back to
+/// the pool, or closes it when either fails.
+async fn cancel_and_reset(mut conn: PooledConnection, session: SessionState, reset_sent: bool) {
+    if let Err(e) = conn.cancel().await {
+        // The statement may still run and a late cancel could hit the next borrower's:
+        // this connection is not lent again.
+        if let Some(held_back) = CANCEL_FAILED.allow() {
+            tracing::warn!(error = %e, held_back, "cannot send a cancel request; dropping the connection");
+        }
+        conn.broken = true;
+        return;
+    }
+    // A reset sent behind the statement may be what the cancel hit: then again.
+    let clean = reset_sent && conn.settle().await.is_ok();
+    if !clean {
+        conn.send_reset(session.reset_sql());
+        if let Err(e) = conn.settle().await {
+            tracing::debug!(error = %e, "session reset failed; dropping the connection");
+            conn.broken = true;
+        }
     }
 }
 

@@ -185,11 +185,11 @@ impl<S: RouteSource> RouterCore<S> {
         let pool = self.pools.get(&route).await;
         let permit = pool.limiter.admit()?;
         let waiting = std::time::Instant::now();
-        let conn = self.pools.connection(&pool).await?;
+        let (conn, turn) = self.pools.connection(&pool).await?;
         // On the call's span (its exported trace): how long the call waited for a
         // connection, in µs.
         tracing::Span::current().record("pool_wait_us", waiting.elapsed().as_micros() as u64);
-        Ok(Lease::new(conn, pool, permit))
+        Ok(Lease::new(conn, turn, pool, permit))
     }
 
     /// Drops what an event makes stale: the route, and with it the pool. While

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use silo_router::pool::PoolConfig;
-use silo_router::tenant::TierLimits;
+use silo_router::pool::{PoolConfig, PoolRegistry};
+use silo_router::tenant::{Route, TenantState, TierLimits};
 use tonic::Code;
 
 use crate::harness::{Harness, execute, query};
@@ -407,4 +407,63 @@ async fn an_idle_transaction_whose_database_goes_away_ends_at_once() {
             .is_ok()
     })
     .await;
+}
+
+/// A connection given back goes to the call that has waited longest, not to a call that
+/// arrives at that moment: bb8 alone wakes the waiter and lets the newcomer take the
+/// connection first, which made a few calls wait many times the mean under a full pool.
+#[tokio::test]
+async fn a_connection_given_back_goes_to_the_call_waiting_longest() {
+    let harness = Harness::start(PoolConfig::default()).await;
+    let pg = &harness.servers[0];
+    let database = pg.create_unique_database("acme").await.expect("database");
+    // A registry of its own: no route event can replace the pool under the test.
+    let registry = PoolRegistry::new(PoolConfig::default());
+    let route = Route {
+        tenant_id: crate::harness::tenant_id("acme"),
+        state: TenantState::Active,
+        tier: "standard".into(),
+        host: pg.host().to_owned(),
+        port: pg.port(),
+        database,
+        user: pg.superuser().to_owned(),
+        password: secrecy::SecretString::from(""),
+        credentials_version: 1,
+        limits: TierLimits {
+            max_connections: 1,
+            ..TierLimits::default()
+        },
+        sequence: 1,
+        tls: Default::default(),
+    };
+    let pool = registry.get(&route).await;
+    let holding = registry
+        .connection(&pool)
+        .await
+        .expect("the only connection");
+
+    let short = Duration::from_millis(100);
+    let mut waiting = std::pin::pin!(registry.connection(&pool));
+    assert!(
+        tokio::time::timeout(short, waiting.as_mut()).await.is_err(),
+        "the pool has one connection, which is lent"
+    );
+    drop(holding);
+    // A call arriving now, before the waiting call has run again, must queue behind it.
+    let mut arriving = std::pin::pin!(registry.connection(&pool));
+    assert!(
+        tokio::time::timeout(short, arriving.as_mut())
+            .await
+            .is_err(),
+        "a call that arrived as the connection came back took it from the one waiting"
+    );
+    let served = tokio::time::timeout(short, waiting.as_mut())
+        .await
+        .expect("the waiting call gets the connection")
+        .expect("a connection");
+    drop(served);
+    tokio::time::timeout(Duration::from_secs(2), arriving)
+        .await
+        .expect("then the arriving call")
+        .expect("a connection");
 }
