@@ -24,6 +24,7 @@ cargo bench -p silo-tests --bench router_process --no-run
 # Every temporary file of the bench goes into one directory of its own, which must be
 # empty when it ends. PostgreSQL and PgBouncer run as `postgres` when this runs as root:
 # they must be able to reach their files in it.
+shm_before=$(ls -A /dev/shm 2> /dev/null | grep '^silo-' || true)
 bench_tmp=$(mktemp -d "${TMPDIR:-/tmp}/silo-bench-router.XXXXXX")
 trap 'rm -rf "$bench_tmp"' EXIT
 chmod 0755 "$bench_tmp"
@@ -33,4 +34,9 @@ if [ -n "$left" ]; then
   echo "the bench left files behind in $bench_tmp: $left" >&2
   exit 1
 fi
-echo "nothing left behind in the bench's temporary directory"
+shm_left=$(comm -13 <(echo "$shm_before") <(ls -A /dev/shm 2> /dev/null | grep '^silo-' || true))
+if [ -n "$shm_left" ]; then
+  echo "the bench left files behind in /dev/shm: $shm_left" >&2
+  exit 1
+fi
+echo "nothing left behind in the bench's temporary directory or /dev/shm"

@@ -32,6 +32,8 @@ async fn main() {
     let bin = release_binaries();
     let logs = tempfile::tempdir().expect("log dir");
     let env = TestEnv::start(1).await;
+    // Every server of the bench is up: the template cluster it built (in /dev/shm) goes.
+    silo_pg_server::remove_template_built_here();
 
     // The catalog's schema, then the history written straight into it.
     let catalog = Catalog::open(

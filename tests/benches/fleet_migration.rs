@@ -71,6 +71,8 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let env = TestEnv::start(2).await;
+    // Every server of the bench is up: the template cluster it built (in /dev/shm) goes.
+    silo_pg_server::remove_template_built_here();
     let migrations = TenantMigrations::from_repository();
     let flags = |workers: &str| env.config(&[&migrations.flag(), workers]);
     let cp = env

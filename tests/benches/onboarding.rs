@@ -63,6 +63,8 @@ async fn onboard(cp: &TestControlPlane, tenant: &str) -> Duration {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let env = TestEnv::start(2).await;
+    // Every server of the bench is up: the template cluster it built (in /dev/shm) goes.
+    silo_pg_server::remove_template_built_here();
     let cp = env.control_plane(Hooks::default()).await;
 
     let admin = env.admin_client(0, "postgres").await;

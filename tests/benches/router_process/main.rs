@@ -144,6 +144,8 @@ async fn bench() -> anyhow::Result<()> {
     let h2load = H2load::find(scratch.path())?;
     let bin = release_binaries();
     let env = TestEnv::start(1).await;
+    // Every server of the bench is up: the template cluster it built (in /dev/shm) goes.
+    silo_pg_server::remove_template_built_here();
     let server = &env.servers[0];
     let postmaster = postmaster_pid(server.data_dir())?;
 
