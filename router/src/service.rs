@@ -136,7 +136,11 @@ impl<S: RouteSource> Router for RouterService<S> {
         let statement = SqlStatement::try_from(message.statement).map_err(RouterError::from)?;
         let limits = &self.core.limits;
         let max_rows = clamp_rows(message.max_rows, limits.default_max_rows, limits.max_rows);
-        let mut lease = self.core.lease(&tenant, deadline).await?.for_one_statement();
+        let mut lease = self
+            .core
+            .lease(&tenant, deadline)
+            .await?
+            .for_one_statement();
         let rows = lease
             .query(&statement, max_rows, limits.max_response_bytes, deadline)
             .await
@@ -181,7 +185,11 @@ impl<S: RouteSource> Router for RouterService<S> {
         let (tenant, deadline) = self.admit(&request)?;
         let statement =
             SqlStatement::try_from(request.into_inner().statement).map_err(RouterError::from)?;
-        let mut lease = self.core.lease(&tenant, deadline).await?.for_one_statement();
+        let mut lease = self
+            .core
+            .lease(&tenant, deadline)
+            .await?
+            .for_one_statement();
         let rows_affected = lease
             .execute(&statement, deadline)
             .await

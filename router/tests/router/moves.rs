@@ -39,7 +39,13 @@ async fn here(harness: &Harness, timeout: Option<Duration>) -> Result<String, to
     if let Some(timeout) = timeout {
         request.set_timeout(timeout);
     }
-    let rows = harness.client.clone().query(request).await?.into_inner().rows;
+    let rows = harness
+        .client
+        .clone()
+        .query(request)
+        .await?
+        .into_inner()
+        .rows;
     match rows[0].values[0].kind.as_ref() {
         Some(pb::value::Kind::StringValue(name)) => Ok(name.clone()),
         other => panic!("{other:?}"),
