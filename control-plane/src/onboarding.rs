@@ -393,7 +393,9 @@ impl Onboarding {
                 t.finish_step = Some((StepStatus::Done, format!("schema version {version}")));
                 self.apply(t).await?;
             }
-            TenantState::Active | TenantState::Suspended => return Ok(Some(Outcome::Done)),
+            TenantState::Active | TenantState::Suspended | TenantState::Moving => {
+                return Ok(Some(Outcome::Done));
+            }
             TenantState::Deleting | TenantState::Deleted => {
                 return Ok(Some(Outcome::Failed("the tenant is being deleted".into())));
             }

@@ -162,11 +162,14 @@ pub enum TenantState {
     /// Onboarding failed for good (`failure_reason` says why); the tenant can be created
     /// again.
     Failed,
+    /// Its silo is being switched to another database (MoveTenant): routers hold its new
+    /// calls until the new route is published and end its open transactions.
+    Moving,
 }
 
 impl TenantState {
     /// Every state, in lifecycle order.
-    pub const ALL: [TenantState; 9] = [
+    pub const ALL: [TenantState; 10] = [
         Self::Requested,
         Self::Provisioning,
         Self::WaitingAvailable,
@@ -176,6 +179,7 @@ impl TenantState {
         Self::Deleting,
         Self::Deleted,
         Self::Failed,
+        Self::Moving,
     ];
 
     /// The text stored in the catalog and sent over gRPC (`ACTIVE`, `WAITING_AVAILABLE`,
@@ -191,6 +195,7 @@ impl TenantState {
             Self::Deleting => "DELETING",
             Self::Deleted => "DELETED",
             Self::Failed => "FAILED",
+            Self::Moving => "MOVING",
         }
     }
 

@@ -157,6 +157,12 @@ pub struct RouterConfig {
     #[arg(long, env = "SILO_MAX_RESPONSE_BYTES", default_value_t = crate::core::DEFAULT_MAX_RESPONSE_BYTES)]
     pub max_response_bytes: usize,
 
+    /// While a tenant's silo is moving (state MOVING), its new calls wait this long for the
+    /// new route, in milliseconds; then UNAVAILABLE (to be retried). A call's own shorter
+    /// deadline ends its wait with DEADLINE_EXCEEDED.
+    #[arg(long, env = "SILO_MOVE_HOLD_MS", default_value_t = crate::core::DEFAULT_MOVE_HOLD.as_millis() as u64)]
+    pub move_hold_ms: u64,
+
     /// An interactive transaction with no message for this long is rolled back, in seconds.
     #[arg(long, env = "SILO_TRANSACTION_IDLE_SECS", default_value_t = 30)]
     pub transaction_idle_secs: u64,
@@ -248,6 +254,7 @@ impl RouterConfig {
         CallLimits {
             default_max_rows: self.default_max_rows,
             max_response_bytes: self.max_response_bytes,
+            move_hold: std::time::Duration::from_millis(self.move_hold_ms),
             ..CallLimits::default()
         }
     }

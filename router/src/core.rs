@@ -33,6 +33,9 @@ pub struct CallLimits {
     /// The most bytes (about) of rows in one response message: a unary Query beyond it
     /// fails, a streamed batch is sent early. Below gRPC clients' usual 4 MiB limit.
     pub max_response_bytes: usize,
+    /// Longest a call waits while its tenant is MOVING for the tenant's new route
+    /// (`--move-hold-ms`); then UNAVAILABLE, to be retried.
+    pub move_hold: std::time::Duration,
 }
 
 impl Default for CallLimits {
@@ -43,9 +46,14 @@ impl Default for CallLimits {
             default_batch_size: 500,
             max_batch_size: 10_000,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            move_hold: DEFAULT_MOVE_HOLD,
         }
     }
 }
+
+/// How long calls are held by default while their tenant is MOVING: a move's switch
+/// takes about a second.
+pub const DEFAULT_MOVE_HOLD: std::time::Duration = std::time::Duration::from_millis(2000);
 
 /// Everything a call needs, shared by the gRPC service and the background tasks: the
 /// authenticator, the route cache over route source `S`, the pools and the limits.
@@ -63,6 +71,8 @@ pub struct RouterCore<S> {
     /// Tenants that stopped being servable (suspended, deleting, gone), for the open
     /// Transaction streams, which must end rather than run on.
     revocations: broadcast::Sender<Revocation>,
+    /// Every tenant event, once applied, for the calls held while their tenant moves.
+    changes: broadcast::Sender<TenantId>,
 }
 
 /// A tenant whose open transactions must end, and why.
@@ -152,6 +162,7 @@ impl<S: RouteSource> RouterCore<S> {
             metrics,
             limits,
             revocations: broadcast::channel(256).0,
+            changes: broadcast::channel(1024).0,
         }
     }
 
@@ -176,12 +187,15 @@ impl<S: RouteSource> RouterCore<S> {
         }
     }
 
-    /// A connection to the tenant's database, within the tenant's limits.
-    pub async fn lease(&self, tenant: &TenantId) -> Result<Lease, RouterError> {
-        let route = self.routes.get(tenant).await?;
-        if route.state != TenantState::Active {
-            return Err(RouterError::NotActive(route.state));
-        }
+    /// A connection to the tenant's database, within the tenant's limits. While the
+    /// tenant is MOVING the call is held until its new route arrives, for at most
+    /// [`CallLimits::move_hold`] and never past `deadline`.
+    pub async fn lease(
+        &self,
+        tenant: &TenantId,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Lease, RouterError> {
+        let route = self.active_route(tenant, deadline).await?;
         let pool = self.pools.get(&route).await;
         let permit = pool.limiter.admit()?;
         let waiting = std::time::Instant::now();
@@ -190,6 +204,45 @@ impl<S: RouteSource> RouterCore<S> {
         // connection, in µs.
         tracing::Span::current().record("pool_wait_us", waiting.elapsed().as_micros() as u64);
         Ok(Lease::new(conn, turn, pool, permit))
+    }
+
+    /// The tenant's route if it is ACTIVE, after waiting out a move: while the route says
+    /// MOVING, each event of the tenant is a reason to read it again. Past the hold,
+    /// [`RouterError::MoveHold`]; past the call's deadline, DEADLINE_EXCEEDED.
+    async fn active_route(
+        &self,
+        tenant: &TenantId,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Arc<crate::tenant::Route>, RouterError> {
+        let mut route = self.routes.get(tenant).await?;
+        if route.state == TenantState::Moving {
+            let held = tokio::time::Instant::now();
+            let hold_end = held + self.limits.move_hold;
+            let until = deadline.map_or(hold_end, |deadline| deadline.min(hold_end));
+            // Subscribed before the route is read again: an event in between is not missed.
+            let mut changes = self.changes.subscribe();
+            loop {
+                route = self.routes.get(tenant).await?;
+                if route.state != TenantState::Moving {
+                    break;
+                }
+                if tokio::time::timeout_at(until, next_change(&mut changes, tenant))
+                    .await
+                    .is_err()
+                {
+                    return Err(if until < hold_end {
+                        crate::call::CallError::DeadlineExceeded.into()
+                    } else {
+                        RouterError::MoveHold(self.limits.move_hold)
+                    });
+                }
+            }
+            tracing::Span::current().record("move_hold_us", held.elapsed().as_micros() as u64);
+        }
+        if route.state != TenantState::Active {
+            return Err(RouterError::NotActive(route.state));
+        }
+        Ok(route)
     }
 
     /// Drops what an event makes stale: the route, and with it the pool. While
@@ -205,6 +258,9 @@ impl<S: RouteSource> RouterCore<S> {
         tracing::debug!(tenant_id = %tenant, sequence = invalidation.sequence, dropped, "tenant event");
         if dropped || self.pools.contains(tenant) {
             self.pools.invalidate(tenant).await;
+        }
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(tenant.clone());
         }
         if self.revocations.receiver_count() > 0 {
             let (core, tenant) = (Arc::clone(self), tenant.clone());
@@ -290,5 +346,18 @@ impl<S: RouteSource> RouterCore<S> {
                 }
             }
         })
+    }
+}
+
+/// Resolves at the next event of `tenant`, or when events were missed (any of them may
+/// have been its); never when the sender is gone.
+async fn next_change(changes: &mut broadcast::Receiver<TenantId>, tenant: &TenantId) {
+    loop {
+        match changes.recv().await {
+            Ok(changed) if changed == *tenant => return,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
     }
 }

@@ -41,6 +41,9 @@ pub enum RouterError {
     /// The tenant is in this state, not ACTIVE.
     #[error("tenant is not active ({0:?})")]
     NotActive(TenantState),
+    /// The tenant stayed MOVING for the whole hold (the duration) without a new route.
+    #[error("the tenant's database is moving: the call was held for {} ms; retry it", .0.as_millis())]
+    MoveHold(std::time::Duration),
     /// No connection to the tenant's database.
     #[error(transparent)]
     Pool(#[from] PoolError),
@@ -78,8 +81,17 @@ impl From<RouterError> for Status {
                     Status::internal("tenant routing failed")
                 }
             },
+            // Only an open transaction sees it (calls are held): ended, to be retried.
+            RouterError::NotActive(TenantState::Moving) => Status::aborted(
+                "the tenant's database is moving: the transaction was ended; retry it",
+            ),
+            RouterError::MoveHold(_) => with_retry(
+                Status::unavailable(error.to_string()),
+                std::time::Duration::from_millis(100),
+            ),
             RouterError::NotActive(state) => {
                 let state = match state {
+                    TenantState::Moving => "moving",
                     TenantState::Active => "active",
                     TenantState::Onboarding => "being provisioned",
                     TenantState::Suspended => "suspended",
@@ -299,6 +311,11 @@ mod tests {
                 RouterError::NotActive(TenantState::Deleted),
                 Code::FailedPrecondition,
             ),
+            (RouterError::NotActive(TenantState::Moving), Code::Aborted),
+            (
+                RouterError::MoveHold(std::time::Duration::from_secs(2)),
+                Code::Unavailable,
+            ),
             (PoolError::Unreachable(None).into(), Code::Unavailable),
             (PoolError::Exhausted.into(), Code::ResourceExhausted),
             (
@@ -385,6 +402,8 @@ mod tests {
         "NotActive::Deleting",
         "NotActive::Deleted",
         "NotActive::Failed",
+        "NotActive::Moving",
+        "MoveHold",
         "Pool::Unreachable",
         "Pool::Exhausted",
         "Limit::Rate",
@@ -430,7 +449,9 @@ mod tests {
                 TenantState::Deleting => "NotActive::Deleting",
                 TenantState::Deleted => "NotActive::Deleted",
                 TenantState::Failed => "NotActive::Failed",
+                TenantState::Moving => "NotActive::Moving",
             },
+            RouterError::MoveHold(_) => "MoveHold",
             RouterError::Pool(e) => match e {
                 PoolError::Unreachable(_) => "Pool::Unreachable",
                 PoolError::Exhausted => "Pool::Exhausted",

@@ -136,7 +136,11 @@ impl<S: RouteSource> Router for RouterService<S> {
         let statement = SqlStatement::try_from(message.statement).map_err(RouterError::from)?;
         let limits = &self.core.limits;
         let max_rows = clamp_rows(message.max_rows, limits.default_max_rows, limits.max_rows);
-        let mut lease = self.core.lease(&tenant).await?.for_one_statement();
+        let mut lease = self
+            .core
+            .lease(&tenant, deadline)
+            .await?
+            .for_one_statement();
         let rows = lease
             .query(&statement, max_rows, limits.max_response_bytes, deadline)
             .await
@@ -160,7 +164,7 @@ impl<S: RouteSource> Router for RouterService<S> {
             limits.default_batch_size,
             limits.max_batch_size,
         );
-        let lease = self.core.lease(&tenant).await?;
+        let lease = self.core.lease(&tenant, deadline).await?;
         let batches = lease.stream(statement, batch_size, limits.max_response_bytes, deadline);
         let mut counted = SpanRows::current();
         let stream = ReceiverStream::new(batches).map(move |batch| {
@@ -181,7 +185,11 @@ impl<S: RouteSource> Router for RouterService<S> {
         let (tenant, deadline) = self.admit(&request)?;
         let statement =
             SqlStatement::try_from(request.into_inner().statement).map_err(RouterError::from)?;
-        let mut lease = self.core.lease(&tenant).await?.for_one_statement();
+        let mut lease = self
+            .core
+            .lease(&tenant, deadline)
+            .await?
+            .for_one_statement();
         let rows_affected = lease
             .execute(&statement, deadline)
             .await
@@ -205,7 +213,7 @@ impl<S: RouteSource> Router for RouterService<S> {
         if statements.is_empty() {
             return Err(RouterError::from(RequestError::EmptyBatch).into());
         }
-        let mut lease = self.core.lease(&tenant).await?;
+        let mut lease = self.core.lease(&tenant, deadline).await?;
         let rows_affected = lease
             .batch(&statements, deadline)
             .await
@@ -231,7 +239,7 @@ impl<S: RouteSource> Router for RouterService<S> {
             .into());
         };
         let mut revocation = self.core.watch_revocation(&tenant);
-        let mut lease = self.core.lease(&tenant).await?;
+        let mut lease = self.core.lease(&tenant, deadline).await?;
         lease
             .begin(begin_sql(&begin), deadline)
             .await

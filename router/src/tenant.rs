@@ -45,6 +45,9 @@ pub enum TenantState {
     Deleted,
     /// Onboarding failed; the reason is in the catalog.
     Failed,
+    /// Its silo is being switched to another database: new calls are held until the new
+    /// route arrives (at most the router's move hold), open transactions end.
+    Moving,
 }
 
 /// What the tier allows one tenant.

@@ -196,6 +196,7 @@ where
             tenant_id = tracing::field::Empty,
             rows = tracing::field::Empty,
             pool_wait_us = tracing::field::Empty,
+            move_hold_us = tracing::field::Empty,
         );
         // Only calls that carry trace context pay for reading it.
         if request.headers().contains_key("traceparent") {

@@ -34,6 +34,7 @@ pub fn state(state: TenantState) -> pb::TenantState {
         TenantState::Deleting => pb::TenantState::Deleting,
         TenantState::Deleted => pb::TenantState::Deleted,
         TenantState::Failed => pb::TenantState::Failed,
+        TenantState::Moving => pb::TenantState::Moving,
     }
 }
 
@@ -51,6 +52,7 @@ pub fn state_filter(raw: i32) -> Result<Option<TenantState>, ()> {
         pb::TenantState::Deleting => Some(TenantState::Deleting),
         pb::TenantState::Deleted => Some(TenantState::Deleted),
         pb::TenantState::Failed => Some(TenantState::Failed),
+        pb::TenantState::Moving => Some(TenantState::Moving),
     })
 }
 

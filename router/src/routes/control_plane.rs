@@ -310,6 +310,7 @@ fn state(raw: i32) -> Result<TenantState, RouteError> {
             Pb::Deleting => TenantState::Deleting,
             Pb::Deleted => TenantState::Deleted,
             Pb::Failed => TenantState::Failed,
+            Pb::Moving => TenantState::Moving,
             Pb::Unspecified => return Err(RouteError::Invalid("state unspecified".into())),
         },
     )

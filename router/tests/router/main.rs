@@ -9,6 +9,7 @@ mod fairness;
 mod guards;
 mod harness;
 mod identity;
+mod moves;
 mod pools;
 mod sessions;
 mod stale_statements;

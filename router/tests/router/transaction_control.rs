@@ -185,7 +185,11 @@ async fn ending_a_transaction_that_already_ended_is_an_error() {
         params: vec![],
     };
     for commit in [true, false] {
-        let mut lease = harness.core.lease(&tenant_id("acme")).await.expect("lease");
+        let mut lease = harness
+            .core
+            .lease(&tenant_id("acme"), None)
+            .await
+            .expect("lease");
         lease.begin("BEGIN", None).await.expect("begin");
         lease
             .execute(&statement("COMMIT"), None)
