@@ -121,6 +121,7 @@ impl Onboarding {
         let mut detail = String::new();
         match step {
             MoveStep::Preparing => {
+                PgTools::find(self.pg_bin_dir.as_deref())?.check().await?;
                 let password = self.password(tenant)?;
                 let admin = fleet.admin_access(&target).await?;
                 bootstrap::ensure_silo(&admin, &spec, &password).await?;

@@ -61,6 +61,32 @@ impl PgTools {
     }
 }
 
+impl PgTools {
+    /// Runs both tools with `--version`, so a move that could not copy stops before the
+    /// tenant's calls are held.
+    ///
+    /// # Errors
+    /// `Permanent` naming the tool that does not run.
+    pub async fn check(&self) -> Result<(), ProvisionError> {
+        for tool in [&self.pg_dump, &self.pg_restore] {
+            let ran = tokio::process::Command::new(tool)
+                .arg("--version")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+            if !ran.is_ok_and(|status| status.success()) {
+                return Err(ProvisionError::Permanent(format!(
+                    "{} does not run (set --pg-bin-dir)",
+                    tool.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// libpq's environment for `config`'s login to `database`, with `tls`.
 fn libpq_env(
     config: &tokio_postgres::Config,

@@ -28,6 +28,24 @@ const STEPS: [&str; 6] = [
     "RETIRING",
 ];
 
+/// Where the tests' PostgreSQL programs are: `SILO_PG_BIN`, else the newest
+/// `/usr/lib/postgresql/<version>/bin`.
+fn pg_bin_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os(silo_pg_server::PG_BIN_ENV) {
+        return dir.into();
+    }
+    std::fs::read_dir("/usr/lib/postgresql")
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+            Some((version, entry.path().join("bin")))
+        })
+        .max_by_key(|(version, _)| *version)
+        .map(|(_, bin)| bin)
+        .expect("a PostgreSQL installation")
+}
+
 fn server_index(name: &str) -> usize {
     match name {
         "pg0" => 0,
@@ -380,4 +398,89 @@ async fn a_move_finishes_after_the_control_plane_is_killed_after_any_step() {
         assert_eq!(count, rows, "crash at transition {at}");
         second.stop().await;
     }
+}
+
+/// A move that fails before its switch is given up: with a `pg_restore` that fails, the
+/// tenant is ACTIVE on its source again, served there through the router, and the target
+/// holds nothing. Without a PostgreSQL client at all the move stops at PREPARING, before
+/// any call is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_that_fails_before_the_switch_leaves_the_tenant_where_it_was() {
+    let env = TestEnv::start(2).await;
+    let onboarding = env.control_plane(Hooks::default()).await;
+    onboarding.onboard(&["acme"]).await;
+    let database = onboarding.get_tenant("acme").await.unwrap().database;
+    onboarding.stop().await;
+
+    let tools = tempfile::tempdir().unwrap();
+    let pg_dump = pg_bin_dir().join("pg_dump");
+    std::os::unix::fs::symlink(&pg_dump, tools.path().join("pg_dump")).unwrap();
+    let failing = tools.path().join("pg_restore");
+    std::fs::write(
+        &failing,
+        "#!/bin/sh\n[ \"$1\" = --version ] && exit 0\ncat > /dev/null\necho 'pg_restore: error: injected' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &failing,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let flag = format!("--pg-bin-dir={}", tools.path().display());
+    let cp = env
+        .control_plane_with(
+            env.config(&[&flag, "--max-step-attempts=1"]),
+            Hooks::default(),
+        )
+        .await;
+    let (source, target) = servers_of(&cp, "acme").await;
+    let router = TestRouter::start(&cp, PoolConfig::default()).await;
+    let operation = move_tenant(&cp, "acme", &target, pb::MoveMethod::Copy, "doomed")
+        .await
+        .unwrap();
+    let done = cp
+        .wait_done(&operation.operation_id, Duration::from_secs(30))
+        .await;
+    assert_eq!(done.status(), pb::OperationStatus::Failed, "{done:?}");
+    assert!(
+        done.error.contains("COPYING") && done.error.contains("injected"),
+        "{done:?}"
+    );
+    let record = cp.get_tenant("acme").await.unwrap();
+    assert_eq!(
+        (record.placement.as_str(), record.state()),
+        (source.as_str(), pb::TenantState::Active)
+    );
+    assert_eq!(silo_on(&env, &source, &database).await, (true, true));
+    assert_eq!(silo_on(&env, &target, &database).await, (false, false));
+    // The source is open to the tenant again: served through the router.
+    let served = router
+        .client
+        .clone()
+        .query(call(
+            rpb::QueryRequest {
+                statement: statement("SELECT current_database()", vec![]),
+                max_rows: 0,
+            },
+            &tenant_token("acme"),
+            None,
+        ))
+        .await;
+    assert!(served.is_ok(), "{served:?}");
+    cp.stop().await;
+
+    let cp = env
+        .control_plane_with(env.config(&["--pg-bin-dir=/nonexistent"]), Hooks::default())
+        .await;
+    let operation = move_tenant(&cp, "acme", &target, pb::MoveMethod::Copy, "no-tools")
+        .await
+        .unwrap();
+    let done = cp
+        .wait_done(&operation.operation_id, Duration::from_secs(30))
+        .await;
+    assert_eq!(done.status(), pb::OperationStatus::Failed, "{done:?}");
+    let steps: Vec<&str> = done.steps.iter().map(|step| step.name.as_str()).collect();
+    assert_eq!(steps, ["PREPARING"], "{done:?}");
+    assert!(done.error.contains("--pg-bin-dir"), "{done:?}");
+    cp.stop().await;
 }
