@@ -486,3 +486,52 @@ chmod +x "$CARGO_TARGET_DIR/debug/$name"
         );
     }
 }
+
+/// `siloctl tenants move` follows a move to its end and the tenant is on the other server;
+/// an unknown method is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn siloctl_moves_a_tenant_to_another_server() {
+    let env = TestEnv::start(2).await;
+    let cp = env.control_plane(Hooks::default()).await;
+    cp.onboard(&["acme"]).await;
+    let on = cp.get_tenant("acme").await.unwrap().placement;
+    let other = if on == "pg0" { "pg1" } else { "pg0" };
+
+    let moved = json(
+        &siloctl(
+            &cp,
+            &["tenants", "move", "acme", "--to", other, "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(moved["status"], "Succeeded", "{moved}");
+    let steps: Vec<&str> = moved["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| step["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "PREPARING",
+            "HOLDING",
+            "COPYING",
+            "VERIFYING",
+            "SWITCHING",
+            "RETIRING"
+        ]
+    );
+    let tenant = json(&siloctl(&cp, &["tenants", "get", "acme", "-o", "json"]).await);
+    assert_eq!(tenant["placement"], other, "{tenant}");
+
+    let unknown = siloctl(
+        &cp,
+        &["tenants", "move", "acme", "--to", &on, "--method", "rsync"],
+    )
+    .await;
+    assert!(!unknown.status.success());
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(said.contains("unknown move method rsync"), "{said}");
+    cp.stop().await;
+}

@@ -158,6 +158,12 @@ pub struct ControlPlaneConfig {
     #[arg(long, env = "SILO_MAX_STEP_ATTEMPTS", default_value_t = 8)]
     pub max_step_attempts: u32,
 
+    /// Directory of PostgreSQL's `pg_dump` and `pg_restore`, which tenant moves run (at
+    /// least the fleet servers' major version). Unset: `pg_dump` on the PATH, else the
+    /// newest `/usr/lib/postgresql/<version>/bin`.
+    #[arg(long, env = "SILO_PG_BIN_DIR")]
+    pub pg_bin_dir: Option<std::path::PathBuf>,
+
     /// JWT verification of callers (`--jwt-*` flags; see the auth crate).
     #[command(flatten)]
     pub jwt: JwtArgs,

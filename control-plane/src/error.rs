@@ -43,6 +43,10 @@ pub enum RequestError {
     /// A wave naming a tenant the fleet does not have.
     #[error(transparent)]
     UnknownWaveTenant(PlanError),
+    /// A move's target that is no server of the tenant's fleet, or the one it is on; the
+    /// message says which.
+    #[error("{0}")]
+    MoveTarget(String),
 }
 
 /// Why a ControlPlane call failed. The variants are named after the gRPC code they map to
@@ -99,6 +103,10 @@ pub enum ControlPlaneError {
     /// the head and resolve its cached tenants again (OUT_OF_RANGE).
     #[error("{0}")]
     HistoryTrimmed(String),
+    /// A documented option this control plane does not offer yet: a move with
+    /// `MOVE_METHOD_REPLICATE` (UNIMPLEMENTED).
+    #[error("{0}")]
+    NotImplemented(&'static str),
     /// A bug or a broken deployment, not the caller's fault: a corrupt catalog row, a
     /// failed catalog migration, a database error, a sealed credential that does not open,
     /// a permanent provisioner failure. The detail is logged; the caller only sees
@@ -182,7 +190,8 @@ impl From<ControlPlaneError> for Status {
                 | RequestError::FromSequenceTooLarge
                 | RequestError::OperationId
                 | RequestError::Migration(_)
-                | RequestError::UnknownWaveTenant(_) => Code::InvalidArgument,
+                | RequestError::UnknownWaveTenant(_)
+                | RequestError::MoveTarget(_) => Code::InvalidArgument,
             },
             ControlPlaneError::InvalidToken(_) => Code::Unauthenticated,
             ControlPlaneError::RoleNotAllowed(_) => Code::PermissionDenied,
@@ -193,6 +202,7 @@ impl From<ControlPlaneError> for Status {
             | ControlPlaneError::ProvisionerNotConfigured(_) => Code::FailedPrecondition,
             ControlPlaneError::Unreachable(_) => Code::Unavailable,
             ControlPlaneError::HistoryTrimmed(_) => Code::OutOfRange,
+            ControlPlaneError::NotImplemented(_) => Code::Unimplemented,
             ControlPlaneError::Unexpected(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 Code::Internal
@@ -269,6 +279,14 @@ mod tests {
             (
                 ControlPlaneError::HistoryTrimmed("trimmed".into()),
                 Code::OutOfRange,
+            ),
+            (
+                RequestError::MoveTarget("no fleet server b".into()).into(),
+                Code::InvalidArgument,
+            ),
+            (
+                ControlPlaneError::NotImplemented("replicate"),
+                Code::Unimplemented,
             ),
             (ControlPlaneError::Unexpected("bug".into()), Code::Internal),
             // Domain errors, through their one conversion each.
@@ -359,6 +377,7 @@ mod tests {
         "Request::OperationId",
         "Request::Migration",
         "Request::UnknownWaveTenant",
+        "Request::MoveTarget",
         "InvalidToken",
         "RoleNotAllowed",
         "Missing",
@@ -368,6 +387,7 @@ mod tests {
         "ProvisionerNotConfigured",
         "Unreachable",
         "HistoryTrimmed",
+        "NotImplemented",
         "Unexpected",
     ];
 
@@ -384,6 +404,7 @@ mod tests {
                 RequestError::OperationId => "Request::OperationId",
                 RequestError::Migration(_) => "Request::Migration",
                 RequestError::UnknownWaveTenant(_) => "Request::UnknownWaveTenant",
+                RequestError::MoveTarget(_) => "Request::MoveTarget",
             },
             ControlPlaneError::InvalidToken(_) => "InvalidToken",
             ControlPlaneError::RoleNotAllowed(_) => "RoleNotAllowed",
@@ -394,6 +415,7 @@ mod tests {
             ControlPlaneError::ProvisionerNotConfigured(_) => "ProvisionerNotConfigured",
             ControlPlaneError::Unreachable(_) => "Unreachable",
             ControlPlaneError::HistoryTrimmed(_) => "HistoryTrimmed",
+            ControlPlaneError::NotImplemented(_) => "NotImplemented",
             ControlPlaneError::Unexpected(_) => "Unexpected",
         }
     }

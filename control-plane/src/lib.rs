@@ -10,6 +10,7 @@ pub mod error;
 pub mod fleet_migration;
 pub mod metrics;
 pub mod migrations;
+pub mod moves;
 pub mod onboarding;
 pub mod provisioner;
 pub mod retention;

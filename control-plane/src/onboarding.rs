@@ -63,6 +63,8 @@ pub struct Onboarding {
     pub(crate) hooks: Hooks,
     pub(crate) max_attempts: u32,
     pub(crate) metrics: crate::metrics::ControlPlaneMetrics,
+    /// Where `pg_dump` and `pg_restore` are (`--pg-bin-dir`); `None`: looked for.
+    pub(crate) pg_bin_dir: Option<std::path::PathBuf>,
 }
 
 /// Every worker retries while the catalog is down: one warning per interval for all of
@@ -72,7 +74,7 @@ static CATALOG_UNREACHABLE: silo_telemetry::Throttle =
 static CLAIM_FAILED: silo_telemetry::Throttle =
     silo_telemetry::Throttle::new(Duration::from_secs(30));
 
-fn backoff(attempts: i32) -> Duration {
+pub(crate) fn backoff(attempts: i32) -> Duration {
     let exponent = u32::try_from(attempts.clamp(0, 8)).unwrap_or(8);
     Duration::from_millis(250 * 2u64.pow(exponent)).min(Duration::from_secs(30))
 }
@@ -150,6 +152,7 @@ impl Onboarding {
                 OperationKind::CreateTenant => self.onboard(&operation, attempts, shutdown).await,
                 OperationKind::DeleteTenant => self.delete(&operation, attempts).await,
                 OperationKind::MigrateTenants => self.migrate_fleet(&operation, shutdown).await,
+                OperationKind::MoveTenant => self.move_tenant(&operation, attempts).await,
             };
             let took = || {
                 std::time::SystemTime::now()
@@ -203,7 +206,7 @@ impl Onboarding {
     }
 
     /// Moves the tenant on; returns whether it moved (false: someone else moved it first).
-    async fn apply(&self, transition: Transition) -> Result<bool, StepError> {
+    pub(crate) async fn apply(&self, transition: Transition) -> Result<bool, StepError> {
         let moved = self.catalog.transition(&transition).await?;
         if moved {
             tracing::info!(from = %transition.from, to = %transition.to, "tenant state changed");

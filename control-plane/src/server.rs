@@ -226,6 +226,7 @@ pub async fn start(
         migrations: migrations.clone(),
         hooks,
         max_attempts: config.max_step_attempts.max(1),
+        pg_bin_dir: config.pg_bin_dir.clone(),
         metrics: metrics.clone(),
     });
     for worker in 0..config.workers {

@@ -67,6 +67,24 @@ pub enum TenantsCommand {
     },
     /// Give the tenant's role a new password; routers recycle its pool.
     RotateCredentials { tenant_id: String },
+    /// Move an ACTIVE tenant's silo to another server of its fleet, and follow the move:
+    /// routers hold the tenant's calls while it is copied (about a second for a small
+    /// tenant), then send them to the new server.
+    Move {
+        tenant_id: String,
+        /// The fleet server to move to (a name from the control plane's --fleet).
+        #[arg(long)]
+        to: String,
+        /// How to copy: `copy` (pg_dump | pg_restore while calls are held).
+        #[arg(long, default_value = "copy")]
+        method: String,
+        /// Idempotency key; repeat a move with the same one to get the same operation.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Return at once instead of following the move.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 fn parse_state(raw: &str) -> anyhow::Result<pb::TenantState> {
@@ -263,6 +281,34 @@ pub async fn run(
                     tenant_id,
                     keep_database,
                     request_id: String::new(),
+                })?)
+                .await?
+                .into_inner();
+            let operation = if no_wait {
+                operation
+            } else {
+                follow(connection, operation, format).await?
+            };
+            finish(&operation, format)?;
+        }
+        TenantsCommand::Move {
+            tenant_id,
+            to,
+            method,
+            request_id,
+            no_wait,
+        } => {
+            let method = pb::MoveMethod::from_str_name(&format!(
+                "MOVE_METHOD_{}",
+                method.to_ascii_uppercase()
+            ))
+            .with_context(|| format!("unknown move method {method} (copy)"))?;
+            let operation = client
+                .move_tenant(connection.request(pb::MoveTenantRequest {
+                    tenant_id,
+                    target_server: to,
+                    method: method.into(),
+                    request_id: request_id.unwrap_or_default(),
                 })?)
                 .await?
                 .into_inner();

@@ -126,6 +126,8 @@ pub enum OperationKind {
     DeleteTenant,
     /// A schema migration over the fleet; no single tenant.
     MigrateTenants,
+    /// A move of one tenant's silo to another fleet server (see [`MoveParams`]).
+    MoveTenant,
 }
 
 impl OperationKind {
@@ -136,6 +138,7 @@ impl OperationKind {
             Self::CreateTenant => "create_tenant",
             Self::DeleteTenant => "delete_tenant",
             Self::MigrateTenants => "migrate_tenants",
+            Self::MoveTenant => "move_tenant",
         }
     }
 
@@ -144,6 +147,7 @@ impl OperationKind {
             "create_tenant" => Ok(Self::CreateTenant),
             "delete_tenant" => Ok(Self::DeleteTenant),
             "migrate_tenants" => Ok(Self::MigrateTenants),
+            "move_tenant" => Ok(Self::MoveTenant),
             other => Err(CatalogError::Corrupt(format!("operation kind {other:?}"))),
         }
     }
@@ -243,8 +247,83 @@ pub struct DeleteParams {
     pub keep_database: bool,
 }
 
+/// How a move copies a silo.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveMethod {
+    /// `pg_dump | pg_restore` while routers hold the tenant's calls.
+    #[default]
+    Copy,
+}
+
+/// The steps of a move, in order; each is a step of its operation, named as
+/// [`MoveStep::as_str`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveStep {
+    /// The target database and role are made (the tenant stays ACTIVE and served).
+    Preparing,
+    /// The tenant is MOVING (routers hold its calls); the source database is closed to
+    /// the tenant role once its last statement has ended.
+    Holding,
+    /// The silo is copied to the target (`pg_dump | pg_restore`).
+    Copying,
+    /// Row counts of every table compared on source and target.
+    Verifying,
+    /// The tenant is ACTIVE on the target: routers release the held calls there.
+    Switching,
+    /// The source database is kept, renamed, and the source role dropped.
+    Retiring,
+}
+
+impl MoveStep {
+    /// Every step, in order.
+    pub const ALL: [MoveStep; 6] = [
+        Self::Preparing,
+        Self::Holding,
+        Self::Copying,
+        Self::Verifying,
+        Self::Switching,
+        Self::Retiring,
+    ];
+
+    /// The step's name in the operation (`PREPARING`, `HOLDING`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Preparing => "PREPARING",
+            Self::Holding => "HOLDING",
+            Self::Copying => "COPYING",
+            Self::Verifying => "VERIFYING",
+            Self::Switching => "SWITCHING",
+            Self::Retiring => "RETIRING",
+        }
+    }
+
+    /// The step named `name`, if it is one.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|step| step.as_str() == name)
+    }
+
+    /// The step after this one; `None` after the last.
+    pub fn next(self) -> Option<Self> {
+        let at = Self::ALL.iter().position(|step| *step == self)?;
+        Self::ALL.get(at + 1).copied()
+    }
+}
+
+/// What a move does: from which fleet server to which, and how. Written when the move is
+/// requested; the move's progress is its steps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveParams {
+    /// The fleet server the silo is on when the move is requested.
+    pub source_server: String,
+    /// The fleet server it moves to.
+    pub target_server: String,
+    /// How the data is copied.
+    pub method: MoveMethod,
+}
+
 /// A row of `operations` with its steps: a long-running, idempotent request (create,
-/// delete, fleet migration).
+/// delete, fleet migration, move).
 #[derive(Clone, Debug)]
 pub struct OperationRecord {
     /// Operation id (UUID v4), returned to the caller to poll with GetOperation.
@@ -316,6 +395,23 @@ impl OperationRecord {
         self.tenant_id
             .as_ref()
             .ok_or_else(|| CatalogError::Corrupt(format!("operation {} has no tenant", self.id)))
+    }
+
+    /// The parameters of a move.
+    ///
+    /// # Errors
+    /// [`CatalogError::Corrupt`] when `params` does not hold them.
+    pub fn move_params(&self) -> Result<MoveParams, CatalogError> {
+        serde_json::from_value(self.params.clone())
+            .map_err(|e| CatalogError::Corrupt(format!("move parameters: {e}")))
+    }
+
+    /// The step running now (started, not finished), if any.
+    pub fn current_step(&self) -> Option<&StepRecord> {
+        self.steps
+            .iter()
+            .rev()
+            .find(|step| step.finished_at.is_none())
     }
 
     /// The parameters of a deletion; defaults (keep nothing) if `params` does not hold

@@ -4,8 +4,8 @@ use tokio_postgres::{Transaction, types::ToSql};
 use uuid::Uuid;
 
 use super::{
-    Catalog, CatalogError, DeleteParams, EventKind, OperationKind, OperationRecord, Placement,
-    StepStatus, TENANT_COLUMNS, TenantRecord, events, operations,
+    Catalog, CatalogError, DeleteParams, EventKind, MoveParams, MoveStep, OperationKind,
+    OperationRecord, Placement, StepStatus, TENANT_COLUMNS, TenantRecord, events, operations,
 };
 use crate::tenant::{SiloNames, TenantId, TenantState};
 
@@ -426,6 +426,67 @@ impl Catalog {
         tx.commit().await?;
         // Give the connection back before taking another: holding one while waiting for a
         // second can starve the pool under load.
+        drop(conn);
+        self.changes.notify();
+        self.get_operation(operation).await
+    }
+
+    /// Records a move of the ACTIVE tenant `id` and returns its operation; its first step,
+    /// PREPARING, is open. A request id seen before returns that move's operation.
+    ///
+    /// # Errors
+    /// [`CatalogError::TenantNotFound`]; [`CatalogError::WrongState`] unless the tenant is
+    /// ACTIVE; [`CatalogError::Conflict`] while another move of the tenant runs, or when
+    /// the tenant is on the target server already.
+    pub async fn start_move(
+        &self,
+        id: &TenantId,
+        request_id: &str,
+        params: &MoveParams,
+    ) -> Result<OperationRecord, CatalogError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        let row = tx
+            .query_opt(
+                "SELECT state FROM tenants WHERE tenant_id = $1 FOR UPDATE",
+                &[&id.as_str()],
+            )
+            .await?
+            .ok_or(CatalogError::TenantNotFound)?;
+        if let Some(earlier) =
+            operations::find_by_request(&tx, OperationKind::MoveTenant, id, request_id).await?
+        {
+            return Ok(earlier);
+        }
+        if let Some(running) = operations::find_pending(&tx, OperationKind::MoveTenant, id).await? {
+            return Err(CatalogError::Conflict(format!(
+                "a move of the tenant is running (operation {})",
+                running.id
+            )));
+        }
+        let state: TenantState = row
+            .try_get::<_, String>(0)?
+            .parse()
+            .map_err(|e: crate::tenant::UnknownTenantState| CatalogError::Corrupt(e.to_string()))?;
+        if state != TenantState::Active {
+            return Err(CatalogError::WrongState(state));
+        }
+        if params.source_server == params.target_server {
+            return Err(CatalogError::Conflict(format!(
+                "the tenant is on {} already",
+                params.target_server
+            )));
+        }
+        let params =
+            serde_json::to_value(params).map_err(|e| CatalogError::Corrupt(e.to_string()))?;
+        let operation =
+            operations::insert(&tx, OperationKind::MoveTenant, Some(id), request_id, params)
+                .await?;
+        let mut transition = Transition::quiet(id, state);
+        transition.operation = Some(operation);
+        transition.start_step = Some(MoveStep::Preparing.as_str().to_owned());
+        transition.apply_in(&tx).await?;
+        tx.commit().await?;
         drop(conn);
         self.changes.notify();
         self.get_operation(operation).await

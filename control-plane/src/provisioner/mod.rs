@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod isolation;
 mod postgres;
 pub mod rds;
+pub mod relocate;
 pub mod scram;
 
 use std::{collections::BTreeMap, future::Future, time::Duration};

@@ -94,6 +94,20 @@ impl PostgresProvisioner {
         self.servers.iter().find(|s| s.name == name).map(|s| &s.tls)
     }
 
+    /// Where a silo on the fleet server `name` lives, for a move to it.
+    ///
+    /// # Errors
+    /// `Permanent` when no fleet server has that name, or it has no TCP host.
+    pub fn placement_on(&self, name: &str) -> Result<Placement, ProvisionError> {
+        let (host, port) = self.server(name)?.address()?;
+        Ok(Placement {
+            server: name.to_owned(),
+            host,
+            port,
+            details: serde_json::Value::Null,
+        })
+    }
+
     fn server(&self, name: &str) -> Result<&FleetServer, ProvisionError> {
         self.servers.iter().find(|s| s.name == name).ok_or_else(|| {
             ProvisionError::Permanent(format!("fleet server {name} is not configured any more"))

@@ -105,6 +105,7 @@ pub fn operation(record: &OperationRecord) -> pb::Operation {
         OperationKind::CreateTenant => pb::OperationKind::CreateTenant,
         OperationKind::DeleteTenant => pb::OperationKind::DeleteTenant,
         OperationKind::MigrateTenants => pb::OperationKind::MigrateTenants,
+        OperationKind::MoveTenant => pb::OperationKind::MoveTenant,
     };
     let status = match record.status {
         OperationStatus::Pending => pb::OperationStatus::Pending,

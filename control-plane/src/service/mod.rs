@@ -135,6 +135,58 @@ impl ControlPlaneService {
         Ok(convert::operation(&operation))
     }
 
+    /// Checks a MoveTenant request against the tenant and its fleet and records the move.
+    async fn start_move(
+        &self,
+        id: &TenantId,
+        request: pb::MoveTenantRequest,
+    ) -> Result<crate::catalog::OperationRecord, ControlPlaneError> {
+        use crate::catalog::{MoveMethod, MoveParams};
+        bounded("request_id", &request.request_id, 128)?;
+        bounded("target_server", &request.target_server, 128)?;
+        let method = match pb::MoveMethod::try_from(request.method) {
+            Ok(pb::MoveMethod::Unspecified | pb::MoveMethod::Copy) => MoveMethod::Copy,
+            Ok(pb::MoveMethod::Replicate) => {
+                return Err(ControlPlaneError::NotImplemented(
+                    "moves by logical replication are not available yet; use MOVE_METHOD_COPY",
+                ));
+            }
+            Err(_) => return Err(RequestError::MoveTarget("unknown move method".into()).into()),
+        };
+        let tenant = self.catalog.get_tenant(id).await?;
+        let request_id = if request.request_id.is_empty() {
+            Uuid::new_v4().to_string()
+        } else {
+            request.request_id
+        };
+        let Some(crate::provisioner::AnyProvisioner::Postgres(fleet)) =
+            self.provisioners.get(&tenant.provisioner)
+        else {
+            return Err(ControlPlaneError::Conflict(format!(
+                "only tenants of a postgres fleet can move; this one's provisioner is {}",
+                tenant.provisioner
+            )));
+        };
+        if fleet.placement_on(&request.target_server).is_err() {
+            return Err(RequestError::MoveTarget(format!(
+                "target_server {:?} is no server of the tenant's fleet",
+                request.target_server
+            ))
+            .into());
+        }
+        let source_server = tenant
+            .placement
+            .as_ref()
+            .map(|placement| placement.server.clone())
+            .ok_or(ControlPlaneError::WrongState(tenant.state))?;
+        let params = MoveParams {
+            source_server,
+            target_server: request.target_server,
+            method,
+        };
+        Ok(self.catalog.start_move(id, &request_id, &params).await?)
+    }
+
     async fn rotate_credentials(&self, id: &TenantId) -> Result<pb::Tenant, ControlPlaneError> {
         let tenant = self.catalog.get_tenant(id).await?;
         match tenant.state {
@@ -390,6 +442,18 @@ impl ControlPlane for ControlPlaneService {
             .await
             .map_err(ControlPlaneError::from);
         audit(&caller, "delete_tenant", &id, &result);
+        Ok(Response::new(convert::operation(&result?)))
+    }
+
+    async fn move_tenant(
+        &self,
+        request: Request<pb::MoveTenantRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let caller = self.authorize(&request, Permission::Mutate)?;
+        let request = request.into_inner();
+        let id = tenant_id(&request.tenant_id)?;
+        let result = self.start_move(&id, request).await;
+        audit(&caller, "move_tenant", &id, &result);
         Ok(Response::new(convert::operation(&result?)))
     }
 

@@ -11,6 +11,7 @@ mod grpc_tls;
 mod guards;
 mod helm_chart;
 mod lifecycle;
+mod moves;
 mod observability;
 mod onboarding;
 mod otlp;

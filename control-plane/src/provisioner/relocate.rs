@@ -1,0 +1,335 @@
+//! What a tenant move does on the fleet servers: closing the source database to the tenant
+//! role once its last statement has ended, copying the database with PostgreSQL's own
+//! `pg_dump | pg_restore`, and comparing the row counts of every table on both sides.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use silo_tls::postgres::{PgTls, RootCerts};
+use tokio_postgres::config::Host;
+
+use super::bootstrap::{classify, connect, ident};
+use super::{AdminAccess, ProvisionError, TenantSpec};
+
+/// `pg_dump` and `pg_restore`.
+#[derive(Clone, Debug)]
+pub struct PgTools {
+    pg_dump: PathBuf,
+    pg_restore: PathBuf,
+}
+
+impl PgTools {
+    /// The tools in `dir`; without one, `pg_dump` on the `PATH`, else the newest
+    /// `/usr/lib/postgresql/<version>/bin` (Debian's layout).
+    ///
+    /// # Errors
+    /// `Permanent` when neither is found.
+    pub fn find(dir: Option<&Path>) -> Result<Self, ProvisionError> {
+        let in_dir = |dir: &Path| Self {
+            pg_dump: dir.join("pg_dump"),
+            pg_restore: dir.join("pg_restore"),
+        };
+        if let Some(dir) = dir {
+            return Ok(in_dir(dir));
+        }
+        let on_path = std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path).find(|dir| dir.join("pg_dump").is_file())
+        });
+        if let Some(dir) = on_path {
+            return Ok(in_dir(&dir));
+        }
+        let newest = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let bin = entry.path().join("bin");
+                bin.join("pg_dump").is_file().then_some((version, bin))
+            })
+            .max_by_key(|(version, _)| *version);
+        match newest {
+            Some((_, bin)) => Ok(in_dir(&bin)),
+            None => Err(ProvisionError::Permanent(
+                "pg_dump not found: set --pg-bin-dir (moves copy with pg_dump | pg_restore)".into(),
+            )),
+        }
+    }
+}
+
+impl PgTools {
+    /// Runs both tools with `--version`, so a move that could not copy stops before the
+    /// tenant's calls are held.
+    ///
+    /// # Errors
+    /// `Permanent` naming the tool that does not run.
+    pub async fn check(&self) -> Result<(), ProvisionError> {
+        for tool in [&self.pg_dump, &self.pg_restore] {
+            let ran = tokio::process::Command::new(tool)
+                .arg("--version")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+            if !ran.is_ok_and(|status| status.success()) {
+                return Err(ProvisionError::Permanent(format!(
+                    "{} does not run (set --pg-bin-dir)",
+                    tool.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// libpq's environment for `config`'s login to `database`, with `tls`.
+fn libpq_env(
+    config: &tokio_postgres::Config,
+    database: &str,
+    tls: &PgTls,
+) -> Vec<(&'static str, OsString)> {
+    let mut env = vec![("PGDATABASE", OsString::from(database))];
+    if let Some(host) = config.get_hosts().first() {
+        let host = match host {
+            Host::Tcp(name) => OsString::from(name),
+            Host::Unix(path) => path.clone().into_os_string(),
+        };
+        env.push(("PGHOST", host));
+    }
+    if let Some(port) = config.get_ports().first() {
+        env.push(("PGPORT", port.to_string().into()));
+    }
+    if let Some(user) = config.get_user() {
+        env.push(("PGUSER", user.into()));
+    }
+    if let Some(password) = config.get_password() {
+        env.push((
+            "PGPASSWORD",
+            String::from_utf8_lossy(password).into_owned().into(),
+        ));
+    }
+    env.push(("PGSSLMODE", tls.mode.as_str().into()));
+    match &tls.root_certs {
+        Some(RootCerts::File(path)) => env.push(("PGSSLROOTCERT", path.clone().into_os_string())),
+        Some(RootCerts::System) => env.push(("PGSSLROOTCERT", "system".into())),
+        None => {}
+    }
+    env
+}
+
+/// One side of a copy: the server's admin login and its TLS settings.
+pub struct CopyEnd<'a> {
+    /// The admin login (and TLS connector) on the server.
+    pub admin: &'a AdminAccess,
+    /// The server's `sslmode` / `sslrootcert`, for libpq.
+    pub tls: &'a PgTls,
+}
+
+/// Copies the tenant's database from `source` to the database of the same name on
+/// `target`, which must be empty: `pg_dump --format=custom | pg_restore --exit-on-error
+/// --single-transaction`, both as the servers' admins. Owners and privileges come along
+/// (the tenant role exists on both servers).
+///
+/// # Errors
+/// `Transient` when a server could not be reached; `Permanent` with the tool's first
+/// error line otherwise.
+pub async fn copy_database(
+    tools: &PgTools,
+    tenant: &TenantSpec,
+    source: CopyEnd<'_>,
+    target: CopyEnd<'_>,
+) -> Result<(), ProvisionError> {
+    let spawn_error = |tool: &Path, e: std::io::Error| {
+        ProvisionError::Permanent(format!("cannot run {}: {e}", tool.display()))
+    };
+    let mut dump = tokio::process::Command::new(&tools.pg_dump)
+        .args(["--format=custom", "--no-password"])
+        .envs(libpq_env(
+            &source.admin.config,
+            &tenant.database,
+            source.tls,
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| spawn_error(&tools.pg_dump, e))?;
+    let dumped: Stdio = dump
+        .stdout
+        .take()
+        .and_then(|stdout| stdout.try_into().ok())
+        .ok_or_else(|| ProvisionError::Permanent("pg_dump's output cannot be piped".into()))?;
+    let restore = tokio::process::Command::new(&tools.pg_restore)
+        .args(["--exit-on-error", "--single-transaction", "--no-password"])
+        .arg(format!("--dbname={}", tenant.database))
+        .envs(libpq_env(
+            &target.admin.config,
+            &tenant.database,
+            target.tls,
+        ))
+        .stdin(dumped)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| spawn_error(&tools.pg_restore, e))?;
+    let (dumped, restored) = tokio::join!(dump.wait_with_output(), restore.wait_with_output());
+    let dumped = dumped.map_err(|e| ProvisionError::Transient(format!("pg_dump: {e}")))?;
+    let restored = restored.map_err(|e| ProvisionError::Transient(format!("pg_restore: {e}")))?;
+    for (tool, output) in [("pg_dump", &dumped), ("pg_restore", &restored)] {
+        if !output.status.success() {
+            return Err(tool_failure(tool, &output.stderr));
+        }
+    }
+    Ok(())
+}
+
+/// A failed tool's error: its first line that says `error`, transient when it could not
+/// reach a server.
+fn tool_failure(tool: &str, stderr: &[u8]) -> ProvisionError {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text
+        .lines()
+        .find(|line| line.contains("error"))
+        .or_else(|| text.lines().next())
+        .unwrap_or("failed without a message")
+        .trim();
+    let message = format!("{tool}: {line}");
+    if text.contains("could not connect") || text.contains("Connection refused") {
+        ProvisionError::Transient(message)
+    } else {
+        ProvisionError::Permanent(message)
+    }
+}
+
+/// Rows in every table of the tenant's database (schema-qualified name → count), read as
+/// the server's admin.
+///
+/// # Errors
+/// As [`classify`] says for the statements.
+pub async fn table_counts(
+    admin: &AdminAccess,
+    tenant: &TenantSpec,
+) -> Result<BTreeMap<String, i64>, ProvisionError> {
+    let mut inside = admin.config.clone();
+    inside.dbname(&tenant.database);
+    let client = connect(
+        &inside,
+        &admin.connector,
+        "connecting to the tenant database as admin",
+    )
+    .await?;
+    let run = |context: &'static str| move |e: tokio_postgres::Error| classify(context, &e);
+    let tables: Vec<String> = client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p')
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(run("listing the tenant's tables"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut counts = BTreeMap::new();
+    for table in tables {
+        // Each name comes from format('%I.%I'): quoted as PostgreSQL quotes identifiers.
+        let count: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .map_err(run("counting a table's rows"))?
+            .get(0);
+        counts.insert(table, count);
+    }
+    Ok(counts)
+}
+
+/// Closes the tenant's source database to its role: waits (up to `grace`) until none of
+/// the role's sessions runs a statement, revokes CONNECT and ends the role's sessions,
+/// then waits until they are gone. Idempotent.
+///
+/// # Errors
+/// As [`classify`] says; `Transient` if sessions outlive the wait.
+pub async fn close_source(
+    admin: &AdminAccess,
+    tenant: &TenantSpec,
+    grace: Duration,
+) -> Result<(), ProvisionError> {
+    let client = connect(
+        &admin.config,
+        &admin.connector,
+        "connecting to the server as admin",
+    )
+    .await?;
+    let run = |context: &'static str| move |e: tokio_postgres::Error| classify(context, &e);
+    let busy = "SELECT count(*) FROM pg_stat_activity
+                WHERE datname = $1 AND usename = $2 AND state NOT IN ('idle')";
+    let until = tokio::time::Instant::now() + grace;
+    loop {
+        let running: i64 = client
+            .query_one(busy, &[&tenant.database, &tenant.role])
+            .await
+            .map_err(run("looking at the tenant's sessions"))?
+            .get(0);
+        if running == 0 || tokio::time::Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client
+        .batch_execute(&format!(
+            "REVOKE CONNECT ON DATABASE {} FROM {}",
+            ident(&tenant.database),
+            ident(&tenant.role)
+        ))
+        .await
+        .map_err(run("closing the source database to the tenant role"))?;
+    let sessions = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                    WHERE datname = $1 AND usename = $2";
+    for _ in 0..200 {
+        let left: i64 = client
+            .query_one(sessions, &[&tenant.database, &tenant.role])
+            .await
+            .map_err(run("ending the tenant's sessions on the source"))?
+            .get(0);
+        if left == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(ProvisionError::Transient(
+        "the tenant's sessions on the source database did not end".into(),
+    ))
+}
+
+/// Opens the source database to the tenant role again (a move given up before its
+/// switch). Idempotent.
+///
+/// # Errors
+/// As [`classify`] says.
+pub async fn reopen_source(admin: &AdminAccess, tenant: &TenantSpec) -> Result<(), ProvisionError> {
+    let client = connect(
+        &admin.config,
+        &admin.connector,
+        "connecting to the server as admin",
+    )
+    .await?;
+    client
+        .batch_execute(&format!(
+            "GRANT CONNECT ON DATABASE {} TO {}",
+            ident(&tenant.database),
+            ident(&tenant.role)
+        ))
+        .await
+        .map_err(|e| classify("opening the source database to the tenant role again", &e))
+}
