@@ -511,12 +511,14 @@ async fn siloctl_moves_a_tenant_to_another_server() {
         .iter()
         .map(|step| step["name"].as_str().unwrap())
         .collect();
+    // The test servers have wal_level = logical: replication is the default.
     assert_eq!(
         steps,
         [
             "PREPARING",
+            "SUBSCRIBING",
             "HOLDING",
-            "COPYING",
+            "CATCHING_UP",
             "VERIFYING",
             "SWITCHING",
             "RETIRING"
@@ -533,5 +535,16 @@ async fn siloctl_moves_a_tenant_to_another_server() {
     assert!(!unknown.status.success());
     let said = String::from_utf8_lossy(&unknown.stderr);
     assert!(said.contains("unknown move method rsync"), "{said}");
+    // And back by copy.
+    let copied = json(
+        &siloctl(
+            &cp,
+            &[
+                "tenants", "move", "acme", "--to", &on, "--method", "copy", "-o", "json",
+            ],
+        )
+        .await,
+    );
+    assert!(copied["steps"].to_string().contains("COPYING"), "{copied}");
     cp.stop().await;
 }

@@ -103,10 +103,6 @@ pub enum ControlPlaneError {
     /// the head and resolve its cached tenants again (OUT_OF_RANGE).
     #[error("{0}")]
     HistoryTrimmed(String),
-    /// A documented option this control plane does not offer yet: a move with
-    /// `MOVE_METHOD_REPLICATE` (UNIMPLEMENTED).
-    #[error("{0}")]
-    NotImplemented(&'static str),
     /// A bug or a broken deployment, not the caller's fault: a corrupt catalog row, a
     /// failed catalog migration, a database error, a sealed credential that does not open,
     /// a permanent provisioner failure. The detail is logged; the caller only sees
@@ -202,7 +198,6 @@ impl From<ControlPlaneError> for Status {
             | ControlPlaneError::ProvisionerNotConfigured(_) => Code::FailedPrecondition,
             ControlPlaneError::Unreachable(_) => Code::Unavailable,
             ControlPlaneError::HistoryTrimmed(_) => Code::OutOfRange,
-            ControlPlaneError::NotImplemented(_) => Code::Unimplemented,
             ControlPlaneError::Unexpected(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 Code::Internal
@@ -283,10 +278,6 @@ mod tests {
             (
                 RequestError::MoveTarget("no fleet server b".into()).into(),
                 Code::InvalidArgument,
-            ),
-            (
-                ControlPlaneError::NotImplemented("replicate"),
-                Code::Unimplemented,
             ),
             (ControlPlaneError::Unexpected("bug".into()), Code::Internal),
             // Domain errors, through their one conversion each.
@@ -387,7 +378,6 @@ mod tests {
         "ProvisionerNotConfigured",
         "Unreachable",
         "HistoryTrimmed",
-        "NotImplemented",
         "Unexpected",
     ];
 
@@ -415,7 +405,6 @@ mod tests {
             ControlPlaneError::ProvisionerNotConfigured(_) => "ProvisionerNotConfigured",
             ControlPlaneError::Unreachable(_) => "Unreachable",
             ControlPlaneError::HistoryTrimmed(_) => "HistoryTrimmed",
-            ControlPlaneError::NotImplemented(_) => "NotImplemented",
             ControlPlaneError::Unexpected(_) => "Unexpected",
         }
     }

@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use crate::{
     catalog::{
-        EventKind, MoveParams, MoveStep, OperationRecord, StepStatus, TenantRecord, Transition,
+        EventKind, MoveMethod, MoveParams, MoveStep, OperationRecord, StepStatus, TenantRecord,
+        Transition,
     },
     onboarding::{Onboarding, Outcome, StepError},
     provisioner::{
@@ -36,6 +37,30 @@ use crate::{
 /// How long HOLDING waits for the tenant's statements on the source to end before it ends
 /// their sessions.
 const IN_FLIGHT_GRACE: Duration = Duration::from_secs(1);
+
+/// Moves whose subscription a task of this process is creating: whether `id` is one
+/// (`None`), or it starts (`Some(true)`) or stops (`Some(false)`) being one.
+fn subscribing(id: uuid::Uuid, change: Option<bool>) -> bool {
+    static NOW: std::sync::Mutex<Vec<uuid::Uuid>> = std::sync::Mutex::new(Vec::new());
+    let mut now = NOW
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match change {
+        None => now.contains(&id),
+        Some(true) => {
+            now.push(id);
+            true
+        }
+        Some(false) => {
+            now.retain(|other| *other != id);
+            false
+        }
+    }
+}
+
+/// How long CATCHING_UP waits in one go for the target to confirm the source's last
+/// changes before it lets the worker go and comes back.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
 impl Onboarding {
     /// Runs a move from its open step to its end (or to a wait).
@@ -73,7 +98,8 @@ impl Onboarding {
                 .move_step(step, &tenant, &operation, &params, fleet)
                 .await
             {
-                Ok(()) => {}
+                Ok(None) => {}
+                Ok(Some(wait)) => return Ok(wait),
                 Err(MoveFailure::Provision(error)) => {
                     return self
                         .move_failed(
@@ -92,7 +118,7 @@ impl Onboarding {
         }
     }
 
-    /// Does `step` and opens the next one.
+    /// Does `step` and opens the next one; `Some` when the move must wait and come back.
     async fn move_step(
         &self,
         step: MoveStep,
@@ -100,24 +126,29 @@ impl Onboarding {
         operation: &OperationRecord,
         params: &MoveParams,
         fleet: &PostgresProvisioner,
-    ) -> Result<(), MoveFailure> {
+    ) -> Result<Option<Outcome>, MoveFailure> {
         let spec = TenantSpec::of(tenant);
         let source = fleet.placement_on(&params.source_server)?;
         let target = fleet.placement_on(&params.target_server)?;
-        let expected = match step {
-            MoveStep::Preparing => TenantState::Active,
-            MoveStep::Holding => tenant.state, // ACTIVE, or MOVING when resumed
-            MoveStep::Copying | MoveStep::Verifying | MoveStep::Switching => TenantState::Moving,
-            MoveStep::Retiring => TenantState::Active,
+        let expected: &[TenantState] = match step {
+            MoveStep::Preparing | MoveStep::Subscribing | MoveStep::Retiring => {
+                &[TenantState::Active]
+            }
+            // ACTIVE, or MOVING when resumed after the state changed.
+            MoveStep::Holding => &[TenantState::Active, TenantState::Moving],
+            MoveStep::Copying
+            | MoveStep::CatchingUp
+            | MoveStep::Verifying
+            | MoveStep::Switching => &[TenantState::Moving],
         };
-        if tenant.state != expected
-            || (step == MoveStep::Holding
-                && !matches!(tenant.state, TenantState::Active | TenantState::Moving))
-        {
+        if !expected.contains(&tenant.state) {
             return Err(
                 ProvisionError::Permanent(format!("the tenant is {}", tenant.state)).into(),
             );
         }
+        let tls_of = |server: &str| fleet.server_tls(server).cloned().unwrap_or_default();
+        let (source_tls, target_tls) =
+            (tls_of(&params.source_server), tls_of(&params.target_server));
         let mut detail = String::new();
         match step {
             MoveStep::Preparing => {
@@ -125,6 +156,75 @@ impl Onboarding {
                 let password = self.password(tenant)?;
                 let admin = fleet.admin_access(&target).await?;
                 bootstrap::ensure_silo(&admin, &spec, &password).await?;
+            }
+            MoveStep::Subscribing => {
+                let source_admin = fleet.admin_access(&source).await?;
+                let target_admin = fleet.admin_access(&target).await?;
+                if !relocate::subscription_exists(&target_admin, &spec).await? {
+                    if subscribing(operation.id, None) {
+                        return Ok(Some(Outcome::Retry(
+                            Duration::from_millis(200),
+                            "creating the subscription (its replication slot waits for the \
+                             source server's running transactions)"
+                                .into(),
+                        )));
+                    }
+                    // Afresh: an earlier attempt may have copied part of the schema.
+                    relocate::unsubscribe(&source_admin, &target_admin, &spec).await?;
+                    let password = self.password(tenant)?;
+                    bootstrap::teardown(&target_admin, &spec, false).await?;
+                    bootstrap::ensure_silo(&target_admin, &spec, &password).await?;
+                    let tools = PgTools::find(self.pg_bin_dir.as_deref())?;
+                    relocate::copy_database(
+                        &tools,
+                        &spec,
+                        CopyEnd {
+                            admin: &source_admin,
+                            tls: &source_tls,
+                        },
+                        CopyEnd {
+                            admin: &target_admin,
+                            tls: &target_tls,
+                        },
+                        true,
+                    )
+                    .await?;
+                    // Creating the replication slot waits until every transaction running
+                    // on the source server has ended, this worker's own claim on the
+                    // operation included when the catalog shares that server: the
+                    // subscription is made by a task of its own while the operation waits.
+                    subscribing(operation.id, Some(true));
+                    let id = operation.id;
+                    let spec = spec.clone();
+                    tokio::spawn(async move {
+                        let made = relocate::subscribe(
+                            CopyEnd {
+                                admin: &source_admin,
+                                tls: &source_tls,
+                            },
+                            CopyEnd {
+                                admin: &target_admin,
+                                tls: &target_tls,
+                            },
+                            &spec,
+                        )
+                        .await;
+                        if let Err(error) = made {
+                            tracing::warn!(operation_id = %id, error = %error, "creating the move's subscription failed");
+                        }
+                        subscribing(id, Some(false));
+                    });
+                    return Ok(Some(Outcome::Retry(
+                        Duration::from_millis(200),
+                        "creating the subscription".into(),
+                    )));
+                }
+                if !relocate::initial_copy_done(&target_admin, &spec).await? {
+                    return Ok(Some(Outcome::Retry(
+                        Duration::from_millis(100),
+                        "the initial copy is running".into(),
+                    )));
+                }
             }
             MoveStep::Holding => {
                 if tenant.state == TenantState::Active {
@@ -148,9 +248,6 @@ impl Onboarding {
                 bootstrap::ensure_silo(&target_admin, &spec, &password).await?;
                 let source_admin = fleet.admin_access(&source).await?;
                 let tools = PgTools::find(self.pg_bin_dir.as_deref())?;
-                let tls_of = |server: &str| fleet.server_tls(server).cloned().unwrap_or_default();
-                let (source_tls, target_tls) =
-                    (tls_of(&params.source_server), tls_of(&params.target_server));
                 relocate::copy_database(
                     &tools,
                     &spec,
@@ -162,8 +259,21 @@ impl Onboarding {
                         admin: &target_admin,
                         tls: &target_tls,
                     },
+                    false,
                 )
                 .await?;
+            }
+            MoveStep::CatchingUp => {
+                let source_admin = fleet.admin_access(&source).await?;
+                let target_admin = fleet.admin_access(&target).await?;
+                let started = std::time::Instant::now();
+                if !relocate::catch_up(&source_admin, &target_admin, &spec, CATCH_UP_WAIT).await? {
+                    return Ok(Some(Outcome::Retry(
+                        Duration::from_millis(10),
+                        "the target has not confirmed the last changes yet".into(),
+                    )));
+                }
+                detail = format!("caught up in {} ms", started.elapsed().as_millis());
             }
             MoveStep::Verifying => {
                 let on_source =
@@ -196,23 +306,29 @@ impl Onboarding {
                 t.finish_step = Some((StepStatus::Done, format!("on {}", params.target_server)));
                 t.start_step = Some(MoveStep::Retiring.as_str().into());
                 self.apply(t).await.map_err(MoveFailure::Step)?;
-                return Ok(());
+                return Ok(None);
             }
             MoveStep::Retiring => {
-                let admin = fleet.admin_access(&source).await?;
-                bootstrap::teardown(&admin, &spec, true).await?;
+                let source_admin = fleet.admin_access(&source).await?;
+                if params.method == MoveMethod::Replicate {
+                    let target_admin = fleet.admin_access(&target).await?;
+                    relocate::unsubscribe(&source_admin, &target_admin, &spec).await?;
+                }
+                bootstrap::teardown(&source_admin, &spec, true).await?;
             }
         }
         let state = match step {
-            MoveStep::Preparing | MoveStep::Retiring => TenantState::Active,
+            MoveStep::Preparing | MoveStep::Subscribing | MoveStep::Retiring => TenantState::Active,
             _ => TenantState::Moving,
         };
         let mut t = Transition::quiet(&tenant.id, state);
         t.operation = Some(operation.id);
         t.finish_step = Some((StepStatus::Done, detail));
-        t.start_step = step.next().map(|next| next.as_str().to_owned());
+        t.start_step = step
+            .next(params.method)
+            .map(|next| next.as_str().to_owned());
         self.apply(t).await.map_err(MoveFailure::Step)?;
-        Ok(())
+        Ok(None)
     }
 
     /// A failed step: retried while transient and attempts remain; else, before the

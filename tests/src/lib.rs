@@ -234,18 +234,25 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
+    /// `fleet_size` servers with `wal_level = logical` (tenant moves by replication need it).
     pub async fn start(fleet_size: usize) -> Self {
-        Self::start_with(fleet_size, false).await
+        Self::start_with(fleet_size, false, &[]).await
+    }
+
+    /// The same with further server settings, e.g. `wal_level = replica` for a source that
+    /// cannot be replicated from.
+    pub async fn start_with_settings(fleet_size: usize, settings: &[(&str, &str)]) -> Self {
+        Self::start_with(fleet_size, false, settings).await
     }
 
     /// Servers with `ssl = on` and a certificate for `localhost` signed by a CA made here,
     /// whose `pg_hba.conf` admits TCP logins over TLS only (`hostssl`). The fleet and
     /// catalog DSNs use `sslmode=verify-full` with that CA, as `silo_admin`.
     pub async fn start_tls(fleet_size: usize) -> Self {
-        Self::start_with(fleet_size, true).await
+        Self::start_with(fleet_size, true, &[]).await
     }
 
-    async fn start_with(fleet_size: usize, tls: bool) -> Self {
+    async fn start_with(fleet_size: usize, tls: bool, settings: &[(&str, &str)]) -> Self {
         use std::os::unix::fs::PermissionsExt;
         let scratch = tempfile::tempdir().expect("scratch dir");
         // The servers run as `postgres` when the tests run as root: they must read it.
@@ -256,8 +263,12 @@ impl TestEnv {
             .expect("pg_hba file written");
         std::fs::set_permissions(&hba, std::fs::Permissions::from_mode(0o644))
             .expect("pg_hba readable");
-        let mut options =
-            PgServerOptions::for_tests().with_setting("hba_file", hba.display().to_string());
+        let mut options = PgServerOptions::for_tests()
+            .with_setting("hba_file", hba.display().to_string())
+            .with_setting("wal_level", "logical");
+        for (name, value) in settings {
+            options = options.with_setting(*name, *value);
+        }
         let env_tls = tls.then(|| {
             let ca = tls::TestCa::new("silo test CA");
             let ca_file = ca.write(&scratch.path().join("ca.pem"));

@@ -21,9 +21,13 @@ pub struct DevPostgres {
 pub async fn start(data_dir: &Path) -> anyhow::Result<DevPostgres> {
     let port_file = data_dir.join("postgres.port");
     let port = saved_port(&port_file)?;
-    let options = |dir: &Path| PgServerOptions {
-        port,
-        ..PgServerOptions::persistent(dir)
+    // wal_level = logical: tenant moves by logical replication need it on the source.
+    let options = |dir: &Path| {
+        PgServerOptions {
+            port,
+            ..PgServerOptions::persistent(dir)
+        }
+        .with_setting("wal_level", "logical")
     };
     let wanted = data_dir.join("postgres");
     let started = PgServer::start(options(&wanted)).await;

@@ -75,9 +75,11 @@ pub enum TenantsCommand {
         /// The fleet server to move to (a name from the control plane's --fleet).
         #[arg(long)]
         to: String,
-        /// How to copy: `copy` (pg_dump | pg_restore while calls are held).
-        #[arg(long, default_value = "copy")]
-        method: String,
+        /// How: `replicate` (logical replication; calls held only for the last changes) or
+        /// `copy` (pg_dump | pg_restore while calls are held). Default: replicate when the
+        /// source server has wal_level = logical, else copy.
+        #[arg(long)]
+        method: Option<String>,
         /// Idempotency key; repeat a move with the same one to get the same operation.
         #[arg(long)]
         request_id: Option<String>,
@@ -298,11 +300,14 @@ pub async fn run(
             request_id,
             no_wait,
         } => {
-            let method = pb::MoveMethod::from_str_name(&format!(
-                "MOVE_METHOD_{}",
-                method.to_ascii_uppercase()
-            ))
-            .with_context(|| format!("unknown move method {method} (copy)"))?;
+            let method = match method {
+                None => pb::MoveMethod::Unspecified,
+                Some(method) => pb::MoveMethod::from_str_name(&format!(
+                    "MOVE_METHOD_{}",
+                    method.to_ascii_uppercase()
+                ))
+                .with_context(|| format!("unknown move method {method} (replicate, copy)"))?,
+            };
             let operation = client
                 .move_tenant(connection.request(pb::MoveTenantRequest {
                     tenant_id,

@@ -254,6 +254,9 @@ pub enum MoveMethod {
     /// `pg_dump | pg_restore` while routers hold the tenant's calls.
     #[default]
     Copy,
+    /// The schema copied, the rows by logical replication while the tenant is served;
+    /// calls are held only while the last changes arrive.
+    Replicate,
 }
 
 /// The steps of a move, in order; each is a step of its operation, named as
@@ -262,11 +265,17 @@ pub enum MoveMethod {
 pub enum MoveStep {
     /// The target database and role are made (the tenant stays ACTIVE and served).
     Preparing,
+    /// `replicate`: the schema copied, a publication on the source and a subscription on
+    /// the target, until the initial copy of every table is done (the tenant is served).
+    Subscribing,
     /// The tenant is MOVING (routers hold its calls); the source database is closed to
     /// the tenant role once its last statement has ended.
     Holding,
-    /// The silo is copied to the target (`pg_dump | pg_restore`).
+    /// `copy`: the silo is copied to the target (`pg_dump | pg_restore`).
     Copying,
+    /// `replicate`: the target has received every change the source made before it was
+    /// closed; sequences are set to the source's values.
+    CatchingUp,
     /// Row counts of every table compared on source and target.
     Verifying,
     /// The tenant is ACTIVE on the target: routers release the held calls there.
@@ -276,20 +285,47 @@ pub enum MoveStep {
 }
 
 impl MoveStep {
-    /// Every step, in order.
-    pub const ALL: [MoveStep; 6] = [
+    /// Every step.
+    pub const ALL: [MoveStep; 8] = [
         Self::Preparing,
+        Self::Subscribing,
         Self::Holding,
         Self::Copying,
+        Self::CatchingUp,
         Self::Verifying,
         Self::Switching,
         Self::Retiring,
     ];
 
+    /// The steps of a move by `method`, in order.
+    pub fn of(method: MoveMethod) -> &'static [MoveStep] {
+        match method {
+            MoveMethod::Copy => &[
+                Self::Preparing,
+                Self::Holding,
+                Self::Copying,
+                Self::Verifying,
+                Self::Switching,
+                Self::Retiring,
+            ],
+            MoveMethod::Replicate => &[
+                Self::Preparing,
+                Self::Subscribing,
+                Self::Holding,
+                Self::CatchingUp,
+                Self::Verifying,
+                Self::Switching,
+                Self::Retiring,
+            ],
+        }
+    }
+
     /// The step's name in the operation (`PREPARING`, `HOLDING`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Preparing => "PREPARING",
+            Self::Subscribing => "SUBSCRIBING",
+            Self::CatchingUp => "CATCHING_UP",
             Self::Holding => "HOLDING",
             Self::Copying => "COPYING",
             Self::Verifying => "VERIFYING",
@@ -303,10 +339,11 @@ impl MoveStep {
         Self::ALL.into_iter().find(|step| step.as_str() == name)
     }
 
-    /// The step after this one; `None` after the last.
-    pub fn next(self) -> Option<Self> {
-        let at = Self::ALL.iter().position(|step| *step == self)?;
-        Self::ALL.get(at + 1).copied()
+    /// The step after this one in a move by `method`; `None` after the last.
+    pub fn next(self, method: MoveMethod) -> Option<Self> {
+        let steps = Self::of(method);
+        let at = steps.iter().position(|step| *step == self)?;
+        steps.get(at + 1).copied()
     }
 }
 

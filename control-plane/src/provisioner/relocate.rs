@@ -143,12 +143,14 @@ pub async fn copy_database(
     tenant: &TenantSpec,
     source: CopyEnd<'_>,
     target: CopyEnd<'_>,
+    schema_only: bool,
 ) -> Result<(), ProvisionError> {
     let spawn_error = |tool: &Path, e: std::io::Error| {
         ProvisionError::Permanent(format!("cannot run {}: {e}", tool.display()))
     };
     let mut dump = tokio::process::Command::new(&tools.pg_dump)
         .args(["--format=custom", "--no-password"])
+        .args(schema_only.then_some("--schema-only"))
         .envs(libpq_env(
             &source.admin.config,
             &tenant.database,
@@ -332,4 +334,304 @@ pub async fn reopen_source(admin: &AdminAccess, tenant: &TenantSpec) -> Result<(
         ))
         .await
         .map_err(|e| classify("opening the source database to the tenant role again", &e))
+}
+
+/// The publication a move by replication makes in the source database.
+const PUBLICATION: &str = "silo_move";
+
+/// The subscription (and the source's replication slot) of the tenant's move: unique on
+/// both servers, as database names are.
+fn subscription(tenant: &TenantSpec) -> String {
+    format!("silo_move_{}", tenant.database)
+}
+
+/// The admin's session in the tenant's database.
+async fn inside(
+    admin: &AdminAccess,
+    tenant: &TenantSpec,
+) -> Result<tokio_postgres::Client, ProvisionError> {
+    let mut config = admin.config.clone();
+    config.dbname(&tenant.database);
+    connect(
+        &config,
+        &admin.connector,
+        "connecting to the tenant database as admin",
+    )
+    .await
+}
+
+/// The server's `wal_level` (`replica`, `logical`, ...).
+///
+/// # Errors
+/// As [`classify`] says.
+pub async fn wal_level(admin: &AdminAccess) -> Result<String, ProvisionError> {
+    let client = connect(
+        &admin.config,
+        &admin.connector,
+        "connecting to the server as admin",
+    )
+    .await?;
+    Ok(client
+        .query_one("SELECT current_setting('wal_level')", &[])
+        .await
+        .map_err(|e| classify("reading wal_level", &e))?
+        .get(0))
+}
+
+/// A value in a libpq connection string: single-quoted, `\` and `'` escaped.
+fn conninfo_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// libpq's connection string for `config`'s login to `database` with `tls`, for a
+/// subscription.
+fn conninfo(config: &tokio_postgres::Config, database: &str, tls: &PgTls) -> String {
+    libpq_env(config, database, tls)
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let key = match name {
+                "PGHOST" => "host",
+                "PGPORT" => "port",
+                "PGUSER" => "user",
+                "PGPASSWORD" => "password",
+                "PGDATABASE" => "dbname",
+                "PGSSLMODE" => "sslmode",
+                "PGSSLROOTCERT" => "sslrootcert",
+                _ => return None,
+            };
+            Some(format!(
+                "{key}={}",
+                conninfo_value(&value.to_string_lossy())
+            ))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Publishes every table of the source database and subscribes the target database to it
+/// (the initial copy starts at once). Idempotent.
+///
+/// # Errors
+/// As [`classify`] says.
+pub async fn subscribe(
+    source: CopyEnd<'_>,
+    target: CopyEnd<'_>,
+    tenant: &TenantSpec,
+) -> Result<(), ProvisionError> {
+    let run = |context: &'static str| move |e: tokio_postgres::Error| classify(context, &e);
+    let publisher = inside(source.admin, tenant).await?;
+    let published = publisher
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&PUBLICATION],
+        )
+        .await
+        .map_err(run("looking up the move's publication"))?
+        .is_some();
+    if !published {
+        publisher
+            .batch_execute(&format!("CREATE PUBLICATION {PUBLICATION} FOR ALL TABLES"))
+            .await
+            .map_err(run("publishing the source database"))?;
+    }
+    let subscriber = inside(target.admin, tenant).await?;
+    let name = subscription(tenant);
+    let subscribed = subscriber
+        .query_opt("SELECT 1 FROM pg_subscription WHERE subname = $1", &[&name])
+        .await
+        .map_err(run("looking up the move's subscription"))?
+        .is_some();
+    if !subscribed {
+        let info = conninfo(&source.admin.config, &tenant.database, source.tls);
+        subscriber
+            .batch_execute(&format!(
+                "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {PUBLICATION}",
+                ident(&name),
+                literal(&info)
+            ))
+            .await
+            .map_err(run("subscribing the target database"))?;
+    }
+    Ok(())
+}
+
+/// Whether the subscription's initial copy of every table is done.
+///
+/// # Errors
+/// As [`classify`] says.
+pub async fn initial_copy_done(
+    target: &AdminAccess,
+    tenant: &TenantSpec,
+) -> Result<bool, ProvisionError> {
+    let client = inside(target, tenant).await?;
+    let waiting: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_subscription_rel r
+             JOIN pg_subscription s ON s.oid = r.srsubid
+             WHERE s.subname = $1 AND r.srsubstate <> 'r'",
+            &[&subscription(tenant)],
+        )
+        .await
+        .map_err(|e| classify("looking at the initial copy", &e))?
+        .get(0);
+    Ok(waiting == 0)
+}
+
+/// Waits (up to `within`) until the target has confirmed every change the source wrote
+/// so far (called once the source is closed); then sets the target's sequences to the
+/// source's values. Returns whether it caught up.
+///
+/// # Errors
+/// As [`classify`] says.
+pub async fn catch_up(
+    source: &AdminAccess,
+    target: &AdminAccess,
+    tenant: &TenantSpec,
+    within: Duration,
+) -> Result<bool, ProvisionError> {
+    let run = |context: &'static str| move |e: tokio_postgres::Error| classify(context, &e);
+    let publisher = inside(source, tenant).await?;
+    let slot = subscription(tenant);
+    let until = tokio::time::Instant::now() + within;
+    // Everything the tenant wrote is before this point: its sessions are gone.
+    let end: String = publisher
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(run("reading the source's WAL position"))?
+        .get(0);
+    loop {
+        let caught_up: Option<bool> = publisher
+            .query_opt(
+                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots
+                 WHERE slot_name = $1",
+                &[&slot, &end],
+            )
+            .await
+            .map_err(run("reading the replication slot"))?
+            .and_then(|row| row.get(0));
+        if caught_up == Some(true) {
+            break;
+        }
+        if tokio::time::Instant::now() >= until {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sequences = publisher
+        .query(
+            "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences
+             WHERE last_value IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(run("reading the source's sequences"))?;
+    let subscriber = inside(target, tenant).await?;
+    for row in sequences {
+        let (name, value): (String, i64) = (row.get(0), row.get(1));
+        subscriber
+            .execute("SELECT setval($1::regclass, $2, true)", &[&name, &value])
+            .await
+            .map_err(run("setting a sequence on the target"))?;
+    }
+    Ok(true)
+}
+
+/// Removes what a move by replication made: the subscription on the target (detached
+/// from its slot first, so dropping it never needs the source), the slot and the
+/// publication on the source. Idempotent; a database that is gone has nothing to remove.
+///
+/// # Errors
+/// As [`classify`] says; `Transient` while the slot is still in use.
+pub async fn unsubscribe(
+    source: &AdminAccess,
+    target: &AdminAccess,
+    tenant: &TenantSpec,
+) -> Result<(), ProvisionError> {
+    let run = |context: &'static str| move |e: tokio_postgres::Error| classify(context, &e);
+    let name = subscription(tenant);
+    if let Ok(subscriber) = inside(target, tenant).await {
+        let exists = subscriber
+            .query_opt("SELECT 1 FROM pg_subscription WHERE subname = $1", &[&name])
+            .await
+            .map_err(run("looking up the move's subscription"))?
+            .is_some();
+        if exists {
+            for statement in [
+                format!("ALTER SUBSCRIPTION {} DISABLE", ident(&name)),
+                format!("ALTER SUBSCRIPTION {} SET (slot_name = NONE)", ident(&name)),
+                format!("DROP SUBSCRIPTION {}", ident(&name)),
+            ] {
+                subscriber
+                    .batch_execute(&statement)
+                    .await
+                    .map_err(run("dropping the move's subscription"))?;
+            }
+        }
+    }
+    let server = connect(
+        &source.config,
+        &source.connector,
+        "connecting to the server as admin",
+    )
+    .await?;
+    let slots = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1";
+    for _ in 0..300 {
+        server
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                 WHERE slot_name = $1 AND NOT active",
+                &[&name],
+            )
+            .await
+            .map_err(run("dropping the move's replication slot"))?;
+        let left: i64 = server
+            .query_one(slots, &[&name])
+            .await
+            .map_err(run("looking up the move's replication slot"))?
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left: i64 = server
+        .query_one(slots, &[&name])
+        .await
+        .map_err(run("looking up the move's replication slot"))?
+        .get(0);
+    if left > 0 {
+        return Err(ProvisionError::Transient(
+            "the move's replication slot is still in use".into(),
+        ));
+    }
+    if let Ok(publisher) = inside(source, tenant).await {
+        publisher
+            .batch_execute(&format!("DROP PUBLICATION IF EXISTS {PUBLICATION}"))
+            .await
+            .map_err(run("dropping the move's publication"))?;
+    }
+    Ok(())
+}
+
+/// Whether the target database has the move's subscription.
+///
+/// # Errors
+/// As [`classify`] says.
+pub async fn subscription_exists(
+    target: &AdminAccess,
+    tenant: &TenantSpec,
+) -> Result<bool, ProvisionError> {
+    let client = inside(target, tenant).await?;
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_subscription WHERE subname = $1",
+            &[&subscription(tenant)],
+        )
+        .await
+        .map_err(|e| classify("looking up the move's subscription", &e))?
+        .is_some())
 }

@@ -144,15 +144,8 @@ impl ControlPlaneService {
         use crate::catalog::{MoveMethod, MoveParams};
         bounded("request_id", &request.request_id, 128)?;
         bounded("target_server", &request.target_server, 128)?;
-        let method = match pb::MoveMethod::try_from(request.method) {
-            Ok(pb::MoveMethod::Unspecified | pb::MoveMethod::Copy) => MoveMethod::Copy,
-            Ok(pb::MoveMethod::Replicate) => {
-                return Err(ControlPlaneError::NotImplemented(
-                    "moves by logical replication are not available yet; use MOVE_METHOD_COPY",
-                ));
-            }
-            Err(_) => return Err(RequestError::MoveTarget("unknown move method".into()).into()),
-        };
+        let asked = pb::MoveMethod::try_from(request.method)
+            .map_err(|_| RequestError::MoveTarget("unknown move method".into()))?;
         let tenant = self.catalog.get_tenant(id).await?;
         let request_id = if request.request_id.is_empty() {
             Uuid::new_v4().to_string()
@@ -174,11 +167,33 @@ impl ControlPlaneService {
             ))
             .into());
         }
-        let source_server = tenant
+        let placement = tenant
             .placement
             .as_ref()
-            .map(|placement| placement.server.clone())
             .ok_or(ControlPlaneError::WrongState(tenant.state))?;
+        let source_server = placement.server.clone();
+        // Replication needs wal_level = logical on the source; the default takes it when
+        // the source allows it.
+        let method = match asked {
+            pb::MoveMethod::Copy => MoveMethod::Copy,
+            pb::MoveMethod::Unspecified | pb::MoveMethod::Replicate => {
+                use crate::provisioner::Provisioner as _;
+                let admin = fleet.admin_access(placement).await?;
+                let level = crate::provisioner::relocate::wal_level(&admin).await?;
+                match (asked, level.as_str()) {
+                    (_, "logical") => MoveMethod::Replicate,
+                    (pb::MoveMethod::Unspecified, _) => MoveMethod::Copy,
+                    _ => {
+                        return Err(ControlPlaneError::Conflict(format!(
+                            "replicate needs wal_level = logical on the source server {} (it \
+                             is {level}); set it (on RDS: rds.logical_replication = 1) or \
+                             move with MOVE_METHOD_COPY",
+                            source_server
+                        )));
+                    }
+                }
+            }
+        };
         let params = MoveParams {
             source_server,
             target_server: request.target_server,

@@ -19,14 +19,28 @@ use silo_tests::{
 };
 use tonic::Code;
 
-const STEPS: [&str; 6] = [
-    "PREPARING",
-    "HOLDING",
-    "COPYING",
-    "VERIFYING",
-    "SWITCHING",
-    "RETIRING",
-];
+/// The steps of a move by `method`.
+fn steps_of(method: pb::MoveMethod) -> &'static [&'static str] {
+    match method {
+        pb::MoveMethod::Copy => &[
+            "PREPARING",
+            "HOLDING",
+            "COPYING",
+            "VERIFYING",
+            "SWITCHING",
+            "RETIRING",
+        ],
+        _ => &[
+            "PREPARING",
+            "SUBSCRIBING",
+            "HOLDING",
+            "CATCHING_UP",
+            "VERIFYING",
+            "SWITCHING",
+            "RETIRING",
+        ],
+    }
+}
 
 /// Where the tests' PostgreSQL programs are: `SILO_PG_BIN`, else the newest
 /// `/usr/lib/postgresql/<version>/bin`.
@@ -102,7 +116,18 @@ async fn silo_on(env: &TestEnv, server: &str, name: &str) -> (bool, bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_moves_to_another_server_while_eight_clients_write_and_read() {
+async fn a_tenant_moves_by_copy_while_eight_clients_write_and_read() {
+    move_under_load(pb::MoveMethod::Copy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_moves_by_replication_while_eight_clients_write_and_read() {
+    move_under_load(pb::MoveMethod::Replicate).await;
+}
+
+/// Eight clients write and read through a router while the tenant moves by `method`: no
+/// call fails, every acknowledged write is on the target, one live silo is left.
+async fn move_under_load(method: pb::MoveMethod) {
     let env = TestEnv::start(2).await;
     let cp = env.control_plane(Hooks::default()).await;
     cp.onboard(&["acme"]).await;
@@ -184,7 +209,7 @@ async fn a_tenant_moves_to_another_server_while_eight_clients_write_and_read() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let started = Instant::now();
-    let operation = move_tenant(&cp, "acme", &target, pb::MoveMethod::Copy, "move-1")
+    let operation = move_tenant(&cp, "acme", &target, method, "move-1")
         .await
         .expect("MoveTenant");
     assert_eq!(operation.kind(), pb::OperationKind::MoveTenant);
@@ -203,7 +228,7 @@ async fn a_tenant_moves_to_another_server_while_eight_clients_write_and_read() {
         "calls failed during the move: {failed:?}"
     );
     let steps: Vec<&str> = done.steps.iter().map(|step| step.name.as_str()).collect();
-    assert_eq!(steps, STEPS, "{done:?}");
+    assert_eq!(steps, steps_of(method), "{done:?}");
     let record = cp.get_tenant("acme").await.unwrap();
     assert_eq!(record.placement, target);
     assert_eq!(record.state(), pb::TenantState::Active);
@@ -248,9 +273,18 @@ async fn a_tenant_moves_to_another_server_while_eight_clients_write_and_read() {
         .get(0);
     assert_eq!(kept, 1, "the source database is kept, renamed");
     let slowest = *slowest.lock().unwrap();
+    let held = done
+        .steps
+        .iter()
+        .filter(|step| {
+            ["HOLDING", "COPYING", "CATCHING_UP", "VERIFYING"].contains(&step.name.as_str())
+        })
+        .filter_map(|step| step.duration.as_ref())
+        .map(|d| Duration::new(d.seconds as u64, d.nanos as u32))
+        .sum::<Duration>();
     println!(
-        "move of {total} rows took {took:?}; the slowest client call took {slowest:?} \
-         (the window in which calls were held)"
+        "{method:?}: move of {total} rows took {took:?}, calls held for about {held:?}; the \
+         slowest client call took {slowest:?}"
     );
     cp.stop().await;
 }
@@ -262,10 +296,6 @@ async fn moves_refuse_what_they_cannot_do_and_a_retry_gets_the_same_operation() 
     cp.onboard(&["acme"]).await;
     let (source, target) = servers_of(&cp, "acme").await;
 
-    let replicate = move_tenant(&cp, "acme", &target, pb::MoveMethod::Replicate, "r")
-        .await
-        .unwrap_err();
-    assert_eq!(replicate.code(), Code::Unimplemented, "{replicate:?}");
     let nowhere = move_tenant(&cp, "acme", "pg9", pb::MoveMethod::Copy, "n")
         .await
         .unwrap_err();
@@ -330,18 +360,29 @@ fn crash_at_transition(at: usize) -> (Hooks, Arc<AtomicBool>) {
     (hooks, crashed)
 }
 
-/// A move writes seven transitions (each step's end and the next one's start, the
-/// switches to MOVING and back); the control plane is killed after each in turn, and a
-/// new one finishes the move with one live silo and the data intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_move_finishes_after_the_control_plane_is_killed_after_any_step() {
+async fn a_move_by_copy_finishes_after_the_control_plane_is_killed_after_any_step() {
+    crash_after_every_step(pb::MoveMethod::Copy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_by_replication_finishes_after_the_control_plane_is_killed_after_any_step() {
+    crash_after_every_step(pb::MoveMethod::Replicate).await;
+}
+
+/// A move writes a transition at each step's end (with the next one's start) and at the
+/// switch to MOVING; the control plane is killed after each in turn, and a new one
+/// finishes the move with one live silo, the data intact and nothing of the replication
+/// left.
+async fn crash_after_every_step(method: pb::MoveMethod) {
     let env = TestEnv::start(2).await;
     let onboarding = env.control_plane(Hooks::default()).await;
     onboarding.onboard(&["acme"]).await;
     let database = onboarding.get_tenant("acme").await.unwrap().database;
     onboarding.stop().await;
     let mut rows = 0_i64;
-    for at in 1..=7 {
+    let transitions = steps_of(method).len() + 1;
+    for at in 1..=transitions {
         let (hooks, crashed) = crash_at_transition(at);
         let first = env
             .control_plane_with(env.config(&["--workers=1"]), hooks)
@@ -357,15 +398,9 @@ async fn a_move_finishes_after_the_control_plane_is_killed_after_any_step() {
             .unwrap();
             rows += 10;
         }
-        let operation = move_tenant(
-            &first,
-            "acme",
-            &target,
-            pb::MoveMethod::Copy,
-            &format!("m{at}"),
-        )
-        .await
-        .unwrap();
+        let operation = move_tenant(&first, "acme", &target, method, &format!("m{at}"))
+            .await
+            .unwrap();
         silo_tests::eventually(Duration::from_secs(30), "the worker to crash", || async {
             crashed.load(Ordering::SeqCst).then_some(())
         })
@@ -375,7 +410,11 @@ async fn a_move_finishes_after_the_control_plane_is_killed_after_any_step() {
         let second = env.control_plane(Hooks::default()).await;
         let done = second.wait_succeeded(&operation.operation_id).await;
         let steps: Vec<&str> = done.steps.iter().map(|step| step.name.as_str()).collect();
-        assert_eq!(steps, STEPS, "crash at transition {at}: {done:?}");
+        assert_eq!(
+            steps,
+            steps_of(method),
+            "crash at transition {at}: {done:?}"
+        );
         let record = second.get_tenant("acme").await.unwrap();
         assert_eq!(record.placement, target, "crash at transition {at}");
         assert_eq!(record.state(), pb::TenantState::Active);
@@ -396,6 +435,24 @@ async fn a_move_finishes_after_the_control_plane_is_killed_after_any_step() {
             .unwrap()
             .get(0);
         assert_eq!(count, rows, "crash at transition {at}");
+        for server in ["pg0", "pg1"] {
+            let admin = env.admin_client(server_index(server), "postgres").await;
+            let slots: i64 = admin
+                .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(
+                slots, 0,
+                "a replication slot left on {server} (crash at {at})"
+            );
+        }
+        let subscriptions: i64 = moved
+            .query_one("SELECT count(*) FROM pg_subscription", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(subscriptions, 0, "a subscription left (crash at {at})");
         second.stop().await;
     }
 }
@@ -482,5 +539,30 @@ async fn a_move_that_fails_before_the_switch_leaves_the_tenant_where_it_was() {
     let steps: Vec<&str> = done.steps.iter().map(|step| step.name.as_str()).collect();
     assert_eq!(steps, ["PREPARING"], "{done:?}");
     assert!(done.error.contains("--pg-bin-dir"), "{done:?}");
+    cp.stop().await;
+}
+
+/// A source server without `wal_level = logical` refuses `replicate` with the reason, and
+/// the default method moves by copy there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_without_logical_wal_refuses_replicate_and_moves_by_copy() {
+    let env = TestEnv::start_with_settings(2, &[("wal_level", "replica")]).await;
+    let cp = env.control_plane(Hooks::default()).await;
+    cp.onboard(&["acme"]).await;
+    let (_, target) = servers_of(&cp, "acme").await;
+    let refused = move_tenant(&cp, "acme", &target, pb::MoveMethod::Replicate, "r")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("wal_level = logical"),
+        "{refused:?}"
+    );
+    let moved = move_tenant(&cp, "acme", &target, pb::MoveMethod::Unspecified, "d")
+        .await
+        .unwrap();
+    let done = cp.wait_succeeded(&moved.operation_id).await;
+    let steps: Vec<&str> = done.steps.iter().map(|step| step.name.as_str()).collect();
+    assert_eq!(steps, steps_of(pb::MoveMethod::Copy), "{done:?}");
     cp.stop().await;
 }
