@@ -186,6 +186,11 @@ pub struct ControlPlaneConfig {
     #[arg(long, env = "SILO_OPERATION_RETENTION_DAYS", default_value_t = 30)]
     pub operation_retention_days: u64,
 
+    /// A moved tenant's source database is kept (renamed `<database>_moved_<unix time>`)
+    /// this long, in hours, then dropped by the retention pass.
+    #[arg(long, env = "SILO_MOVE_RETAIN_HOURS", default_value_t = 24.0)]
+    pub move_retain_hours: f64,
+
     /// How often the retention pass runs, in seconds; 0 turns it off.
     #[arg(long, env = "SILO_RETENTION_INTERVAL_SECS", default_value_t = 600)]
     pub retention_interval_secs: u64,

@@ -13,8 +13,9 @@
 //! - VERIFYING: every table's row count compared on both sides.
 //! - SWITCHING: the tenant is ACTIVE on the target (one catalog transaction with the next
 //!   step's start): routers release the held calls to it.
-//! - RETIRING: the source database is kept, renamed (`<database>_deleted_<unix time>`),
-//!   and the role dropped on the source server.
+//! - RETIRING: the source database is kept, renamed (`<database>_moved_<unix time>`),
+//!   and the role dropped on the source server; the retention pass drops the database
+//!   after `--move-retain-hours`.
 //!
 //! A failure before the switch gives the move up: the source is opened to the role again,
 //! the tenant is ACTIVE there as before, and the target silo is dropped.
@@ -314,7 +315,7 @@ impl Onboarding {
                     let target_admin = fleet.admin_access(&target).await?;
                     relocate::unsubscribe(&source_admin, &target_admin, &spec).await?;
                 }
-                bootstrap::teardown(&source_admin, &spec, true).await?;
+                bootstrap::teardown_keeping(&source_admin, &spec, Some(bootstrap::MOVED)).await?;
             }
         }
         let state = match step {
@@ -417,5 +418,107 @@ enum MoveFailure {
 impl From<ProvisionError> for MoveFailure {
     fn from(error: ProvisionError) -> Self {
         Self::Provision(error)
+    }
+}
+
+/// Drops the source databases moves kept (`<database>_moved_<unix time>`, owned by the
+/// admin) once they are older than `retain`, on every server of every `postgres` fleet.
+/// Returns how many it dropped.
+///
+/// # Errors
+/// The first server that cannot be reached or refuses a statement (the others are still
+/// done).
+pub async fn expire_kept_sources(
+    provisioners: &crate::provisioner::Provisioners,
+    retain: Duration,
+) -> Result<usize, ProvisionError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let mut dropped = 0;
+    let mut first_error = None;
+    for name in provisioners.names() {
+        let Some(AnyProvisioner::Postgres(fleet)) = provisioners.get(name) else {
+            continue;
+        };
+        for server in fleet.server_names() {
+            match expire_on(fleet, server, now, retain).await {
+                Ok(count) => dropped += count,
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(dropped),
+    }
+}
+
+async fn expire_on(
+    fleet: &PostgresProvisioner,
+    server: &str,
+    now: u64,
+    retain: Duration,
+) -> Result<usize, ProvisionError> {
+    let admin = fleet.admin_access(&fleet.placement_on(server)?).await?;
+    let client = bootstrap::connect(
+        &admin.config,
+        &admin.connector,
+        "connecting to the server as admin",
+    )
+    .await?;
+    let run =
+        |context: &'static str| move |e: tokio_postgres::Error| bootstrap::classify(context, &e);
+    let kept = client
+        .query(
+            "SELECT datname FROM pg_database
+             WHERE datname ~ ('_' || $1 || '_[0-9]+$') AND datdba = (SELECT oid FROM pg_roles WHERE rolname = current_user)",
+            &[&bootstrap::MOVED],
+        )
+        .await
+        .map_err(run("listing the databases moves kept"))?;
+    let mut dropped = 0;
+    for row in kept {
+        let name: String = row.get(0);
+        let Some(moved_at) = name
+            .rsplit('_')
+            .next()
+            .and_then(|at| at.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if now.saturating_sub(moved_at) < retain.as_secs() {
+            continue;
+        }
+        client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                bootstrap::ident(&name)
+            ))
+            .await
+            .map_err(run("dropping a database a move kept"))?;
+        tracing::info!(server, database = %name, "dropped the source database of a move");
+        dropped += 1;
+    }
+    Ok(dropped)
+}
+
+/// Runs [`expire_kept_sources`] every `every` until `shutdown`.
+pub async fn expire_periodically(
+    provisioners: crate::provisioner::Provisioners,
+    retain: Duration,
+    every: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        if let Err(error) = expire_kept_sources(&provisioners, retain).await {
+            tracing::warn!(error = %error, "dropping the databases moves kept failed; trying again later");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
     }
 }

@@ -249,6 +249,12 @@ pub async fn start(
             retention,
             shutdown.clone(),
         ));
+        tasks.spawn(crate::moves::expire_periodically(
+            provisioners.clone(),
+            Duration::from_secs_f64(config.move_retain_hours.clamp(0.0, 1.0e6) * 3600.0),
+            retention.every,
+            shutdown.clone(),
+        ));
     }
     silo_guard::spawn(
         &mut tasks,

@@ -285,13 +285,30 @@ pub async fn reassert_role(
         .map_err(|e| classify("putting the tenant role back", &e))
 }
 
-/// Drops the tenant's database (or keeps it renamed, owned by the admin) and its role.
-/// Sessions still open on the database are ended first.
+/// Drops the tenant's database (or keeps it renamed `<database>_deleted_<unix time>`,
+/// owned by the admin) and its role. Sessions still open on the database are ended first.
 pub async fn teardown(
     admin: &AdminAccess,
     tenant: &TenantSpec,
     keep_database: bool,
 ) -> Result<(), ProvisionError> {
+    teardown_keeping(admin, tenant, keep_database.then_some(DELETED)).await
+}
+
+/// What a kept database of a deletion is renamed with: `<database>_deleted_<unix time>`.
+const DELETED: &str = "deleted";
+/// What the source database of a move is renamed with: `<database>_moved_<unix time>`;
+/// dropped once `--move-retain-hours` have passed.
+pub const MOVED: &str = "moved";
+
+/// [`teardown`], keeping the database renamed `<database>_<word>_<unix time>` when
+/// `keep` names the word.
+pub async fn teardown_keeping(
+    admin: &AdminAccess,
+    tenant: &TenantSpec,
+    keep: Option<&str>,
+) -> Result<(), ProvisionError> {
+    let keep_database = keep.is_some();
     let client = locked(admin, tenant).await?;
     let run = |context: &'static str| move |e: tokio_postgres::Error| classify(context, &e);
     let database = ident(&tenant.database);
@@ -351,7 +368,7 @@ pub async fn teardown(
                 .batch_execute(&format!(
                     "ALTER DATABASE {database} OWNER TO CURRENT_USER;
                      ALTER DATABASE {database} RENAME TO {}",
-                    ident(&kept_name(&tenant.database))
+                    ident(&kept_name(&tenant.database, keep.unwrap_or(DELETED)))
                 ))
                 .await
                 .map_err(run("renaming the tenant database"))?;
@@ -427,11 +444,11 @@ async fn release_foreign_dependencies(
 }
 
 /// `<database>_deleted_<unix seconds>`, cut to PostgreSQL's 63-byte identifiers.
-fn kept_name(database: &str) -> String {
+fn kept_name(database: &str, word: &str) -> String {
     let seconds = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let suffix = format!("_deleted_{seconds}");
+    let suffix = format!("_{word}_{seconds}");
     let keep = database.len().min(63 - suffix.len());
     format!("{}{suffix}", &database[..keep])
 }

@@ -94,6 +94,11 @@ impl PostgresProvisioner {
         self.servers.iter().find(|s| s.name == name).map(|s| &s.tls)
     }
 
+    /// The names of the fleet's servers.
+    pub fn server_names(&self) -> impl Iterator<Item = &str> {
+        self.servers.iter().map(|server| server.name.as_str())
+    }
+
     /// Where a silo on the fleet server `name` lives, for a move to it.
     ///
     /// # Errors

@@ -266,7 +266,7 @@ async fn move_under_load(method: pb::MoveMethod) {
         .await
         .query_one(
             "SELECT count(*) FROM pg_database WHERE datname LIKE $1",
-            &[&format!("{}_deleted_%", record.database)],
+            &[&format!("{}_moved_%", record.database)],
         )
         .await
         .unwrap()
@@ -564,5 +564,46 @@ async fn a_source_without_logical_wal_refuses_replicate_and_moves_by_copy() {
     let done = cp.wait_succeeded(&moved.operation_id).await;
     let steps: Vec<&str> = done.steps.iter().map(|step| step.name.as_str()).collect();
     assert_eq!(steps, steps_of(pb::MoveMethod::Copy), "{done:?}");
+    cp.stop().await;
+}
+
+/// The source database a move kept is dropped once `--move-retain-hours` have passed (here
+/// at once, by a retention pass every second); the tenant goes on being served from the
+/// target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kept_source_is_dropped_after_the_retention() {
+    let env = TestEnv::start(2).await;
+    let cp = env
+        .control_plane_with(
+            env.config(&["--move-retain-hours=0", "--retention-interval-secs=1"]),
+            Hooks::default(),
+        )
+        .await;
+    cp.onboard(&["acme"]).await;
+    let (source, target) = servers_of(&cp, "acme").await;
+    let database = cp.get_tenant("acme").await.unwrap().database;
+    let operation = move_tenant(&cp, "acme", &target, pb::MoveMethod::Copy, "m")
+        .await
+        .unwrap();
+    cp.wait_succeeded(&operation.operation_id).await;
+    let admin = env.admin_client(server_index(&source), "postgres").await;
+    let pattern = format!("{database}_moved_%");
+    silo_tests::eventually(
+        Duration::from_secs(10),
+        "the kept source dropped",
+        || async {
+            let kept: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_database WHERE datname LIKE $1",
+                    &[&pattern],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (kept == 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(silo_on(&env, &target, &database).await, (true, true));
     cp.stop().await;
 }
