@@ -546,5 +546,11 @@ async fn siloctl_moves_a_tenant_to_another_server() {
         .await,
     );
     assert!(copied["steps"].to_string().contains("COPYING"), "{copied}");
+    // One tenant on two servers: nothing to even out.
+    let plan = stdout(&siloctl(&cp, &["rebalance"]).await);
+    assert!(
+        plan.contains("no move would even the fleet out further"),
+        "{plan}"
+    );
     cp.stop().await;
 }

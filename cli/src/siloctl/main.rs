@@ -4,6 +4,7 @@
 mod client;
 mod migrate;
 mod output;
+mod rebalance;
 mod sql;
 mod tenants;
 mod token;
@@ -78,6 +79,9 @@ enum Command {
     Tenants(tenants::TenantsCommand),
     /// Migrate every tenant silo to a schema version, in waves.
     Migrate(migrate::MigrateArgs),
+    /// Show the moves that would even out the postgres fleet's servers (tenants and
+    /// database bytes); --execute starts them.
+    Rebalance(rebalance::RebalanceArgs),
     /// Run a statement in a tenant's silo through the router and print its rows.
     Query(sql::QueryArgs),
     /// Run a statement in a tenant's silo through the router and print the rows affected.
@@ -98,6 +102,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let token = cli.admin_token.or(cli.token);
             let connection = Connection::new(&cli.control_plane, token, &tls).await?;
             tenants::run(&connection, command, cli.output).await
+        }
+        Command::Rebalance(args) => {
+            let token = cli.admin_token.or(cli.token);
+            let connection = Connection::new(&cli.control_plane, token, &tls).await?;
+            rebalance::run(&connection, args, cli.output).await
         }
         Command::Migrate(args) => {
             let token = cli.admin_token.or(cli.token);

@@ -135,6 +135,126 @@ impl ControlPlaneService {
         Ok(convert::operation(&operation))
     }
 
+    /// Plans (and with `execute` starts) the moves that even out the postgres fleet.
+    async fn rebalance(
+        &self,
+        request: pb::RebalanceFleetRequest,
+    ) -> Result<pb::RebalanceFleetResponse, ControlPlaneError> {
+        use crate::provisioner::Provisioner as _;
+        use crate::rebalance::{PlacedTenant, loads, plan};
+        bounded("request_id", &request.request_id, 100)?;
+        let Some(crate::provisioner::AnyProvisioner::Postgres(fleet)) =
+            self.provisioners.get("postgres")
+        else {
+            return Err(ControlPlaneError::ProvisionerNotConfigured(
+                "postgres".into(),
+            ));
+        };
+        let servers: Vec<String> = fleet.server_names().map(str::to_owned).collect();
+        let mut sizes = std::collections::HashMap::new();
+        for server in &servers {
+            let admin = fleet.admin_access(&fleet.placement_on(server)?).await?;
+            let client = crate::provisioner::bootstrap::connect(
+                &admin.config,
+                &admin.connector,
+                "connecting to the server as admin",
+            )
+            .await?;
+            let rows = client
+                .query(
+                    "SELECT datname::text, pg_database_size(oid) FROM pg_database",
+                    &[],
+                )
+                .await
+                .map_err(|e| {
+                    ControlPlaneError::from(crate::provisioner::bootstrap::classify(
+                        "reading database sizes",
+                        &e,
+                    ))
+                })?;
+            for row in rows {
+                let (name, bytes): (String, i64) = (row.get(0), row.get(1));
+                sizes.insert((server.clone(), name), u64::try_from(bytes).unwrap_or(0));
+            }
+        }
+        let tenants: Vec<PlacedTenant> = self
+            .catalog
+            .guarded_tenants("postgres")
+            .await?
+            .into_iter()
+            .filter(|tenant| tenant.state == TenantState::Active)
+            .filter_map(|tenant| {
+                let server = tenant.placement.as_ref()?.server.clone();
+                let bytes = sizes
+                    .get(&(server.clone(), tenant.database_name.clone()))
+                    .copied()
+                    .unwrap_or(0);
+                Some(PlacedTenant {
+                    tenant_id: tenant.id.to_string(),
+                    server,
+                    bytes,
+                })
+            })
+            .collect();
+        let max_moves = match request.max_moves {
+            0 => 10,
+            n => n as usize,
+        };
+        let planned = plan(&servers, &tenants, max_moves);
+        let mut after = tenants.clone();
+        for planned in &planned {
+            if let Some(tenant) = after.iter_mut().find(|t| t.tenant_id == planned.tenant_id) {
+                tenant.server = planned.to.clone();
+            }
+        }
+        let shares = |tenants: &[PlacedTenant]| -> Vec<pb::ServerLoad> {
+            loads(&servers, tenants)
+                .into_iter()
+                .map(|(server, load)| pb::ServerLoad {
+                    server,
+                    tenants: load.tenants,
+                    database_bytes: load.bytes,
+                })
+                .collect()
+        };
+        let rebalance_id = if request.request_id.is_empty() {
+            Uuid::new_v4().to_string()
+        } else {
+            request.request_id.clone()
+        };
+        let mut moves = Vec::with_capacity(planned.len());
+        for planned in planned {
+            let mut proposed = pb::ProposedMove {
+                tenant_id: planned.tenant_id.clone(),
+                from_server: planned.from,
+                to_server: planned.to.clone(),
+                database_bytes: planned.bytes,
+                operation_id: String::new(),
+            };
+            if request.execute {
+                let id = tenant_id(&planned.tenant_id)?;
+                let operation = self
+                    .start_move(
+                        &id,
+                        pb::MoveTenantRequest {
+                            tenant_id: planned.tenant_id.clone(),
+                            target_server: planned.to,
+                            method: request.method,
+                            request_id: format!("{rebalance_id}:{}", planned.tenant_id),
+                        },
+                    )
+                    .await?;
+                proposed.operation_id = operation.id.to_string();
+            }
+            moves.push(proposed);
+        }
+        Ok(pb::RebalanceFleetResponse {
+            before: shares(&tenants),
+            after: shares(&after),
+            moves,
+        })
+    }
+
     /// Checks a MoveTenant request against the tenant and its fleet and records the move.
     async fn start_move(
         &self,
@@ -470,6 +590,23 @@ impl ControlPlane for ControlPlaneService {
         let result = self.start_move(&id, request).await;
         audit(&caller, "move_tenant", &id, &result);
         Ok(Response::new(convert::operation(&result?)))
+    }
+
+    async fn rebalance_fleet(
+        &self,
+        request: Request<pb::RebalanceFleetRequest>,
+    ) -> Result<Response<pb::RebalanceFleetResponse>, Status> {
+        let permission = if request.get_ref().execute {
+            Permission::Mutate
+        } else {
+            Permission::Read
+        };
+        let caller = self.authorize(&request, permission)?;
+        let result = self.rebalance(request.into_inner()).await;
+        if let Err(error) = &result {
+            tracing::warn!(caller = %caller.subject, error = %error, "rebalance_fleet failed");
+        }
+        Ok(Response::new(result?))
     }
 
     async fn rotate_credentials(

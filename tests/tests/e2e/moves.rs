@@ -607,3 +607,79 @@ async fn the_kept_source_is_dropped_after_the_retention() {
     assert_eq!(silo_on(&env, &target, &database).await, (true, true));
     cp.stop().await;
 }
+
+/// RebalanceFleet proposes the moves that even out the servers (a dry run changes nothing,
+/// a viewer may ask for it), and with `execute` starts them as moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_fleet_evens_out_the_servers() {
+    let env = TestEnv::start(2).await;
+    let cp = env.control_plane(Hooks::default()).await;
+    let tenants = ["t-a", "t-b", "t-c", "t-d"];
+    cp.onboard(&tenants).await;
+    // Everything onto pg0 first.
+    for tenant in tenants {
+        if cp.get_tenant(tenant).await.unwrap().placement != "pg0" {
+            let operation = move_tenant(&cp, tenant, "pg0", pb::MoveMethod::Copy, "gather")
+                .await
+                .unwrap();
+            cp.wait_succeeded(&operation.operation_id).await;
+        }
+    }
+    let rebalance = |execute: bool, role: &str| {
+        let mut client = cp.client();
+        let token = token(role);
+        async move {
+            client
+                .rebalance_fleet(with_token(
+                    pb::RebalanceFleetRequest {
+                        execute,
+                        max_moves: 0,
+                        method: pb::MoveMethod::Copy.into(),
+                        request_id: "even-out".into(),
+                    },
+                    &token,
+                ))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let dry = rebalance(false, "viewer").await.unwrap();
+    let count = |loads: &[pb::ServerLoad]| -> Vec<(String, u32)> {
+        loads
+            .iter()
+            .map(|l| (l.server.clone(), l.tenants))
+            .collect()
+    };
+    assert_eq!(count(&dry.before), [("pg0".into(), 4), ("pg1".into(), 0)]);
+    assert_eq!(count(&dry.after), [("pg0".into(), 2), ("pg1".into(), 2)]);
+    assert_eq!(dry.moves.len(), 2, "{dry:?}");
+    assert!(
+        dry.moves
+            .iter()
+            .all(|m| m.operation_id.is_empty() && m.to_server == "pg1")
+    );
+    assert!(dry.before[0].database_bytes > 0);
+    for tenant in tenants {
+        assert_eq!(
+            cp.get_tenant(tenant).await.unwrap().placement,
+            "pg0",
+            "a dry run moved {tenant}"
+        );
+    }
+    let refused = rebalance(true, "viewer").await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    let executed = rebalance(true, "admin").await.unwrap();
+    assert_eq!(executed.moves.len(), 2, "{executed:?}");
+    for moved in &executed.moves {
+        cp.wait_succeeded(&moved.operation_id).await;
+        assert_eq!(
+            cp.get_tenant(&moved.tenant_id).await.unwrap().placement,
+            "pg1"
+        );
+    }
+    let again = rebalance(true, "admin").await.unwrap();
+    assert!(again.moves.is_empty(), "a balanced fleet: {again:?}");
+    assert_eq!(count(&again.before), [("pg0".into(), 2), ("pg1".into(), 2)]);
+    cp.stop().await;
+}
