@@ -83,6 +83,19 @@ impl Onboarding {
                 Err(error) => return Ok(Outcome::Failed(error.to_string())),
             };
             let tenant = self.catalog.get_tenant(operation.tenant()?).await?;
+            // Honoured at a step boundary, unless the move has switched (RETIRING).
+            if params.cancel_requested && step != MoveStep::Retiring {
+                let fleet = match self.provisioners.get(&tenant.provisioner) {
+                    Some(AnyProvisioner::Postgres(fleet)) => Some(fleet),
+                    _ => None,
+                };
+                let cancelled = ProvisionError::Permanent("cancelled by request".into());
+                return self
+                    .move_failed(
+                        step, &tenant, &operation, &params, fleet, attempts, cancelled,
+                    )
+                    .await;
+            }
             let fleet = match self.provisioners.get(&tenant.provisioner) {
                 Some(AnyProvisioner::Postgres(fleet)) => fleet,
                 _ => {
