@@ -229,6 +229,28 @@ async fn move_under_load(method: pb::MoveMethod) {
     );
     let steps: Vec<&str> = done.steps.iter().map(|step| step.name.as_str()).collect();
     assert_eq!(steps, steps_of(method), "{done:?}");
+    // Progress in the steps' details.
+    let detail = |name: &str| {
+        done.steps
+            .iter()
+            .find(|step| step.name == name)
+            .map(|step| step.detail.clone())
+            .unwrap_or_default()
+    };
+    match method {
+        pb::MoveMethod::Copy => assert!(detail("COPYING").ends_with(" bytes"), "{done:?}"),
+        _ => {
+            assert!(
+                detail("SUBSCRIBING").contains("tables copied, lag"),
+                "{done:?}"
+            );
+            assert!(
+                detail("CATCHING_UP").starts_with("caught up in"),
+                "{done:?}"
+            );
+        }
+    }
+    assert!(detail("VERIFYING").contains(" rows"), "{done:?}");
     let record = cp.get_tenant("acme").await.unwrap();
     assert_eq!(record.placement, target);
     assert_eq!(record.state(), pb::TenantState::Active);
