@@ -546,6 +546,12 @@ async fn siloctl_moves_a_tenant_to_another_server() {
         .await,
     );
     assert!(copied["steps"].to_string().contains("COPYING"), "{copied}");
+    // A finished move cannot be cancelled.
+    let id = copied["operation_id"].as_str().unwrap();
+    let late = siloctl(&cp, &["tenants", "cancel-move", id]).await;
+    assert!(!late.status.success());
+    let said = String::from_utf8_lossy(&late.stderr);
+    assert!(said.contains("the move has finished"), "{said}");
     // One tenant on two servers: nothing to even out.
     let plan = stdout(&siloctl(&cp, &["rebalance"]).await);
     assert!(

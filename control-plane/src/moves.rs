@@ -59,6 +59,10 @@ fn subscribing(id: uuid::Uuid, change: Option<bool>) -> bool {
     }
 }
 
+/// SUBSCRIBING goes on to HOLDING only once the target is at most this far (bytes of WAL)
+/// behind the source, so the calls held while the rest arrives are held briefly.
+const MAX_LAG_TO_HOLD: i64 = 16 * 1024 * 1024;
+
 /// How long CATCHING_UP waits in one go for the target to confirm the source's last
 /// changes before it lets the worker go and comes back.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
@@ -83,6 +87,19 @@ impl Onboarding {
                 Err(error) => return Ok(Outcome::Failed(error.to_string())),
             };
             let tenant = self.catalog.get_tenant(operation.tenant()?).await?;
+            // Honoured at a step boundary, unless the move has switched (RETIRING).
+            if params.cancel_requested && step != MoveStep::Retiring {
+                let fleet = match self.provisioners.get(&tenant.provisioner) {
+                    Some(AnyProvisioner::Postgres(fleet)) => Some(fleet),
+                    _ => None,
+                };
+                let cancelled = ProvisionError::Permanent("cancelled by request".into());
+                return self
+                    .move_failed(
+                        step, &tenant, &operation, &params, fleet, attempts, cancelled,
+                    )
+                    .await;
+            }
             let fleet = match self.provisioners.get(&tenant.provisioner) {
                 Some(AnyProvisioner::Postgres(fleet)) => fleet,
                 _ => {
@@ -220,12 +237,24 @@ impl Onboarding {
                         "creating the subscription".into(),
                     )));
                 }
-                if !relocate::initial_copy_done(&target_admin, &spec).await? {
+                let (ready, tables) = relocate::initial_copy_progress(&target_admin, &spec).await?;
+                if ready < tables {
                     return Ok(Some(Outcome::Retry(
                         Duration::from_millis(100),
-                        "the initial copy is running".into(),
+                        format!("initial copy: {ready} of {tables} tables"),
                     )));
                 }
+                // Calls are held only while the last changes arrive: wait until few are left.
+                let lag = relocate::replication_lag(&source_admin, &spec)
+                    .await?
+                    .unwrap_or(0);
+                if lag > MAX_LAG_TO_HOLD {
+                    return Ok(Some(Outcome::Retry(
+                        Duration::from_millis(100),
+                        format!("replication lag {lag} bytes"),
+                    )));
+                }
+                detail = format!("{tables} tables copied, lag {lag} bytes");
             }
             MoveStep::Holding => {
                 if tenant.state == TenantState::Active {
@@ -263,6 +292,8 @@ impl Onboarding {
                     false,
                 )
                 .await?;
+                let bytes = relocate::database_bytes(&target_admin, &spec).await?;
+                detail = format!("{bytes} bytes");
             }
             MoveStep::CatchingUp => {
                 let source_admin = fleet.admin_access(&source).await?;

@@ -67,6 +67,9 @@ pub enum TenantsCommand {
     },
     /// Give the tenant's role a new password; routers recycle its pool.
     RotateCredentials { tenant_id: String },
+    /// Ask a running move (by its operation id) to stop: it gives up at its next step if it
+    /// has not switched, and the tenant stays where it was.
+    CancelMove { operation_id: String },
     /// Move an ACTIVE tenant's silo to another server of its fleet, and follow the move:
     /// routers hold the tenant's calls while it is copied (about a second for a small
     /// tenant), then send them to the new server.
@@ -323,6 +326,25 @@ pub async fn run(
                 follow(connection, operation, format).await?
             };
             finish(&operation, format)?;
+        }
+        TenantsCommand::CancelMove { operation_id } => {
+            let operation = client
+                .cancel_operation(connection.request(pb::CancelOperationRequest { operation_id })?)
+                .await?
+                .into_inner();
+            let operation = follow(connection, operation, format).await?;
+            if operation.status() == pb::OperationStatus::Failed
+                && operation.error.contains("cancelled by request")
+            {
+                // What was asked for: the move gave up.
+                println!("{}", output::operation_table(&operation));
+                println!(
+                    "move {} cancelled: {}",
+                    operation.operation_id, operation.error
+                );
+            } else {
+                finish(&operation, format)?;
+            }
         }
         TenantsCommand::RotateCredentials { tenant_id } => {
             let tenant = client

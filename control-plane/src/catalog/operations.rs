@@ -162,6 +162,40 @@ impl Catalog {
         load(&*conn, &row).await
     }
 
+    /// Records that the move `id` should stop (see [`MoveParams::cancel_requested`]) and
+    /// returns it.
+    ///
+    /// # Errors
+    /// [`CatalogError::OperationNotFound`]; [`CatalogError::Conflict`] for an operation
+    /// that is no move or has finished.
+    pub async fn request_cancel(&self, id: Uuid) -> Result<OperationRecord, CatalogError> {
+        let conn = self.conn().await?;
+        let updated = conn
+            .execute(
+                "UPDATE operations SET params = params || '{\"cancel_requested\": true}'::jsonb,
+                        updated_at = now()
+                 WHERE operation_id = $1 AND kind = $2 AND status = 'pending'",
+                &[&id, &OperationKind::MoveTenant.as_str()],
+            )
+            .await?;
+        drop(conn);
+        let operation = self.get_operation(id).await?;
+        if updated == 0 {
+            return Err(CatalogError::Conflict(
+                if operation.kind == OperationKind::MoveTenant {
+                    "the move has finished".into()
+                } else {
+                    format!(
+                        "only moves can be cancelled, not {}",
+                        operation.kind.as_str()
+                    )
+                },
+            ));
+        }
+        self.changes.notify();
+        Ok(operation)
+    }
+
     /// Whether an unfinished operation of `kind` other than `except` exists for the tenant.
     pub async fn has_pending(
         &self,

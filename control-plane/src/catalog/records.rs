@@ -357,6 +357,10 @@ pub struct MoveParams {
     pub target_server: String,
     /// How the data is copied.
     pub method: MoveMethod,
+    /// CancelOperation asked the move to stop: it gives up at its next step boundary
+    /// unless it has switched.
+    #[serde(default)]
+    pub cancel_requested: bool,
 }
 
 /// A row of `operations` with its steps: a long-running, idempotent request (create,

@@ -459,26 +459,72 @@ pub async fn subscribe(
     Ok(())
 }
 
-/// Whether the subscription's initial copy of every table is done.
+/// The subscription's initial copy: tables done (`ready`) and in all.
 ///
 /// # Errors
 /// As [`classify`] says.
-pub async fn initial_copy_done(
+pub async fn initial_copy_progress(
     target: &AdminAccess,
     tenant: &TenantSpec,
-) -> Result<bool, ProvisionError> {
+) -> Result<(i64, i64), ProvisionError> {
     let client = inside(target, tenant).await?;
-    let waiting: i64 = client
+    let row = client
         .query_one(
-            "SELECT count(*) FROM pg_subscription_rel r
-             JOIN pg_subscription s ON s.oid = r.srsubid
-             WHERE s.subname = $1 AND r.srsubstate <> 'r'",
+            "SELECT count(*) FILTER (WHERE r.srsubstate = 'r'), count(*)
+             FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid
+             WHERE s.subname = $1",
             &[&subscription(tenant)],
         )
         .await
-        .map_err(|e| classify("looking at the initial copy", &e))?
-        .get(0);
-    Ok(waiting == 0)
+        .map_err(|e| classify("looking at the initial copy", &e))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// How far (bytes of WAL) the target's confirmed position is behind the source's
+/// current one; `None` while the slot does not exist.
+///
+/// # Errors
+/// As [`classify`] says.
+pub async fn replication_lag(
+    source: &AdminAccess,
+    tenant: &TenantSpec,
+) -> Result<Option<i64>, ProvisionError> {
+    let client = connect(
+        &source.config,
+        &source.connector,
+        "connecting to the server as admin",
+    )
+    .await?;
+    Ok(client
+        .query_opt(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&subscription(tenant)],
+        )
+        .await
+        .map_err(|e| classify("reading the replication lag", &e))?
+        .and_then(|row| row.get(0)))
+}
+
+/// Bytes of the tenant's database on the server.
+///
+/// # Errors
+/// As [`classify`] says.
+pub async fn database_bytes(
+    admin: &AdminAccess,
+    tenant: &TenantSpec,
+) -> Result<i64, ProvisionError> {
+    let client = connect(
+        &admin.config,
+        &admin.connector,
+        "connecting to the server as admin",
+    )
+    .await?;
+    Ok(client
+        .query_one("SELECT pg_database_size($1::text)", &[&tenant.database])
+        .await
+        .map_err(|e| classify("reading the database size", &e))?
+        .get(0))
 }
 
 /// Waits (up to `within`) until the target has confirmed every change the source wrote

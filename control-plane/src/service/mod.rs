@@ -318,6 +318,7 @@ impl ControlPlaneService {
             source_server,
             target_server: request.target_server,
             method,
+            cancel_requested: false,
         };
         Ok(self.catalog.start_move(id, &request_id, &params).await?)
     }
@@ -589,6 +590,30 @@ impl ControlPlane for ControlPlaneService {
         let id = tenant_id(&request.tenant_id)?;
         let result = self.start_move(&id, request).await;
         audit(&caller, "move_tenant", &id, &result);
+        Ok(Response::new(convert::operation(&result?)))
+    }
+
+    async fn cancel_operation(
+        &self,
+        request: Request<pb::CancelOperationRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let caller = self.authorize(&request, Permission::Mutate)?;
+        let id = parse_operation_id(&request.get_ref().operation_id)?;
+        let result = self
+            .catalog
+            .request_cancel(id)
+            .await
+            .map_err(ControlPlaneError::from);
+        if let Ok(operation) = &result
+            && let Some(tenant) = &operation.tenant_id
+        {
+            audit(
+                &caller,
+                "cancel_operation",
+                tenant,
+                &Ok::<(), ControlPlaneError>(()),
+            );
+        }
         Ok(Response::new(convert::operation(&result?)))
     }
 

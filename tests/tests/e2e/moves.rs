@@ -229,6 +229,28 @@ async fn move_under_load(method: pb::MoveMethod) {
     );
     let steps: Vec<&str> = done.steps.iter().map(|step| step.name.as_str()).collect();
     assert_eq!(steps, steps_of(method), "{done:?}");
+    // Progress in the steps' details.
+    let detail = |name: &str| {
+        done.steps
+            .iter()
+            .find(|step| step.name == name)
+            .map(|step| step.detail.clone())
+            .unwrap_or_default()
+    };
+    match method {
+        pb::MoveMethod::Copy => assert!(detail("COPYING").ends_with(" bytes"), "{done:?}"),
+        _ => {
+            assert!(
+                detail("SUBSCRIBING").contains("tables copied, lag"),
+                "{done:?}"
+            );
+            assert!(
+                detail("CATCHING_UP").starts_with("caught up in"),
+                "{done:?}"
+            );
+        }
+    }
+    assert!(detail("VERIFYING").contains(" rows"), "{done:?}");
     let record = cp.get_tenant("acme").await.unwrap();
     assert_eq!(record.placement, target);
     assert_eq!(record.state(), pb::TenantState::Active);
@@ -681,5 +703,72 @@ async fn rebalance_fleet_evens_out_the_servers() {
     let again = rebalance(true, "admin").await.unwrap();
     assert!(again.moves.is_empty(), "a balanced fleet: {again:?}");
     assert_eq!(count(&again.before), [("pg0".into(), 2), ("pg1".into(), 2)]);
+    cp.stop().await;
+}
+
+/// CancelOperation stops a move that has not switched: it gives up at its next step
+/// boundary and the tenant stays where it was. Only a running move can be cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_move_leaves_the_tenant_where_it_was() {
+    let env = TestEnv::start(2).await;
+    let cp = env.control_plane(Hooks::default()).await;
+    cp.onboard(&["acme"]).await;
+    let (source, target) = servers_of(&cp, "acme").await;
+    let database = cp.get_tenant("acme").await.unwrap().database;
+    let create = cp.create_tenant("globex", "g").await.unwrap();
+    cp.wait_succeeded(&create.operation_id).await;
+    cp.stop().await;
+
+    let cancel = |cp: &TestControlPlane, id: &str, role: &str| {
+        let mut client = cp.client();
+        let request = with_token(
+            pb::CancelOperationRequest {
+                operation_id: id.into(),
+            },
+            &token(role),
+        );
+        async move { client.cancel_operation(request).await }
+    };
+    // No worker takes the move before it is cancelled.
+    let idle = env
+        .control_plane_with(env.config(&["--workers=0"]), Hooks::default())
+        .await;
+    let operation = move_tenant(&idle, "acme", &target, pb::MoveMethod::Replicate, "c")
+        .await
+        .unwrap();
+    let viewer = cancel(&idle, &operation.operation_id, "viewer")
+        .await
+        .unwrap_err();
+    assert_eq!(viewer.code(), Code::PermissionDenied);
+    cancel(&idle, &operation.operation_id, "admin")
+        .await
+        .expect("cancel");
+    let other = cancel(&idle, &create.operation_id, "admin")
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::FailedPrecondition, "{other:?}");
+    let unknown = cancel(&idle, "4bf92f35-77b3-4ce9-a3ce-929d0e0e4736", "admin")
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    idle.stop().await;
+
+    let cp = env.control_plane(Hooks::default()).await;
+    let done = cp
+        .wait_done(&operation.operation_id, Duration::from_secs(30))
+        .await;
+    assert_eq!(done.status(), pb::OperationStatus::Failed, "{done:?}");
+    assert!(done.error.contains("cancelled"), "{done:?}");
+    let record = cp.get_tenant("acme").await.unwrap();
+    assert_eq!(
+        (record.placement.as_str(), record.state()),
+        (source.as_str(), pb::TenantState::Active)
+    );
+    assert_eq!(silo_on(&env, &source, &database).await, (true, true));
+    assert_eq!(silo_on(&env, &target, &database).await, (false, false));
+    let finished = cancel(&cp, &operation.operation_id, "admin")
+        .await
+        .unwrap_err();
+    assert_eq!(finished.code(), Code::FailedPrecondition, "{finished:?}");
     cp.stop().await;
 }
