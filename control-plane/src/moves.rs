@@ -180,7 +180,7 @@ impl Onboarding {
                 let target_admin = fleet.admin_access(&target).await?;
                 if !relocate::subscription_exists(&target_admin, &spec).await? {
                     if subscribing(operation.id, None) {
-                        return Ok(Some(Outcome::Retry(
+                        return Ok(Some(Outcome::Wait(
                             Duration::from_millis(200),
                             "creating the subscription (its replication slot waits for the \
                              source server's running transactions)"
@@ -232,14 +232,14 @@ impl Onboarding {
                         }
                         subscribing(id, Some(false));
                     });
-                    return Ok(Some(Outcome::Retry(
+                    return Ok(Some(Outcome::Wait(
                         Duration::from_millis(200),
                         "creating the subscription".into(),
                     )));
                 }
                 let (ready, tables) = relocate::initial_copy_progress(&target_admin, &spec).await?;
                 if ready < tables {
-                    return Ok(Some(Outcome::Retry(
+                    return Ok(Some(Outcome::Wait(
                         Duration::from_millis(100),
                         format!("initial copy: {ready} of {tables} tables"),
                     )));
@@ -249,7 +249,7 @@ impl Onboarding {
                     .await?
                     .unwrap_or(0);
                 if lag > MAX_LAG_TO_HOLD {
-                    return Ok(Some(Outcome::Retry(
+                    return Ok(Some(Outcome::Wait(
                         Duration::from_millis(100),
                         format!("replication lag {lag} bytes"),
                     )));
@@ -300,7 +300,7 @@ impl Onboarding {
                 let target_admin = fleet.admin_access(&target).await?;
                 let started = std::time::Instant::now();
                 if !relocate::catch_up(&source_admin, &target_admin, &spec, CATCH_UP_WAIT).await? {
-                    return Ok(Some(Outcome::Retry(
+                    return Ok(Some(Outcome::Wait(
                         Duration::from_millis(10),
                         "the target has not confirmed the last changes yet".into(),
                     )));

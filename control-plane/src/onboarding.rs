@@ -46,7 +46,12 @@ pub struct Hooks {
 pub(crate) enum Outcome {
     Done,
     Failed(String),
+    /// Try again after the delay: something failed; counts as an attempt.
     Retry(Duration, String),
+    /// Come back after the delay: waiting for something outside (an instance coming up,
+    /// a copy running, another operation stopping); not an attempt, so a long wait does not
+    /// use up the attempts a later transient failure gets.
+    Wait(Duration, String),
 }
 
 #[derive(Debug)]
@@ -181,14 +186,18 @@ impl Onboarding {
                     claimed.finish(&self.catalog, Some(&reason)).await?;
                 }
                 Ok(Outcome::Retry(delay, note)) => {
+                    tracing::debug!(delay_ms = delay.as_millis() as u64, note = %note, "operation retries");
+                    claimed.retry_after(delay, &note, true).await?;
+                }
+                Ok(Outcome::Wait(delay, note)) => {
                     tracing::debug!(delay_ms = delay.as_millis() as u64, note = %note, "operation waits");
-                    claimed.retry_after(delay, &note).await?;
+                    claimed.retry_after(delay, &note, false).await?;
                 }
                 Err(StepError::Halted(Halted)) => return Err(RunError::Halted),
                 Err(StepError::Catalog(error)) => {
                     tracing::warn!(error = %error, "catalog error during a step; retrying");
                     claimed
-                        .retry_after(backoff(attempts), "catalog unavailable")
+                        .retry_after(backoff(attempts), "catalog unavailable", true)
                         .await?;
                 }
             }
@@ -253,7 +262,7 @@ impl Onboarding {
         let mut current: Option<(TenantState, std::time::Instant)> = None;
         loop {
             if shutdown.is_cancelled() {
-                return Ok(Outcome::Retry(
+                return Ok(Outcome::Wait(
                     Duration::ZERO,
                     "control plane stopping".into(),
                 ));
@@ -351,7 +360,7 @@ impl Onboarding {
                         status,
                         retry_after,
                     } => {
-                        return Ok(Some(Outcome::Retry(retry_after, status)));
+                        return Ok(Some(Outcome::Wait(retry_after, status)));
                     }
                     Availability::Ready => {
                         let mut t = next(
@@ -435,7 +444,7 @@ impl Onboarding {
             .has_pending(OperationKind::CreateTenant, &tenant.id, operation.id)
             .await?
         {
-            return Ok(Outcome::Retry(
+            return Ok(Outcome::Wait(
                 Duration::from_millis(200),
                 "waiting for onboarding to stop".into(),
             ));
@@ -455,7 +464,7 @@ impl Onboarding {
                     status,
                     retry_after,
                 }) => {
-                    return Ok(Outcome::Retry(retry_after, status));
+                    return Ok(Outcome::Wait(retry_after, status));
                 }
                 Err(error) if error.is_transient() && attempts + 1 < self.max_attempts as i32 => {
                     return Ok(Outcome::Retry(backoff(attempts), error.to_string()));

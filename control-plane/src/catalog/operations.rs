@@ -289,15 +289,21 @@ impl ClaimedOperation<'_> {
         Ok(())
     }
 
-    /// Releases the claim; the operation is due again after `delay`.
-    pub async fn retry_after(self, delay: Duration, note: &str) -> Result<(), CatalogError> {
+    /// Releases the claim; the operation is due again after `delay`. `attempt`: the pass
+    /// failed and counts against `--max-step-attempts`; a wait does not.
+    pub async fn retry_after(
+        self,
+        delay: Duration,
+        note: &str,
+        attempt: bool,
+    ) -> Result<(), CatalogError> {
         let millis = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
         self.client
             .execute(
-                "UPDATE operations SET attempts = attempts + 1, updated_at = now(),
+                "UPDATE operations SET attempts = attempts + $3::int, updated_at = now(),
                         next_attempt_at = now() + make_interval(secs => $2::bigint / 1000.0)
                  WHERE operation_id = $1",
-                &[&self.operation.id, &millis],
+                &[&self.operation.id, &millis, &i32::from(attempt)],
             )
             .await?;
         self.client

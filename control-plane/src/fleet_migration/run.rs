@@ -64,7 +64,7 @@ impl Onboarding {
                 .await;
             results.into_iter().collect::<Result<Vec<()>, _>>()?;
             if shutdown.is_cancelled() {
-                return Ok(Outcome::Retry(
+                return Ok(Outcome::Wait(
                     Duration::ZERO,
                     "control plane stopping".into(),
                 ));

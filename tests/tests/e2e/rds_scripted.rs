@@ -303,3 +303,31 @@ async fn an_instance_lost_after_the_grace_window_is_created_again() {
     assert_eq!(s.fake.calls(CREATE), 2);
     assert_serves(&s.cp, "acme").await;
 }
+
+/// Waiting for an instance is not failing: after more polls than `--max-step-attempts`, a
+/// DescribeDBInstances throttled past the SDK's own retries is still retried (polls used to
+/// count as attempts, so the first transient error after a long creation failed the
+/// tenant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_wait_leaves_the_attempts_to_a_later_transient_error() {
+    let s = setup_with(&["--max-step-attempts=3"], |fake| {
+        fake.script_create(&["creating"]);
+    })
+    .await;
+    let operation = s.cp.create_tenant("acme", "req-acme").await.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "six polls of a creating instance",
+        || async { (s.fake.calls(DESCRIBE) >= 6).then_some(()) },
+    )
+    .await;
+    // More throttles than the SDK retries (--rds-max-attempts=3): the step sees a
+    // transient error.
+    for _ in 0..4 {
+        s.fake.fail_next(DESCRIBE, Fault::throttling());
+    }
+    s.fake.set_status("silo-acme", "available");
+    let done = s.cp.wait_done(&operation.operation_id, DONE).await;
+    assert_succeeded(&done);
+    assert_serves(&s.cp, "acme").await;
+}
