@@ -164,6 +164,12 @@ pub struct ControlPlaneConfig {
     #[arg(long, env = "SILO_PG_BIN_DIR")]
     pub pg_bin_dir: Option<std::path::PathBuf>,
 
+    /// A move by replication whose target has not confirmed the source's last changes this
+    /// long after the tenant's calls started being held is given up (the tenant is served
+    /// from its source again), in seconds.
+    #[arg(long, env = "SILO_MOVE_CATCH_UP_LIMIT_SECS", default_value_t = 10)]
+    pub move_catch_up_limit_secs: u64,
+
     /// JWT verification of callers (`--jwt-*` flags; see the auth crate).
     #[command(flatten)]
     pub jwt: JwtArgs,

@@ -63,9 +63,9 @@ fn subscribing(id: uuid::Uuid, change: Option<bool>) -> bool {
 /// behind the source, so the calls held while the rest arrives are held briefly.
 const MAX_LAG_TO_HOLD: i64 = 16 * 1024 * 1024;
 
-/// How long CATCHING_UP waits in one go for the target to confirm the source's last
-/// changes before it lets the worker go and comes back.
-const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+/// The least time CATCHING_UP waits for the target to confirm the source's last changes,
+/// even when resumed after its limit.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 
 impl Onboarding {
     /// Runs a move from its open step to its end (or to a wait).
@@ -179,6 +179,17 @@ impl Onboarding {
                 let source_admin = fleet.admin_access(&source).await?;
                 let target_admin = fleet.admin_access(&target).await?;
                 if !relocate::subscription_exists(&target_admin, &spec).await? {
+                    let unreplicable =
+                        relocate::tables_without_replica_identity(&source_admin, &spec).await?;
+                    if !unreplicable.is_empty() {
+                        return Err(ProvisionError::Permanent(format!(
+                            "tables without a primary key or replica identity cannot be \
+                             replicated (UPDATE and DELETE on them would fail during the move): \
+                             {}; move with copy",
+                            unreplicable.join(", ")
+                        ))
+                        .into());
+                    }
                     if subscribing(operation.id, None) {
                         return Ok(Some(Outcome::Wait(
                             Duration::from_millis(200),
@@ -299,11 +310,25 @@ impl Onboarding {
                 let source_admin = fleet.admin_access(&source).await?;
                 let target_admin = fleet.admin_access(&target).await?;
                 let started = std::time::Instant::now();
-                if !relocate::catch_up(&source_admin, &target_admin, &spec, CATCH_UP_WAIT).await? {
-                    return Ok(Some(Outcome::Wait(
-                        Duration::from_millis(10),
-                        "the target has not confirmed the last changes yet".into(),
-                    )));
+                // The tenant's calls are held (and fail after the routers' hold) while this
+                // step runs: a target that does not catch up gives the move up.
+                // One pass waits for the rest of the limit: the source's WAL position it
+                // waits for is read once (the catalog may share that server and go on
+                // writing, so a new pass would chase a moving target).
+                let running_for = operation
+                    .current_step()
+                    .and_then(|step| step.started_at.elapsed().ok())
+                    .unwrap_or_default();
+                let left = self
+                    .move_catch_up_limit
+                    .saturating_sub(running_for)
+                    .max(CATCH_UP_WAIT);
+                if !relocate::catch_up(&source_admin, &target_admin, &spec, left).await? {
+                    return Err(ProvisionError::Permanent(format!(
+                        "the target did not confirm the source's last changes within {} s",
+                        self.move_catch_up_limit.as_secs()
+                    ))
+                    .into());
                 }
                 detail = format!("caught up in {} ms", started.elapsed().as_millis());
             }
@@ -424,10 +449,13 @@ impl Onboarding {
         let source = fleet
             .admin_access(&fleet.placement_on(&params.source_server)?)
             .await?;
-        relocate::reopen_source(&source, spec).await?;
         let target = fleet
             .admin_access(&fleet.placement_on(&params.target_server)?)
             .await?;
+        if params.method == MoveMethod::Replicate {
+            relocate::unsubscribe(&source, &target, spec).await?;
+        }
+        relocate::reopen_source(&source, spec).await?;
         bootstrap::teardown(&target, spec, false).await
     }
 

@@ -70,6 +70,8 @@ pub struct Onboarding {
     pub(crate) metrics: crate::metrics::ControlPlaneMetrics,
     /// Where `pg_dump` and `pg_restore` are (`--pg-bin-dir`); `None`: looked for.
     pub(crate) pg_bin_dir: Option<std::path::PathBuf>,
+    /// How long CATCHING_UP may take before the move is given up (`--move-catch-up-limit-secs`).
+    pub(crate) move_catch_up_limit: Duration,
 }
 
 /// Every worker retries while the catalog is down: one warning per interval for all of

@@ -579,7 +579,10 @@ pub async fn catch_up(
     for row in sequences {
         let (name, value): (String, i64) = (row.get(0), row.get(1));
         subscriber
-            .execute("SELECT setval($1::regclass, $2, true)", &[&name, &value])
+            .execute(
+                "SELECT setval($1::text::regclass, $2, true)",
+                &[&name, &value],
+            )
             .await
             .map_err(run("setting a sequence on the target"))?;
     }
@@ -599,7 +602,7 @@ pub async fn unsubscribe(
 ) -> Result<(), ProvisionError> {
     let run = |context: &'static str| move |e: tokio_postgres::Error| classify(context, &e);
     let name = subscription(tenant);
-    if let Ok(subscriber) = inside(target, tenant).await {
+    if let Some(subscriber) = inside_if_exists(target, tenant).await? {
         let exists = subscriber
             .query_opt("SELECT 1 FROM pg_subscription WHERE subname = $1", &[&name])
             .await
@@ -618,15 +621,13 @@ pub async fn unsubscribe(
             }
         }
     }
-    let server = connect(
-        &source.config,
-        &source.connector,
-        "connecting to the server as admin",
-    )
-    .await?;
+    // A logical slot can only be dropped from the database it was made in.
+    let Some(publisher) = inside_if_exists(source, tenant).await? else {
+        return Ok(());
+    };
     let slots = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1";
     for _ in 0..300 {
-        server
+        publisher
             .execute(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
                  WHERE slot_name = $1 AND NOT active",
@@ -634,7 +635,7 @@ pub async fn unsubscribe(
             )
             .await
             .map_err(run("dropping the move's replication slot"))?;
-        let left: i64 = server
+        let left: i64 = publisher
             .query_one(slots, &[&name])
             .await
             .map_err(run("looking up the move's replication slot"))?
@@ -644,7 +645,7 @@ pub async fn unsubscribe(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let left: i64 = server
+    let left: i64 = publisher
         .query_one(slots, &[&name])
         .await
         .map_err(run("looking up the move's replication slot"))?
@@ -654,13 +655,38 @@ pub async fn unsubscribe(
             "the move's replication slot is still in use".into(),
         ));
     }
-    if let Ok(publisher) = inside(source, tenant).await {
-        publisher
-            .batch_execute(&format!("DROP PUBLICATION IF EXISTS {PUBLICATION}"))
-            .await
-            .map_err(run("dropping the move's publication"))?;
-    }
+    publisher
+        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {PUBLICATION}"))
+        .await
+        .map_err(run("dropping the move's publication"))?;
     Ok(())
+}
+
+/// The admin's session in the tenant's database; `None` when the database does not exist
+/// (there is nothing in it to remove).
+async fn inside_if_exists(
+    admin: &AdminAccess,
+    tenant: &TenantSpec,
+) -> Result<Option<tokio_postgres::Client>, ProvisionError> {
+    let client = connect(
+        &admin.config,
+        &admin.connector,
+        "connecting to the server as admin",
+    )
+    .await?;
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&tenant.database],
+        )
+        .await
+        .map_err(|e| classify("looking up the tenant database", &e))?
+        .is_some();
+    drop(client);
+    if !exists {
+        return Ok(None);
+    }
+    inside(admin, tenant).await.map(Some)
 }
 
 /// Whether the target database has the move's subscription.
@@ -680,4 +706,34 @@ pub async fn subscription_exists(
         .await
         .map_err(|e| classify("looking up the move's subscription", &e))?
         .is_some())
+}
+
+/// Tables of the tenant's database without a replica identity (no primary key and
+/// `REPLICA IDENTITY DEFAULT`, or `NOTHING`): with a publication of every table, UPDATE and
+/// DELETE on them fail. At most ten names.
+///
+/// # Errors
+/// As [`classify`] says.
+pub async fn tables_without_replica_identity(
+    admin: &AdminAccess,
+    tenant: &TenantSpec,
+) -> Result<Vec<String>, ProvisionError> {
+    let client = inside(admin, tenant).await?;
+    Ok(client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p')
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+               AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS (
+                    SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))
+             ORDER BY 1 LIMIT 10",
+            &[],
+        )
+        .await
+        .map_err(|e| classify("looking for tables without a replica identity", &e))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
 }

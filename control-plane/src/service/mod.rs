@@ -300,9 +300,24 @@ impl ControlPlaneService {
                 use crate::provisioner::Provisioner as _;
                 let admin = fleet.admin_access(placement).await?;
                 let level = crate::provisioner::relocate::wal_level(&admin).await?;
+                let spec = crate::provisioner::TenantSpec::of(&tenant);
+                let unreplicable = if level == "logical" {
+                    crate::provisioner::relocate::tables_without_replica_identity(&admin, &spec)
+                        .await?
+                } else {
+                    Vec::new()
+                };
                 match (asked, level.as_str()) {
-                    (_, "logical") => MoveMethod::Replicate,
+                    (_, "logical") if unreplicable.is_empty() => MoveMethod::Replicate,
                     (pb::MoveMethod::Unspecified, _) => MoveMethod::Copy,
+                    (_, "logical") => {
+                        return Err(ControlPlaneError::Conflict(format!(
+                            "tables without a primary key or replica identity cannot be \
+                             replicated (UPDATE and DELETE on them would fail during the \
+                             move): {}; move with MOVE_METHOD_COPY",
+                            unreplicable.join(", ")
+                        )));
+                    }
                     _ => {
                         return Err(ControlPlaneError::Conflict(format!(
                             "replicate needs wal_level = logical on the source server {} (it \

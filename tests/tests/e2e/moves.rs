@@ -413,8 +413,9 @@ async fn crash_after_every_step(method: pb::MoveMethod) {
         {
             let silo = env.admin_client(server_index(&source), &database).await;
             silo.batch_execute(
-                "CREATE TABLE IF NOT EXISTS kept (n int);
-                 INSERT INTO kept SELECT generate_series(1, 10)",
+                "CREATE TABLE IF NOT EXISTS kept
+                     (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, n int);
+                 INSERT INTO kept (n) SELECT generate_series(1, 10)",
             )
             .await
             .unwrap();
@@ -771,4 +772,123 @@ async fn a_cancelled_move_leaves_the_tenant_where_it_was() {
         .unwrap_err();
     assert_eq!(finished.code(), Code::FailedPrecondition, "{finished:?}");
     cp.stop().await;
+}
+
+/// A table without a primary key (or replica identity) cannot be replicated without making
+/// the tenant's UPDATEs and DELETEs on it fail: `replicate` is refused naming it, and the
+/// default method copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_without_a_primary_key_refuses_replicate_and_the_default_copies() {
+    let env = TestEnv::start(2).await;
+    let cp = env.control_plane(Hooks::default()).await;
+    cp.onboard(&["acme"]).await;
+    let (source, target) = servers_of(&cp, "acme").await;
+    let database = cp.get_tenant("acme").await.unwrap().database;
+    env.admin_client(server_index(&source), &database)
+        .await
+        .batch_execute("CREATE TABLE loose (n int); INSERT INTO loose VALUES (1)")
+        .await
+        .unwrap();
+    let refused = move_tenant(&cp, "acme", &target, pb::MoveMethod::Replicate, "r")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("public.loose"), "{refused:?}");
+    let moved = move_tenant(&cp, "acme", &target, pb::MoveMethod::Unspecified, "d")
+        .await
+        .unwrap();
+    let done = cp.wait_succeeded(&moved.operation_id).await;
+    let steps: Vec<&str> = done.steps.iter().map(|step| step.name.as_str()).collect();
+    assert_eq!(steps, steps_of(pb::MoveMethod::Copy), "{done:?}");
+    cp.stop().await;
+}
+
+/// A target that does not catch up while the tenant's calls are held gives the move up
+/// after `--move-catch-up-limit-secs`: here its subscription is disabled by hand while the
+/// control plane is down after HOLDING, and the tenant is served from its source again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_does_not_catch_up_gives_the_move_up() {
+    let env = TestEnv::start(2).await;
+    let onboarding = env.control_plane(Hooks::default()).await;
+    onboarding.onboard(&["acme"]).await;
+    let (source, target) = servers_of(&onboarding, "acme").await;
+    let database = onboarding.get_tenant("acme").await.unwrap().database;
+    onboarding.stop().await;
+
+    // Transitions of a replicate move: PREPARING done, SUBSCRIBING done, MOVING, HOLDING done.
+    let (hooks, crashed) = crash_at_transition(4);
+    let first = env
+        .control_plane_with(env.config(&["--workers=1"]), hooks)
+        .await;
+    let operation = move_tenant(&first, "acme", &target, pb::MoveMethod::Replicate, "stuck")
+        .await
+        .unwrap();
+    silo_tests::eventually(
+        Duration::from_secs(30),
+        "the worker to stop after HOLDING",
+        || async { crashed.load(Ordering::SeqCst).then_some(()) },
+    )
+    .await;
+    first.abort();
+    let subscriber = env.admin_client(server_index(&target), &database).await;
+    let name: String = subscriber
+        .query_one("SELECT subname::text FROM pg_subscription", &[])
+        .await
+        .unwrap()
+        .get(0);
+    subscriber
+        .batch_execute(&format!("ALTER SUBSCRIPTION \"{name}\" DISABLE"))
+        .await
+        .unwrap();
+    // A change the disabled subscription never confirms.
+    env.admin_client(server_index(&source), &database)
+        .await
+        .batch_execute(
+            "CREATE TABLE after_hold (id int PRIMARY KEY); INSERT INTO after_hold VALUES (1)",
+        )
+        .await
+        .unwrap();
+
+    let second = env
+        .control_plane_with(
+            env.config(&["--move-catch-up-limit-secs=1"]),
+            Hooks::default(),
+        )
+        .await;
+    let done = second
+        .wait_done(&operation.operation_id, Duration::from_secs(30))
+        .await;
+    assert_eq!(done.status(), pb::OperationStatus::Failed, "{done:?}");
+    assert!(done.error.contains("did not confirm"), "{done:?}");
+    let record = second.get_tenant("acme").await.unwrap();
+    assert_eq!(
+        (record.placement.as_str(), record.state()),
+        (source.as_str(), pb::TenantState::Active)
+    );
+    assert_eq!(silo_on(&env, &target, &database).await, (false, false));
+    let router = TestRouter::start(&second, PoolConfig::default()).await;
+    let served = router
+        .client
+        .clone()
+        .query(call(
+            rpb::QueryRequest {
+                statement: statement("SELECT current_database()", vec![]),
+                max_rows: 0,
+            },
+            &tenant_token("acme"),
+            None,
+        ))
+        .await;
+    assert!(served.is_ok(), "{served:?}");
+    for server in ["pg0", "pg1"] {
+        let slots: i64 = env
+            .admin_client(server_index(server), "postgres")
+            .await
+            .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(slots, 0, "a slot left on {server}");
+    }
+    second.stop().await;
 }
