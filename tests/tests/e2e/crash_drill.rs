@@ -256,3 +256,153 @@ async fn onboarding_survives_sigkill_at_random_moments() {
     let bound = Duration::from_secs(setting("SILO_DRILL_P99_SECS", 10));
     assert!(p(0.99) <= bound, "p99 {:?} over {bound:?}", p(0.99));
 }
+
+/// The move drill: one tenant moved back and forth between two servers, by replication and
+/// by copy in turn, the control plane (a real process) killed with SIGKILL at a random
+/// moment of each move and restarted at once. Each move then finishes with the tenant
+/// ACTIVE on its target, one database of its name on the two servers, no replication slot
+/// or subscription left, and every row written before the moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_survive_sigkill_at_random_moments() {
+    let seed = setting("SILO_DRILL_SEED", 20_261_130);
+    let rounds = setting("SILO_DRILL_MOVES", 4);
+    println!("move drill: seed {seed}, {rounds} moves");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let env = TestEnv::start(2).await;
+    let port = free_port();
+    let mut primary = Process::start(&env, port);
+    let mut client = primary.client().await;
+    client
+        .create_tenant(with_token(
+            pb::CreateTenantRequest {
+                tenant_id: "mover".into(),
+                display_name: "mover".into(),
+                tier: String::new(),
+                request_id: format!("move-drill-{seed}"),
+            },
+            &token("admin"),
+        ))
+        .await
+        .expect("create accepted");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let tenant = loop {
+        if let Some(tenant) = state_of(&mut client, "mover").await
+            && tenant.state() == pb::TenantState::Active
+        {
+            break tenant;
+        }
+        assert!(Instant::now() < deadline, "mover onboarded");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let index = |server: &str| usize::from(server == "pg1");
+    env.admin_client(index(&tenant.placement), &tenant.database)
+        .await
+        .batch_execute(
+            "CREATE TABLE kept (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, n int);
+             INSERT INTO kept (n) SELECT generate_series(1, 1000)",
+        )
+        .await
+        .unwrap();
+
+    for round in 0..rounds {
+        let from = state_of(&mut client, "mover")
+            .await
+            .expect("mover")
+            .placement;
+        let to = if from == "pg0" { "pg1" } else { "pg0" };
+        let method = if round % 2 == 0 {
+            pb::MoveMethod::Replicate
+        } else {
+            pb::MoveMethod::Copy
+        };
+        let operation = client
+            .move_tenant(with_token(
+                pb::MoveTenantRequest {
+                    tenant_id: "mover".into(),
+                    target_server: to.into(),
+                    method: method.into(),
+                    request_id: format!("move-drill-{seed}-{round}"),
+                },
+                &token("admin"),
+            ))
+            .await
+            .expect("move accepted")
+            .into_inner();
+        let kill_after = Duration::from_millis(rng.random_range(20..1500));
+        tokio::time::sleep(kill_after).await;
+        drop(primary);
+        primary = Process::start(&env, port);
+        client = primary.client().await;
+
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let done = loop {
+            let op = client
+                .get_operation(with_token(
+                    pb::GetOperationRequest {
+                        operation_id: operation.operation_id.clone(),
+                    },
+                    &token("admin"),
+                ))
+                .await
+                .expect("operation")
+                .into_inner();
+            if op.done {
+                break op;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "seed {seed}, move {round}: not done: {op:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
+        assert_eq!(
+            done.status(),
+            pb::OperationStatus::Succeeded,
+            "seed {seed}, move {round} ({method:?}, killed after {kill_after:?}): {}",
+            done.error
+        );
+        let tenant = state_of(&mut client, "mover").await.expect("mover");
+        assert_eq!(
+            (tenant.placement.as_str(), tenant.state()),
+            (to, pb::TenantState::Active)
+        );
+        let mut databases = 0;
+        for server in 0..2 {
+            let admin = env.admin_client(server, "postgres").await;
+            let count = |sql: &'static str| {
+                let admin = &admin;
+                let name = tenant.database.clone();
+                async move {
+                    let n: i64 = admin.query_one(sql, &[&name]).await.unwrap().get(0);
+                    n
+                }
+            };
+            databases += count("SELECT count(*) FROM pg_database WHERE datname = $1").await;
+            let slots: i64 = admin
+                .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+                .await
+                .unwrap()
+                .get(0);
+            let subscriptions: i64 = admin
+                .query_one("SELECT count(*) FROM pg_subscription", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(
+                (slots, subscriptions),
+                (0, 0),
+                "move {round}, server {server}"
+            );
+        }
+        assert_eq!(databases, 1, "move {round}: one live silo");
+        let rows: i64 = env
+            .admin_client(index(to), &tenant.database)
+            .await
+            .query_one("SELECT count(*) FROM kept", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 1000, "move {round}");
+        println!("move {round} ({method:?}): killed after {kill_after:?}; done");
+    }
+}
