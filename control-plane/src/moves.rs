@@ -39,24 +39,12 @@ use crate::{
 /// their sessions.
 const IN_FLIGHT_GRACE: Duration = Duration::from_secs(1);
 
-/// Moves whose subscription a task of this process is creating: whether `id` is one
-/// (`None`), or it starts (`Some(true)`) or stops (`Some(false)`) being one.
-fn subscribing(id: uuid::Uuid, change: Option<bool>) -> bool {
-    static NOW: std::sync::Mutex<Vec<uuid::Uuid>> = std::sync::Mutex::new(Vec::new());
-    let mut now = NOW
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    match change {
-        None => now.contains(&id),
-        Some(true) => {
-            now.push(id);
-            true
-        }
-        Some(false) => {
-            now.retain(|other| *other != id);
-            false
-        }
-    }
+/// The moves whose subscription a task of this process is creating.
+fn subscribing() -> std::sync::MutexGuard<'static, std::collections::HashSet<uuid::Uuid>> {
+    static NOW: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>> =
+        std::sync::LazyLock::new(Default::default);
+    NOW.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// SUBSCRIBING goes on to HOLDING only once the target is at most this far (bytes of WAL)
@@ -190,7 +178,7 @@ impl Onboarding {
                         ))
                         .into());
                     }
-                    if subscribing(operation.id, None) {
+                    if subscribing().contains(&operation.id) {
                         return Ok(Some(Outcome::Wait(
                             Duration::from_millis(200),
                             "creating the subscription (its replication slot waits for the \
@@ -198,31 +186,22 @@ impl Onboarding {
                                 .into(),
                         )));
                     }
-                    // Afresh: an earlier attempt may have copied part of the schema.
                     relocate::unsubscribe(&source_admin, &target_admin, &spec).await?;
-                    let password = self.password(tenant)?;
-                    bootstrap::teardown(&target_admin, &spec, false).await?;
-                    bootstrap::ensure_silo(&target_admin, &spec, &password).await?;
-                    let tools = PgTools::find(self.pg_bin_dir.as_deref())?;
-                    relocate::copy_database(
-                        &tools,
-                        &spec,
-                        CopyEnd {
-                            admin: &source_admin,
-                            tls: &source_tls,
-                        },
-                        CopyEnd {
-                            admin: &target_admin,
-                            tls: &target_tls,
-                        },
-                        true,
-                    )
-                    .await?;
+                    let source_end = CopyEnd {
+                        admin: &source_admin,
+                        tls: &source_tls,
+                    };
+                    let target_end = CopyEnd {
+                        admin: &target_admin,
+                        tls: &target_tls,
+                    };
+                    self.copy_afresh(tenant, &spec, source_end, target_end, true)
+                        .await?;
                     // Creating the replication slot waits until every transaction running
                     // on the source server has ended, this worker's own claim on the
                     // operation included when the catalog shares that server: the
                     // subscription is made by a task of its own while the operation waits.
-                    subscribing(operation.id, Some(true));
+                    subscribing().insert(operation.id);
                     let id = operation.id;
                     let spec = spec.clone();
                     tokio::spawn(async move {
@@ -241,7 +220,7 @@ impl Onboarding {
                         if let Err(error) = made {
                             tracing::warn!(operation_id = %id, error = %error, "creating the move's subscription failed");
                         }
-                        subscribing(id, Some(false));
+                        subscribing().remove(&id);
                     });
                     return Ok(Some(Outcome::Wait(
                         Duration::from_millis(200),
@@ -282,15 +261,10 @@ impl Onboarding {
                 relocate::close_source(&admin, &spec, IN_FLIGHT_GRACE).await?;
             }
             MoveStep::Copying => {
-                let password = self.password(tenant)?;
-                let target_admin = fleet.admin_access(&target).await?;
-                // Afresh: an earlier attempt may have restored part of it.
-                bootstrap::teardown(&target_admin, &spec, false).await?;
-                bootstrap::ensure_silo(&target_admin, &spec, &password).await?;
                 let source_admin = fleet.admin_access(&source).await?;
-                let tools = PgTools::find(self.pg_bin_dir.as_deref())?;
-                relocate::copy_database(
-                    &tools,
+                let target_admin = fleet.admin_access(&target).await?;
+                self.copy_afresh(
+                    tenant,
                     &spec,
                     CopyEnd {
                         admin: &source_admin,
@@ -459,6 +433,23 @@ impl Onboarding {
         bootstrap::teardown(&target, spec, false).await
     }
 
+    /// Makes the target silo afresh (an earlier attempt may have restored part of it) and
+    /// copies the source into it: the schema only, or everything.
+    async fn copy_afresh(
+        &self,
+        tenant: &TenantRecord,
+        spec: &TenantSpec,
+        source: CopyEnd<'_>,
+        target: CopyEnd<'_>,
+        schema_only: bool,
+    ) -> Result<(), ProvisionError> {
+        let password = self.password(tenant)?;
+        bootstrap::teardown(target.admin, spec, false).await?;
+        bootstrap::ensure_silo(target.admin, spec, &password).await?;
+        let tools = PgTools::find(self.pg_bin_dir.as_deref())?;
+        relocate::copy_database(&tools, spec, source, target, schema_only).await
+    }
+
     fn password(&self, tenant: &TenantRecord) -> Result<secrecy::SecretString, ProvisionError> {
         let sealed = tenant.credentials.as_ref().ok_or_else(|| {
             ProvisionError::Permanent("the tenant has no stored credentials".into())
@@ -522,12 +513,7 @@ async fn expire_on(
     retain: Duration,
 ) -> Result<usize, ProvisionError> {
     let admin = fleet.admin_access(&fleet.placement_on(server)?).await?;
-    let client = bootstrap::connect(
-        &admin.config,
-        &admin.connector,
-        "connecting to the server as admin",
-    )
-    .await?;
+    let client = bootstrap::admin_session(&admin).await?;
     let run =
         |context: &'static str| move |e: tokio_postgres::Error| bootstrap::classify(context, &e);
     let kept = client

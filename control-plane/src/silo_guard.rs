@@ -136,12 +136,7 @@ impl SiloGuard {
             return Ok(());
         };
         let admin = provisioner.admin_access(placement).await?;
-        let client = bootstrap::connect(
-            &admin.config,
-            &admin.connector,
-            "connecting to the server as admin",
-        )
-        .await?;
+        let client = bootstrap::admin_session(&admin).await?;
         let roles: Vec<&str> = tenants.iter().map(|t| t.role_name.as_str()).collect();
         let rows = client
             .query(

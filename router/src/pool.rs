@@ -148,12 +148,18 @@ impl TenantPool {
     /// restart.
     async fn get(&self) -> Result<(PooledConnection, Turn), PoolError> {
         let failures = self.connect_failures.count();
-        let turn = tokio::time::timeout(self.connect_timeout, self.turns.clone().acquire_owned())
-            .await
-            // The semaphore is never closed.
-            .ok()
-            .and_then(Result::ok)
-            .ok_or_else(|| self.timed_out(failures))?;
+        // A free turn is taken without arming a timer (the common case on the call path);
+        // the semaphore is never closed, so only the timeout ends a wait.
+        let turn = match self.turns.clone().try_acquire_owned() {
+            Ok(turn) => turn,
+            Err(_) => {
+                tokio::time::timeout(self.connect_timeout, self.turns.clone().acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .ok_or_else(|| self.timed_out(failures))?
+            }
+        };
         for _ in 0..=self.max_size {
             let mut conn = self.checkout().await?;
             if conn.client.is_closed() {

@@ -1,6 +1,5 @@
 //! `siloctl rebalance`: the moves that would even out the postgres fleet, and starting them.
 
-use anyhow::Context as _;
 use serde_json::json;
 use silo_proto::controlplane::v1 as pb;
 
@@ -31,13 +30,7 @@ pub async fn run(
     args: RebalanceArgs,
     format: Format,
 ) -> anyhow::Result<()> {
-    let method = match &args.method {
-        None => pb::MoveMethod::Unspecified,
-        Some(method) => {
-            pb::MoveMethod::from_str_name(&format!("MOVE_METHOD_{}", method.to_ascii_uppercase()))
-                .with_context(|| format!("unknown move method {method} (replicate, copy)"))?
-        }
-    };
+    let method = crate::tenants::move_method(args.method.as_deref())?;
     let plan = connection
         .client()
         .rebalance_fleet(connection.request(pb::RebalanceFleetRequest {

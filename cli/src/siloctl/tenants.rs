@@ -164,6 +164,32 @@ pub async fn follow(
     Ok(last)
 }
 
+/// A move method by name (`replicate`, `copy`); none: the server's default.
+pub fn move_method(name: Option<&str>) -> anyhow::Result<pb::MoveMethod> {
+    match name {
+        None => Ok(pb::MoveMethod::Unspecified),
+        Some(name) => {
+            pb::MoveMethod::from_str_name(&format!("MOVE_METHOD_{}", name.to_ascii_uppercase()))
+                .with_context(|| format!("unknown move method {name} (replicate, copy)"))
+        }
+    }
+}
+
+/// Follows `operation` unless `no_wait`, then prints it; an error if it failed.
+async fn follow_and_finish(
+    connection: &Connection,
+    operation: pb::Operation,
+    no_wait: bool,
+    format: Format,
+) -> anyhow::Result<()> {
+    let operation = if no_wait {
+        operation
+    } else {
+        follow(connection, operation, format).await?
+    };
+    finish(&operation, format)
+}
+
 fn finish(operation: &pb::Operation, format: Format) -> anyhow::Result<()> {
     match format {
         Format::Json => output::print_json(&output::operation_json(operation)),
@@ -210,12 +236,7 @@ pub async fn run(
                 })?)
                 .await?
                 .into_inner();
-            let operation = if no_wait {
-                operation
-            } else {
-                follow(connection, operation, format).await?
-            };
-            finish(&operation, format)?;
+            follow_and_finish(connection, operation, no_wait, format).await?;
             if !no_wait && format == Format::Table {
                 let tenant = client
                     .get_tenant(connection.request(pb::GetTenantRequest { tenant_id })?)
@@ -289,12 +310,7 @@ pub async fn run(
                 })?)
                 .await?
                 .into_inner();
-            let operation = if no_wait {
-                operation
-            } else {
-                follow(connection, operation, format).await?
-            };
-            finish(&operation, format)?;
+            follow_and_finish(connection, operation, no_wait, format).await?;
         }
         TenantsCommand::Move {
             tenant_id,
@@ -303,14 +319,7 @@ pub async fn run(
             request_id,
             no_wait,
         } => {
-            let method = match method {
-                None => pb::MoveMethod::Unspecified,
-                Some(method) => pb::MoveMethod::from_str_name(&format!(
-                    "MOVE_METHOD_{}",
-                    method.to_ascii_uppercase()
-                ))
-                .with_context(|| format!("unknown move method {method} (replicate, copy)"))?,
-            };
+            let method = move_method(method.as_deref())?;
             let operation = client
                 .move_tenant(connection.request(pb::MoveTenantRequest {
                     tenant_id,
@@ -320,12 +329,7 @@ pub async fn run(
                 })?)
                 .await?
                 .into_inner();
-            let operation = if no_wait {
-                operation
-            } else {
-                follow(connection, operation, format).await?
-            };
-            finish(&operation, format)?;
+            follow_and_finish(connection, operation, no_wait, format).await?;
         }
         TenantsCommand::CancelMove { operation_id } => {
             let operation = client

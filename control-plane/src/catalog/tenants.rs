@@ -364,17 +364,7 @@ impl Catalog {
     ) -> Result<OperationRecord, CatalogError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
-        let row = tx
-            .query_opt(
-                "SELECT state FROM tenants WHERE tenant_id = $1 FOR UPDATE",
-                &[&id.as_str()],
-            )
-            .await?
-            .ok_or(CatalogError::TenantNotFound)?;
-        let state: TenantState = row
-            .try_get::<_, String>(0)?
-            .parse()
-            .map_err(|e: crate::tenant::UnknownTenantState| CatalogError::Corrupt(e.to_string()))?;
+        let state = locked_state(&tx, id).await?;
         match state {
             // A retry of the deletion that finished gets its answer again; any other
             // request finds the tenant gone.
@@ -446,13 +436,7 @@ impl Catalog {
     ) -> Result<OperationRecord, CatalogError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
-        let row = tx
-            .query_opt(
-                "SELECT state FROM tenants WHERE tenant_id = $1 FOR UPDATE",
-                &[&id.as_str()],
-            )
-            .await?
-            .ok_or(CatalogError::TenantNotFound)?;
+        let state = locked_state(&tx, id).await?;
         if let Some(earlier) =
             operations::find_by_request(&tx, OperationKind::MoveTenant, id, request_id).await?
         {
@@ -464,10 +448,6 @@ impl Catalog {
                 running.id
             )));
         }
-        let state: TenantState = row
-            .try_get::<_, String>(0)?
-            .parse()
-            .map_err(|e: crate::tenant::UnknownTenantState| CatalogError::Corrupt(e.to_string()))?;
         if state != TenantState::Active {
             return Err(CatalogError::WrongState(state));
         }
@@ -598,3 +578,17 @@ impl Catalog {
 }
 
 const PLACEMENT_LOCK_KEY: i64 = 0x5110_0002;
+
+/// The tenant's state, its row locked (`FOR UPDATE`) until `tx` ends.
+async fn locked_state(tx: &Transaction<'_>, id: &TenantId) -> Result<TenantState, CatalogError> {
+    let row = tx
+        .query_opt(
+            "SELECT state FROM tenants WHERE tenant_id = $1 FOR UPDATE",
+            &[&id.as_str()],
+        )
+        .await?
+        .ok_or(CatalogError::TenantNotFound)?;
+    row.try_get::<_, String>(0)?
+        .parse()
+        .map_err(|e: crate::tenant::UnknownTenantState| CatalogError::Corrupt(e.to_string()))
+}

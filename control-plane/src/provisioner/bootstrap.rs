@@ -64,12 +64,7 @@ pub(crate) async fn locked(
     admin: &AdminAccess,
     tenant: &TenantSpec,
 ) -> Result<Client, ProvisionError> {
-    let client = connect(
-        &admin.config,
-        &admin.connector,
-        "connecting to the server as admin",
-    )
-    .await?;
+    let client = admin_session(admin).await?;
     client
         .execute(
             "SELECT pg_advisory_lock(hashtextextended('silo-tenant:' || $1, 0))",
@@ -95,6 +90,27 @@ pub(crate) async fn connect(
         }
     });
     Ok(client)
+}
+
+/// The admin's session on its server's default database.
+pub(crate) async fn admin_session(admin: &AdminAccess) -> Result<Client, ProvisionError> {
+    connect(
+        &admin.config,
+        &admin.connector,
+        "connecting to the server as admin",
+    )
+    .await
+}
+
+/// The admin's session in `database` on its server; `context` names it in errors.
+pub(crate) async fn admin_session_in(
+    admin: &AdminAccess,
+    database: &str,
+    context: &str,
+) -> Result<Client, ProvisionError> {
+    let mut config = admin.config.clone();
+    config.dbname(database);
+    connect(&config, &admin.connector, context).await
 }
 
 pub(crate) fn ident(name: &str) -> String {
@@ -342,11 +358,9 @@ pub async fn teardown_keeping(
         }
         if keep_database {
             if role_exists {
-                let mut inside = admin.config.clone();
-                inside.dbname(&tenant.database);
-                let owner = connect(
-                    &inside,
-                    &admin.connector,
+                let owner = admin_session_in(
+                    admin,
+                    &tenant.database,
                     "connecting to the tenant database as admin",
                 )
                 .await?;
@@ -428,11 +442,9 @@ async fn release_foreign_dependencies(
             // Shared objects: released from any database, the admin's own will do.
             None => client.batch_execute(&release).await.map_err(run(context))?,
             Some(database) => {
-                let mut inside = admin.config.clone();
-                inside.dbname(&database);
-                let other = connect(
-                    &inside,
-                    &admin.connector,
+                let other = admin_session_in(
+                    admin,
+                    &database,
                     "connecting to a database that refers to the tenant",
                 )
                 .await?;

@@ -149,12 +149,7 @@ $silo$";
 /// Gives the tenant's silo the current isolation; idempotent, and safe on a silo made
 /// before it (a database the tenant owns is handed to the admin).
 pub async fn harden(admin: &AdminAccess, tenant: &TenantSpec) -> Result<(), ProvisionError> {
-    let server = bootstrap::connect(
-        &admin.config,
-        &admin.connector,
-        "connecting to the server as admin",
-    )
-    .await?;
+    let server = bootstrap::admin_session(admin).await?;
     take_database(&server, tenant).await?;
     drop(server);
     close_cluster_metadata(admin, tenant).await
@@ -165,11 +160,9 @@ pub(super) async fn close_cluster_metadata(
     admin: &AdminAccess,
     tenant: &TenantSpec,
 ) -> Result<(), ProvisionError> {
-    let mut inside = admin.config.clone();
-    inside.dbname(&tenant.database);
-    let client = bootstrap::connect(
-        &inside,
-        &admin.connector,
+    let client = bootstrap::admin_session_in(
+        admin,
+        &tenant.database,
         "connecting to the tenant database as admin",
     )
     .await?;

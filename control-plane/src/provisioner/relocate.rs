@@ -11,7 +11,7 @@ use std::time::Duration;
 use silo_tls::postgres::{PgTls, RootCerts};
 use tokio_postgres::config::Host;
 
-use super::bootstrap::{classify, connect, ident};
+use super::bootstrap::{admin_session, admin_session_in, classify, ident};
 use super::{AdminAccess, ProvisionError, TenantSpec};
 
 /// `pg_dump` and `pg_restore`.
@@ -123,6 +123,7 @@ fn libpq_env(
 }
 
 /// One side of a copy: the server's admin login and its TLS settings.
+#[derive(Clone, Copy)]
 pub struct CopyEnd<'a> {
     /// The admin login (and TLS connector) on the server.
     pub admin: &'a AdminAccess,
@@ -219,14 +220,7 @@ pub async fn table_counts(
     admin: &AdminAccess,
     tenant: &TenantSpec,
 ) -> Result<BTreeMap<String, i64>, ProvisionError> {
-    let mut inside = admin.config.clone();
-    inside.dbname(&tenant.database);
-    let client = connect(
-        &inside,
-        &admin.connector,
-        "connecting to the tenant database as admin",
-    )
-    .await?;
+    let client = inside(admin, tenant).await?;
     let run = |context: &'static str| move |e: tokio_postgres::Error| classify(context, &e);
     let tables: Vec<String> = client
         .query(
@@ -267,12 +261,7 @@ pub async fn close_source(
     tenant: &TenantSpec,
     grace: Duration,
 ) -> Result<(), ProvisionError> {
-    let client = connect(
-        &admin.config,
-        &admin.connector,
-        "connecting to the server as admin",
-    )
-    .await?;
+    let client = admin_session(admin).await?;
     let run = |context: &'static str| move |e: tokio_postgres::Error| classify(context, &e);
     let busy = "SELECT count(*) FROM pg_stat_activity
                 WHERE datname = $1 AND usename = $2 AND state NOT IN ('idle')";
@@ -320,12 +309,7 @@ pub async fn close_source(
 /// # Errors
 /// As [`classify`] says.
 pub async fn reopen_source(admin: &AdminAccess, tenant: &TenantSpec) -> Result<(), ProvisionError> {
-    let client = connect(
-        &admin.config,
-        &admin.connector,
-        "connecting to the server as admin",
-    )
-    .await?;
+    let client = admin_session(admin).await?;
     client
         .batch_execute(&format!(
             "GRANT CONNECT ON DATABASE {} TO {}",
@@ -350,11 +334,9 @@ async fn inside(
     admin: &AdminAccess,
     tenant: &TenantSpec,
 ) -> Result<tokio_postgres::Client, ProvisionError> {
-    let mut config = admin.config.clone();
-    config.dbname(&tenant.database);
-    connect(
-        &config,
-        &admin.connector,
+    admin_session_in(
+        admin,
+        &tenant.database,
         "connecting to the tenant database as admin",
     )
     .await
@@ -365,12 +347,7 @@ async fn inside(
 /// # Errors
 /// As [`classify`] says.
 pub async fn wal_level(admin: &AdminAccess) -> Result<String, ProvisionError> {
-    let client = connect(
-        &admin.config,
-        &admin.connector,
-        "connecting to the server as admin",
-    )
-    .await?;
+    let client = admin_session(admin).await?;
     Ok(client
         .query_one("SELECT current_setting('wal_level')", &[])
         .await
@@ -489,12 +466,7 @@ pub async fn replication_lag(
     source: &AdminAccess,
     tenant: &TenantSpec,
 ) -> Result<Option<i64>, ProvisionError> {
-    let client = connect(
-        &source.config,
-        &source.connector,
-        "connecting to the server as admin",
-    )
-    .await?;
+    let client = admin_session(source).await?;
     Ok(client
         .query_opt(
             "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
@@ -514,12 +486,7 @@ pub async fn database_bytes(
     admin: &AdminAccess,
     tenant: &TenantSpec,
 ) -> Result<i64, ProvisionError> {
-    let client = connect(
-        &admin.config,
-        &admin.connector,
-        "connecting to the server as admin",
-    )
-    .await?;
+    let client = admin_session(admin).await?;
     Ok(client
         .query_one("SELECT pg_database_size($1::text)", &[&tenant.database])
         .await
@@ -668,12 +635,7 @@ async fn inside_if_exists(
     admin: &AdminAccess,
     tenant: &TenantSpec,
 ) -> Result<Option<tokio_postgres::Client>, ProvisionError> {
-    let client = connect(
-        &admin.config,
-        &admin.connector,
-        "connecting to the server as admin",
-    )
-    .await?;
+    let client = admin_session(admin).await?;
     let exists = client
         .query_opt(
             "SELECT 1 FROM pg_database WHERE datname = $1",

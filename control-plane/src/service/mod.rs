@@ -154,12 +154,7 @@ impl ControlPlaneService {
         let mut sizes = std::collections::HashMap::new();
         for server in &servers {
             let admin = fleet.admin_access(&fleet.placement_on(server)?).await?;
-            let client = crate::provisioner::bootstrap::connect(
-                &admin.config,
-                &admin.connector,
-                "connecting to the server as admin",
-            )
-            .await?;
+            let client = crate::provisioner::bootstrap::admin_session(&admin).await?;
             let rows = client
                 .query(
                     "SELECT datname::text, pg_database_size(oid) FROM pg_database",

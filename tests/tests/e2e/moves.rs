@@ -60,6 +60,21 @@ fn pg_bin_dir() -> std::path::PathBuf {
         .expect("a PostgreSQL installation")
 }
 
+/// Replication slots and subscriptions on both servers (a move leaves none).
+async fn replication_left(env: &TestEnv) -> (i64, i64) {
+    let (mut slots, mut subscriptions) = (0, 0);
+    for server in 0..2 {
+        let admin = env.admin_client(server, "postgres").await;
+        let count = |sql| {
+            let admin = &admin;
+            async move { admin.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+        };
+        slots += count("SELECT count(*) FROM pg_replication_slots").await;
+        subscriptions += count("SELECT count(*) FROM pg_subscription").await;
+    }
+    (slots, subscriptions)
+}
+
 fn server_index(name: &str) -> usize {
     match name {
         "pg0" => 0,
@@ -458,24 +473,11 @@ async fn crash_after_every_step(method: pb::MoveMethod) {
             .unwrap()
             .get(0);
         assert_eq!(count, rows, "crash at transition {at}");
-        for server in ["pg0", "pg1"] {
-            let admin = env.admin_client(server_index(server), "postgres").await;
-            let slots: i64 = admin
-                .query_one("SELECT count(*) FROM pg_replication_slots", &[])
-                .await
-                .unwrap()
-                .get(0);
-            assert_eq!(
-                slots, 0,
-                "a replication slot left on {server} (crash at {at})"
-            );
-        }
-        let subscriptions: i64 = moved
-            .query_one("SELECT count(*) FROM pg_subscription", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(subscriptions, 0, "a subscription left (crash at {at})");
+        assert_eq!(
+            replication_left(&env).await,
+            (0, 0),
+            "slots, subscriptions left (crash at {at})"
+        );
         second.stop().await;
     }
 }
@@ -880,15 +882,10 @@ async fn a_target_that_does_not_catch_up_gives_the_move_up() {
         ))
         .await;
     assert!(served.is_ok(), "{served:?}");
-    for server in ["pg0", "pg1"] {
-        let slots: i64 = env
-            .admin_client(server_index(server), "postgres")
-            .await
-            .query_one("SELECT count(*) FROM pg_replication_slots", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(slots, 0, "a slot left on {server}");
-    }
+    assert_eq!(
+        replication_left(&env).await,
+        (0, 0),
+        "slots, subscriptions left"
+    );
     second.stop().await;
 }
