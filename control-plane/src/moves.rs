@@ -1,36 +1,43 @@
-//! Tenant moves: an ACTIVE tenant's silo goes to another server of its `postgres` fleet.
+//! Tenant moves: an ACTIVE tenant's silo goes to another server, of its own `postgres`
+//! fleet or (a promotion or demotion between tiers) of another provisioner: a fleet server
+//! to an RDS instance of its own and back.
 //!
 //! A move is an operation whose steps are [`MoveStep`]s; the step that is open says where
 //! the move is, so a worker that dies anywhere leaves a move another worker finishes. Every
 //! step adopts what an earlier attempt did:
 //!
-//! - PREPARING: the tenant's role (same password) and an empty database on the target
-//!   server. The tenant stays ACTIVE and served from the source.
+//! - PREPARING: the target server made by the target's provisioner (an RDS instance is
+//!   created and waited for; its placement is kept in the move's parameters as it is
+//!   learnt), then the tenant's role (same password) and an empty database on it. The
+//!   tenant stays ACTIVE and served from the source.
 //! - HOLDING: the tenant goes MOVING; routers hold its new calls. Once the role's last
 //!   statement on the source has ended (or after a grace of a second), the source database
 //!   is closed to the role and its sessions ended: nothing writes to it any more.
 //! - COPYING: the target database is made afresh and filled by `pg_dump | pg_restore`.
 //! - VERIFYING: every table's row count compared on both sides.
-//! - SWITCHING: the tenant is ACTIVE on the target (one catalog transaction with the next
-//!   step's start): routers release the held calls to it.
-//! - RETIRING: the source database is kept, renamed (`<database>_moved_<unix time>`),
+//! - SWITCHING: the tenant is ACTIVE on the target (with the target's tier and provisioner
+//!   for a promotion or demotion), in one catalog transaction with the next step's start:
+//!   routers release the held calls to it.
+//! - RETIRING: a fleet source database is kept, renamed (`<database>_moved_<unix time>`),
 //!   and the role dropped on the source server; the retention pass drops the database
-//!   after `--move-retain-hours`.
+//!   after `--move-retain-hours`. An RDS source instance is deleted with a final snapshot.
 //!
-//! A failure before the switch gives the move up: the source is opened to the role again,
-//! the tenant is ACTIVE there as before, and the target silo is dropped.
+//! A failure before the switch gives the move up: the reason is recorded first, then the
+//! source is opened to the role again, the tenant is ACTIVE there as before, and the
+//! target silo (or the instance made for it) is dropped.
 
 use std::time::Duration;
 
 use crate::{
     catalog::{
-        EventKind, MoveMethod, MoveParams, MoveStep, OperationRecord, StepStatus, TenantRecord,
-        Transition,
+        EventKind, MoveMethod, MoveParams, MoveStep, OperationRecord, Placement, StepStatus,
+        TenantRecord, Transition,
     },
     onboarding::{Onboarding, Outcome, StepError},
     provisioner::{
-        AnyProvisioner, PostgresProvisioner, ProvisionError, Provisioner, TenantSpec, bootstrap,
-        relocate::{self, CopyEnd, PgTools},
+        AdminAccess, AnyProvisioner, Availability, PostgresProvisioner, ProvisionError,
+        Provisioner, TenantSpec, bootstrap,
+        relocate::{self, PgTools},
     },
     tenant::TenantState,
 };
@@ -55,7 +62,78 @@ const MAX_LAG_TO_HOLD: i64 = 16 * 1024 * 1024;
 /// even when resumed after its limit.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 
+/// The two ends of a move as their provisioners see them.
+struct Ends<'a> {
+    source: &'a AnyProvisioner,
+    source_placement: Placement,
+    target: &'a AnyProvisioner,
+    target_placement: Placement,
+    /// The tenant with the tier it has after the switch; an RDS target's instance is
+    /// tagged with the move's request id.
+    target_spec: TenantSpec,
+}
+
+impl Ends<'_> {
+    async fn source_admin(&self) -> Result<AdminAccess, ProvisionError> {
+        self.source.admin_access(&self.source_placement).await
+    }
+
+    async fn target_admin(&self) -> Result<AdminAccess, ProvisionError> {
+        self.target.admin_access(&self.target_placement).await
+    }
+}
+
+/// A fleet server's placement, for moves recorded before the placements were kept.
+fn on_fleet(provisioner: &AnyProvisioner, server: &str) -> Result<Placement, ProvisionError> {
+    match provisioner {
+        AnyProvisioner::Postgres(fleet) => fleet.placement_on(server),
+        AnyProvisioner::Rds(_) => Err(ProvisionError::Permanent(format!(
+            "the move recorded no placement for {server}"
+        ))),
+    }
+}
+
 impl Onboarding {
+    /// The provisioners and placements of a move's two ends.
+    fn ends<'a>(
+        &'a self,
+        tenant: &TenantRecord,
+        operation: &OperationRecord,
+        params: &MoveParams,
+    ) -> Result<Ends<'a>, ProvisionError> {
+        let provisioner = |name: &str| {
+            self.provisioners.get(name).ok_or_else(|| {
+                ProvisionError::Permanent(format!("provisioner {name} is not configured"))
+            })
+        };
+        let source_name = params
+            .source_provisioner
+            .as_deref()
+            .unwrap_or(&tenant.provisioner);
+        let source = provisioner(source_name)?;
+        let target = provisioner(params.target_provisioner.as_deref().unwrap_or(source_name))?;
+        let source_placement = match &params.source {
+            Some(placement) => placement.clone(),
+            None => on_fleet(source, &params.source_server)?,
+        };
+        let target_placement = match &params.target {
+            Some(placement) => placement.clone(),
+            None => on_fleet(target, &params.target_server)?,
+        };
+        let mut target_spec = TenantSpec::of(tenant);
+        if let Some(tier) = &params.target_tier {
+            target_spec.tier.clone_from(tier);
+        }
+        target_spec.request_id.clone_from(&operation.request_id);
+        Ok(Ends {
+            source,
+            source_placement,
+            target,
+            target_placement,
+            target_spec,
+        })
+    }
+
     /// Runs a move from its open step to its end (or to a wait).
     pub(crate) async fn move_tenant(
         &self,
@@ -75,53 +153,61 @@ impl Onboarding {
                 Err(error) => return Ok(Outcome::Failed(error.to_string())),
             };
             let tenant = self.catalog.get_tenant(operation.tenant()?).await?;
-            // Honoured at a step boundary, unless the move has switched (RETIRING).
-            if params.cancel_requested && step != MoveStep::Retiring {
-                let fleet = match self.provisioners.get(&tenant.provisioner) {
-                    Some(AnyProvisioner::Postgres(fleet)) => Some(fleet),
-                    _ => None,
-                };
-                let cancelled = ProvisionError::Permanent("cancelled by request".into());
+            let ends = self.ends(&tenant, &operation, &params);
+            if let Some(reason) = &params.abandoned {
                 return self
-                    .move_failed(
-                        step, &tenant, &operation, &params, fleet, attempts, cancelled,
-                    )
+                    .abandon(&tenant, &operation, &params, ends.ok(), attempts, reason)
                     .await;
             }
-            let fleet = match self.provisioners.get(&tenant.provisioner) {
-                Some(AnyProvisioner::Postgres(fleet)) => fleet,
-                _ => {
-                    let error = ProvisionError::Permanent(format!(
-                        "only tenants of a postgres fleet can move (provisioner {})",
-                        tenant.provisioner
-                    ));
+            // Honoured at a step boundary, unless the move has switched (RETIRING).
+            if params.cancel_requested && step != MoveStep::Retiring {
+                let cancelled = ProvisionError::Permanent("cancelled by request".into());
+                return self
+                    .move_failed(step, &tenant, &operation, &params, attempts, cancelled)
+                    .await;
+            }
+            let ends = match ends {
+                Ok(ends) => ends,
+                Err(error) => {
                     return self
-                        .move_failed(step, &tenant, &operation, &params, None, attempts, error)
+                        .move_failed(step, &tenant, &operation, &params, attempts, error)
                         .await;
                 }
             };
             match self
-                .move_step(step, &tenant, &operation, &params, fleet)
+                .move_step(step, &tenant, &operation, &params, &ends)
                 .await
             {
                 Ok(None) => {}
                 Ok(Some(wait)) => return Ok(wait),
                 Err(MoveFailure::Provision(error)) => {
                     return self
-                        .move_failed(
-                            step,
-                            &tenant,
-                            &operation,
-                            &params,
-                            Some(fleet),
-                            attempts,
-                            error,
-                        )
+                        .move_failed(step, &tenant, &operation, &params, attempts, error)
                         .await;
                 }
                 Err(MoveFailure::Step(error)) => return Err(error),
             }
         }
+    }
+
+    /// Records the target's placement as PREPARING learns it: `Some` (store and come back)
+    /// when it differs from the one recorded.
+    fn keep_target(
+        params: &MoveParams,
+        placement: &Placement,
+    ) -> Result<Option<Outcome>, ProvisionError> {
+        if params.target.as_ref() == Some(placement) {
+            return Ok(None);
+        }
+        let mut params = params.clone();
+        params.target = Some(placement.clone());
+        params.target_server.clone_from(&placement.server);
+        let value = serde_json::to_value(&params)
+            .map_err(|e| ProvisionError::Permanent(format!("move parameters: {e}")))?;
+        Ok(Some(Outcome::SetParams(
+            value,
+            format!("target {} placed", placement.server),
+        )))
     }
 
     /// Does `step` and opens the next one; `Some` when the move must wait and come back.
@@ -131,11 +217,9 @@ impl Onboarding {
         tenant: &TenantRecord,
         operation: &OperationRecord,
         params: &MoveParams,
-        fleet: &PostgresProvisioner,
+        ends: &Ends<'_>,
     ) -> Result<Option<Outcome>, MoveFailure> {
         let spec = TenantSpec::of(tenant);
-        let source = fleet.placement_on(&params.source_server)?;
-        let target = fleet.placement_on(&params.target_server)?;
         let expected: &[TenantState] = match step {
             MoveStep::Preparing | MoveStep::Subscribing | MoveStep::Retiring => {
                 &[TenantState::Active]
@@ -152,20 +236,55 @@ impl Onboarding {
                 ProvisionError::Permanent(format!("the tenant is {}", tenant.state)).into(),
             );
         }
-        let tls_of = |server: &str| fleet.server_tls(server).cloned().unwrap_or_default();
-        let (source_tls, target_tls) =
-            (tls_of(&params.source_server), tls_of(&params.target_server));
         let mut detail = String::new();
         match step {
             MoveStep::Preparing => {
                 PgTools::find(self.pg_bin_dir.as_deref())?.check().await?;
+                // A provisioner that makes servers (RDS) makes the target's now; a fleet
+                // server only has to be there.
+                let made = ends
+                    .target
+                    .ensure_server(&ends.target_spec, &ends.target_placement)
+                    .await?;
+                if let Some(keep) = Self::keep_target(params, &made)? {
+                    return Ok(Some(keep));
+                }
+                let (availability, placement) = ends.target.poll_available(&made).await?;
+                if let Some(keep) = Self::keep_target(params, &placement)? {
+                    return Ok(Some(keep));
+                }
+                if let Availability::Waiting {
+                    status,
+                    retry_after,
+                } = availability
+                {
+                    return Ok(Some(Outcome::Wait(
+                        retry_after,
+                        format!("target {}: {status}", placement.server),
+                    )));
+                }
+                // Never make the target's silo over the source's (an endpoint that turns out to
+                // be the source server).
+                if (placement.host.as_str(), placement.port)
+                    == (
+                        ends.source_placement.host.as_str(),
+                        ends.source_placement.port,
+                    )
+                {
+                    return Err(ProvisionError::Permanent(format!(
+                        "the target {} is the source server ({}:{})",
+                        placement.server, placement.host, placement.port
+                    ))
+                    .into());
+                }
                 let password = self.password(tenant)?;
-                let admin = fleet.admin_access(&target).await?;
+                let admin = ends.target.admin_access(&placement).await?;
                 bootstrap::ensure_silo(&admin, &spec, &password).await?;
+                detail = format!("target {} ready", placement.server);
             }
             MoveStep::Subscribing => {
-                let source_admin = fleet.admin_access(&source).await?;
-                let target_admin = fleet.admin_access(&target).await?;
+                let source_admin = ends.source_admin().await?;
+                let target_admin = ends.target_admin().await?;
                 if !relocate::subscription_exists(&target_admin, &spec).await? {
                     let unreplicable =
                         relocate::tables_without_replica_identity(&source_admin, &spec).await?;
@@ -186,16 +305,8 @@ impl Onboarding {
                                 .into(),
                         )));
                     }
-                    relocate::unsubscribe(&source_admin, &target_admin, &spec).await?;
-                    let source_end = CopyEnd {
-                        admin: &source_admin,
-                        tls: &source_tls,
-                    };
-                    let target_end = CopyEnd {
-                        admin: &target_admin,
-                        tls: &target_tls,
-                    };
-                    self.copy_afresh(tenant, &spec, source_end, target_end, true)
+                    relocate::unsubscribe(&source_admin, Some(&target_admin), &spec).await?;
+                    self.copy_afresh(tenant, &spec, &source_admin, &target_admin, true)
                         .await?;
                     // Creating the replication slot waits until every transaction running
                     // on the source server has ended, this worker's own claim on the
@@ -205,18 +316,7 @@ impl Onboarding {
                     let id = operation.id;
                     let spec = spec.clone();
                     tokio::spawn(async move {
-                        let made = relocate::subscribe(
-                            CopyEnd {
-                                admin: &source_admin,
-                                tls: &source_tls,
-                            },
-                            CopyEnd {
-                                admin: &target_admin,
-                                tls: &target_tls,
-                            },
-                            &spec,
-                        )
-                        .await;
+                        let made = relocate::subscribe(&source_admin, &target_admin, &spec).await;
                         if let Err(error) = made {
                             tracing::warn!(operation_id = %id, error = %error, "creating the move's subscription failed");
                         }
@@ -257,32 +357,19 @@ impl Onboarding {
                     t.operation = Some(operation.id);
                     self.apply(t).await.map_err(MoveFailure::Step)?;
                 }
-                let admin = fleet.admin_access(&source).await?;
-                relocate::close_source(&admin, &spec, IN_FLIGHT_GRACE).await?;
+                relocate::close_source(&ends.source_admin().await?, &spec, IN_FLIGHT_GRACE).await?;
             }
             MoveStep::Copying => {
-                let source_admin = fleet.admin_access(&source).await?;
-                let target_admin = fleet.admin_access(&target).await?;
-                self.copy_afresh(
-                    tenant,
-                    &spec,
-                    CopyEnd {
-                        admin: &source_admin,
-                        tls: &source_tls,
-                    },
-                    CopyEnd {
-                        admin: &target_admin,
-                        tls: &target_tls,
-                    },
-                    false,
-                )
-                .await?;
+                let source_admin = ends.source_admin().await?;
+                let target_admin = ends.target_admin().await?;
+                self.copy_afresh(tenant, &spec, &source_admin, &target_admin, false)
+                    .await?;
                 let bytes = relocate::database_bytes(&target_admin, &spec).await?;
                 detail = format!("{bytes} bytes");
             }
             MoveStep::CatchingUp => {
-                let source_admin = fleet.admin_access(&source).await?;
-                let target_admin = fleet.admin_access(&target).await?;
+                let source_admin = ends.source_admin().await?;
+                let target_admin = ends.target_admin().await?;
                 let started = std::time::Instant::now();
                 // The tenant's calls are held (and fail after the routers' hold) while this
                 // step runs: a target that does not catch up gives the move up.
@@ -307,10 +394,8 @@ impl Onboarding {
                 detail = format!("caught up in {} ms", started.elapsed().as_millis());
             }
             MoveStep::Verifying => {
-                let on_source =
-                    relocate::table_counts(&fleet.admin_access(&source).await?, &spec).await?;
-                let on_target =
-                    relocate::table_counts(&fleet.admin_access(&target).await?, &spec).await?;
+                let on_source = relocate::table_counts(&ends.source_admin().await?, &spec).await?;
+                let on_target = relocate::table_counts(&ends.target_admin().await?, &spec).await?;
                 if on_source != on_target {
                     let differ: Vec<&String> = on_source
                         .keys()
@@ -332,20 +417,73 @@ impl Onboarding {
                     TenantState::Active,
                     EventKind::StateChanged,
                 );
-                t.placement = Some(target);
+                t.placement = Some(ends.target_placement.clone());
+                if let Some(tier) = params.target_tier.as_ref().filter(|t| **t != tenant.tier) {
+                    t.tier = Some(tier.clone());
+                    t.provisioner.clone_from(&params.target_provisioner);
+                }
                 t.operation = Some(operation.id);
-                t.finish_step = Some((StepStatus::Done, format!("on {}", params.target_server)));
+                t.finish_step = Some((
+                    StepStatus::Done,
+                    format!("on {}", ends.target_placement.server),
+                ));
                 t.start_step = Some(MoveStep::Retiring.as_str().into());
                 self.apply(t).await.map_err(MoveFailure::Step)?;
                 return Ok(None);
             }
             MoveStep::Retiring => {
-                let source_admin = fleet.admin_access(&source).await?;
-                if params.method == MoveMethod::Replicate {
-                    let target_admin = fleet.admin_access(&target).await?;
-                    relocate::unsubscribe(&source_admin, &target_admin, &spec).await?;
+                let unsubscribe = async {
+                    if params.method == MoveMethod::Replicate {
+                        let target_admin = ends.target_admin().await?;
+                        relocate::unsubscribe(
+                            &ends.source_admin().await?,
+                            Some(&target_admin),
+                            &spec,
+                        )
+                        .await?;
+                    }
+                    Ok::<(), ProvisionError>(())
+                };
+                match ends.source {
+                    AnyProvisioner::Postgres(_) => {
+                        unsubscribe.await?;
+                        bootstrap::teardown_keeping(
+                            &ends.source_admin().await?,
+                            &spec,
+                            Some(bootstrap::MOVED),
+                        )
+                        .await?;
+                    }
+                    // The instance goes; its final snapshot is what is kept. Once its
+                    // deletion has begun it cannot be logged in to (its slot goes with it).
+                    AnyProvisioner::Rds(rds) => {
+                        let instance = rds
+                            .describe(&ends.source_placement.server)
+                            .await
+                            .map_err(ProvisionError::from)?;
+                        let status = instance.as_ref().and_then(|i| i.db_instance_status());
+                        if status == Some("available") {
+                            unsubscribe.await?;
+                        }
+                        if let Availability::Waiting {
+                            status,
+                            retry_after,
+                        } = ends
+                            .source
+                            .retire(&spec, &ends.source_placement, true)
+                            .await?
+                        {
+                            return Ok(Some(Outcome::Wait(
+                                retry_after,
+                                format!("source {}: {status}", ends.source_placement.server),
+                            )));
+                        }
+                        detail = format!(
+                            "instance {} deleted with a final snapshot",
+                            ends.source_placement.server
+                        );
+                    }
                 }
-                bootstrap::teardown_keeping(&source_admin, &spec, Some(bootstrap::MOVED)).await?;
             }
         }
         let state = match step {
@@ -363,16 +501,14 @@ impl Onboarding {
     }
 
     /// A failed step: retried while transient and attempts remain; else, before the
-    /// switch, the move is given up (source opened again, tenant ACTIVE there, target
-    /// dropped), and after it the operation fails with the tenant served from the target.
-    #[allow(clippy::too_many_arguments)]
+    /// switch, the move is given up (see [`Self::abandon`]), and after it the operation
+    /// fails with the tenant served from the target.
     async fn move_failed(
         &self,
         step: MoveStep,
         tenant: &TenantRecord,
         operation: &OperationRecord,
         params: &MoveParams,
-        fleet: Option<&PostgresProvisioner>,
         attempts: i32,
         error: ProvisionError,
     ) -> Result<Outcome, StepError> {
@@ -380,20 +516,59 @@ impl Onboarding {
         if error.is_transient() && attempts + 1 < self.max_attempts as i32 {
             return Ok(Outcome::Retry(crate::onboarding::backoff(attempts), reason));
         }
-        let mut reason = reason;
-        let before_switch = !matches!(step, MoveStep::Retiring);
-        if before_switch && let Some(fleet) = fleet {
+        if step != MoveStep::Retiring {
+            // Recorded before anything is undone (the next pass undoes it): a worker that
+            // resumes the move goes on giving it up.
+            let mut abandoned = params.clone();
+            abandoned.abandoned = Some(reason.clone());
+            return match serde_json::to_value(&abandoned) {
+                Ok(value) => Ok(Outcome::SetParams(value, format!("giving up: {reason}"))),
+                Err(e) => Ok(Outcome::Failed(format!("{reason}; move parameters: {e}"))),
+            };
+        }
+        let mut t = Transition::quiet(&tenant.id, tenant.state);
+        t.operation = Some(operation.id);
+        t.finish_step = Some((StepStatus::Failed, reason.clone()));
+        self.apply(t).await?;
+        Ok(Outcome::Failed(reason))
+    }
+
+    /// Gives up a move that has not switched: the source is opened to the role again, the
+    /// tenant is ACTIVE there, the target silo (an RDS target's instance) is removed, and
+    /// the operation fails with `reason`.
+    async fn abandon(
+        &self,
+        tenant: &TenantRecord,
+        operation: &OperationRecord,
+        params: &MoveParams,
+        ends: Option<Ends<'_>>,
+        attempts: i32,
+        reason: &str,
+    ) -> Result<Outcome, StepError> {
+        if let Some(ends) = &ends {
             let spec = TenantSpec::of(tenant);
-            if let Err(undo) = self.give_up(fleet, &spec, params).await {
-                // The tenant stays MOVING (held) rather than served from a source that may
-                // be closed: the next attempt tries again.
-                return Ok(Outcome::Retry(
-                    crate::onboarding::backoff(attempts),
-                    format!("{reason}; giving the move up failed: {undo}"),
-                ));
+            match self.give_up(ends, &spec, params).await {
+                Ok(Availability::Ready) => {}
+                Ok(Availability::Waiting {
+                    status,
+                    retry_after,
+                }) => {
+                    return Ok(Outcome::Wait(
+                        retry_after,
+                        format!("giving the move up: {status}"),
+                    ));
+                }
+                Err(undo) => {
+                    // The tenant stays MOVING (held) rather than served from a source that
+                    // may be closed: the next attempt tries again.
+                    return Ok(Outcome::Retry(
+                        crate::onboarding::backoff(attempts),
+                        format!("{reason}; giving the move up failed: {undo}"),
+                    ));
+                }
             }
         }
-        let mut t = if before_switch && tenant.state == TenantState::Moving {
+        let mut t = if tenant.state == TenantState::Moving {
             Transition::new(
                 &tenant.id,
                 TenantState::Moving,
@@ -403,34 +578,46 @@ impl Onboarding {
         } else {
             Transition::quiet(&tenant.id, tenant.state)
         };
-        if before_switch {
-            reason.push_str(" (the move was given up; the tenant stays where it was)");
-        }
+        let reason = format!("{reason} (the move was given up; the tenant stays where it was)");
         t.operation = Some(operation.id);
         t.finish_step = Some((StepStatus::Failed, reason.clone()));
         self.apply(t).await?;
         Ok(Outcome::Failed(reason))
     }
 
-    /// Undoes a move that has not switched: the source is opened to the role again and
-    /// the target silo dropped.
+    /// Undoes a move that has not switched: replication removed, the source opened to the
+    /// role again, the target silo dropped (or its RDS instance deleted; `Waiting` until
+    /// RDS has taken the deletion).
     async fn give_up(
         &self,
-        fleet: &PostgresProvisioner,
+        ends: &Ends<'_>,
         spec: &TenantSpec,
         params: &MoveParams,
-    ) -> Result<(), ProvisionError> {
-        let source = fleet
-            .admin_access(&fleet.placement_on(&params.source_server)?)
-            .await?;
-        let target = fleet
-            .admin_access(&fleet.placement_on(&params.target_server)?)
-            .await?;
+    ) -> Result<Availability, ProvisionError> {
+        let source = ends.source_admin().await?;
+        // An RDS target that never came up has no endpoint (and nothing on it).
+        let target = match ends.target_admin().await {
+            Ok(target) => Some(target),
+            Err(_) if matches!(ends.target, AnyProvisioner::Rds(_)) => None,
+            Err(error) => return Err(error),
+        };
         if params.method == MoveMethod::Replicate {
-            relocate::unsubscribe(&source, &target, spec).await?;
+            relocate::unsubscribe(&source, target.as_ref(), spec).await?;
         }
         relocate::reopen_source(&source, spec).await?;
-        bootstrap::teardown(&target, spec, false).await
+        match ends.target {
+            AnyProvisioner::Postgres(_) => {
+                if let Some(target) = &target {
+                    bootstrap::teardown(target, spec, false).await?;
+                }
+                Ok(Availability::Ready)
+            }
+            AnyProvisioner::Rds(_) => {
+                ends.target
+                    .retire(&ends.target_spec, &ends.target_placement, false)
+                    .await
+            }
+        }
     }
 
     /// Makes the target silo afresh (an earlier attempt may have restored part of it) and
@@ -439,13 +626,13 @@ impl Onboarding {
         &self,
         tenant: &TenantRecord,
         spec: &TenantSpec,
-        source: CopyEnd<'_>,
-        target: CopyEnd<'_>,
+        source: &AdminAccess,
+        target: &AdminAccess,
         schema_only: bool,
     ) -> Result<(), ProvisionError> {
         let password = self.password(tenant)?;
-        bootstrap::teardown(target.admin, spec, false).await?;
-        bootstrap::ensure_silo(target.admin, spec, &password).await?;
+        bootstrap::teardown(target, spec, false).await?;
+        bootstrap::ensure_silo(target, spec, &password).await?;
         let tools = PgTools::find(self.pg_bin_dir.as_deref())?;
         relocate::copy_database(&tools, spec, source, target, schema_only).await
     }

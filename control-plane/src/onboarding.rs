@@ -52,6 +52,9 @@ pub(crate) enum Outcome {
     /// a copy running, another operation stopping); not an attempt, so a long wait does not
     /// use up the attempts a later transient failure gets.
     Wait(Duration, String),
+    /// Store these parameters of the operation and come back at once (a move's target
+    /// placement as it is learnt, or the reason it is being given up).
+    SetParams(serde_json::Value, String),
 }
 
 #[derive(Debug)]
@@ -194,6 +197,11 @@ impl Onboarding {
                 Ok(Outcome::Wait(delay, note)) => {
                     tracing::debug!(delay_ms = delay.as_millis() as u64, note = %note, "operation waits");
                     claimed.retry_after(delay, &note, false).await?;
+                }
+                Ok(Outcome::SetParams(params, note)) => {
+                    tracing::debug!(note = %note, "operation parameters updated");
+                    claimed.set_params(&params).await?;
+                    claimed.retry_after(Duration::ZERO, &note, false).await?;
                 }
                 Err(StepError::Halted(Halted)) => return Err(RunError::Halted),
                 Err(StepError::Catalog(error)) => {

@@ -585,7 +585,7 @@ impl TestControlPlane {
                     operation
                         .steps
                         .iter()
-                        .map(|s| (s.name.as_str(), s.status()))
+                        .map(|s| (s.name.as_str(), s.status(), s.detail.as_str()))
                         .collect::<Vec<_>>(),
                     operation.error
                 )),

@@ -67,17 +67,38 @@ pub enum TenantsCommand {
     },
     /// Give the tenant's role a new password; routers recycle its pool.
     RotateCredentials { tenant_id: String },
+    /// Change a tenant's tier: at once when the tier's provisioner is the tenant's
+    /// (routers take the new limits), else by a move that is followed as `move` is.
+    ChangeTier {
+        tenant_id: String,
+        tier: String,
+        /// How the silo is copied if it moves (see `move`).
+        #[arg(long)]
+        method: Option<String>,
+        /// Idempotency key of the move, if there is one.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Return at once instead of following a move.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Ask a running move (by its operation id) to stop: it gives up at its next step if it
     /// has not switched, and the tenant stays where it was.
     CancelMove { operation_id: String },
-    /// Move an ACTIVE tenant's silo to another server of its fleet, and follow the move:
+    /// Move an ACTIVE tenant's silo to another server of its fleet, or to another tier
+    /// (`--tier enterprise`: an RDS instance of its own, and back), and follow the move:
     /// routers hold the tenant's calls while it is copied (about a second for a small
     /// tenant), then send them to the new server.
     Move {
         tenant_id: String,
-        /// The fleet server to move to (a name from the control plane's --fleet).
+        /// The fleet server to move to (a name from the control plane's
+        /// --postgres-server); may be left out with --tier.
+        #[arg(long, required_unless_present = "tier")]
+        to: Option<String>,
+        /// The tier the tenant has after the move; a tier of another provisioner promotes
+        /// (`postgres` → `rds`) or demotes it.
         #[arg(long)]
-        to: String,
+        tier: Option<String>,
         /// How: `replicate` (logical replication; calls held only for the last changes) or
         /// `copy` (pg_dump | pg_restore while calls are held). Default: replicate when the
         /// source server has wal_level = logical, else copy.
@@ -315,6 +336,7 @@ pub async fn run(
         TenantsCommand::Move {
             tenant_id,
             to,
+            tier,
             method,
             request_id,
             no_wait,
@@ -323,13 +345,42 @@ pub async fn run(
             let operation = client
                 .move_tenant(connection.request(pb::MoveTenantRequest {
                     tenant_id,
-                    target_server: to,
+                    target_server: to.unwrap_or_default(),
+                    method: method.into(),
+                    request_id: request_id.unwrap_or_default(),
+                    target_tier: tier.unwrap_or_default(),
+                })?)
+                .await?
+                .into_inner();
+            follow_and_finish(connection, operation, no_wait, format).await?;
+        }
+        TenantsCommand::ChangeTier {
+            tenant_id,
+            tier,
+            method,
+            request_id,
+            no_wait,
+        } => {
+            let method = move_method(method.as_deref())?;
+            let changed = client
+                .change_tier(connection.request(pb::ChangeTierRequest {
+                    tenant_id,
+                    tier,
                     method: method.into(),
                     request_id: request_id.unwrap_or_default(),
                 })?)
                 .await?
                 .into_inner();
-            follow_and_finish(connection, operation, no_wait, format).await?;
+            match changed.operation {
+                Some(operation) => {
+                    follow_and_finish(connection, operation, no_wait, format).await?;
+                }
+                None => {
+                    if let Some(tenant) = &changed.tenant {
+                        print_tenant(tenant, format);
+                    }
+                }
+            }
         }
         TenantsCommand::CancelMove { operation_id } => {
             let operation = client

@@ -162,6 +162,35 @@ impl Catalog {
         load(&*conn, &row).await
     }
 
+    /// The servers (source and target) of every unfinished move, with its tenant: an RDS
+    /// instance a promotion is making, or a demotion has not yet retired, belongs to it.
+    pub async fn servers_in_moves(&self) -> Result<Vec<(String, String)>, CatalogError> {
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(
+                "SELECT tenant_id, server FROM operations,
+                     LATERAL (VALUES (params->>'source_server'), (params->>'target_server'))
+                         AS s(server)
+                 WHERE kind = $1 AND status = 'pending' AND server IS NOT NULL",
+                &[&OperationKind::MoveTenant.as_str()],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    /// The operation of `kind` a call with `request_id` made for the tenant, if any.
+    pub async fn find_operation(
+        &self,
+        kind: OperationKind,
+        tenant: &TenantId,
+        request_id: &str,
+    ) -> Result<Option<OperationRecord>, CatalogError> {
+        let conn = self.conn().await?;
+        find_by_request(&*conn, kind, tenant, request_id).await
+    }
+
     /// Records that the move `id` should stop (see [`MoveParams::cancel_requested`]) and
     /// returns it.
     ///
@@ -286,6 +315,24 @@ impl ClaimedOperation<'_> {
             .await?;
         self.client.batch_execute("COMMIT").await?;
         catalog.changes.notify();
+        Ok(())
+    }
+
+    /// Replaces the operation's parameters (a move's target placement as it is learnt, or
+    /// the reason it is being given up), within the claim: the claim's row lock would
+    /// make any other session's update wait for it. `cancel_requested` once set stays set.
+    pub async fn set_params(&self, params: &serde_json::Value) -> Result<(), CatalogError> {
+        self.client
+            .execute(
+                "UPDATE operations
+                 SET params = $2::jsonb || jsonb_build_object('cancel_requested',
+                         coalesce((params->>'cancel_requested')::boolean, false)
+                         OR coalesce(($2::jsonb->>'cancel_requested')::boolean, false)),
+                     updated_at = now()
+                 WHERE operation_id = $1",
+                &[&self.operation.id, params],
+            )
+            .await?;
         Ok(())
     }
 

@@ -347,14 +347,40 @@ impl MoveStep {
     }
 }
 
-/// What a move does: from which fleet server to which, and how. Written when the move is
-/// requested; the move's progress is its steps.
+/// What a move does: from where to where, and how. Written when the move is requested
+/// (the target's placement is updated while PREPARING makes it); the move's progress is
+/// its steps.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MoveParams {
-    /// The fleet server the silo is on when the move is requested.
+    /// The server (fleet server name, or RDS instance id) the silo is on when the move is
+    /// requested.
     pub source_server: String,
-    /// The fleet server it moves to.
+    /// The server it moves to: a fleet server name, or the RDS instance id of a promotion.
     pub target_server: String,
+    /// The tenant's placement when the move was requested; after the switch the tenant's
+    /// own placement is the target's, and RETIRING still needs this one. `None` in moves
+    /// recorded before it was kept (fleet moves: the fleet server's placement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Placement>,
+    /// The target's placement, chosen when the move is requested and completed while
+    /// PREPARING makes the server (an RDS instance's endpoint); kept so a resumed move
+    /// makes the same one. `None` as for `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Placement>,
+    /// The provisioner of the source (the tenant's when requested); `None`: the tenant's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_provisioner: Option<String>,
+    /// The provisioner of the target; `None`: the source's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_provisioner: Option<String>,
+    /// The tier the tenant has from the switch on (a promotion or demotion); `None`: its
+    /// own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_tier: Option<String>,
+    /// Why the move is being given up: set before undoing anything, so a worker that
+    /// resumes it goes on undoing instead of moving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abandoned: Option<String>,
     /// How the data is copied.
     pub method: MoveMethod,
     /// CancelOperation asked the move to stop: it gives up at its next step boundary
@@ -484,6 +510,9 @@ pub enum EventKind {
     CredentialsRotated,
     /// Onboarding failed; the tenant is `FAILED`.
     Failed,
+    /// The tenant's tier changed (limits, and with a move, its provisioner): routers
+    /// resolve it again.
+    TierChanged,
 }
 
 impl EventKind {
@@ -498,6 +527,7 @@ impl EventKind {
             Self::Deleting => "deleting",
             Self::Deleted => "deleted",
             Self::CredentialsRotated => "credentials_rotated",
+            Self::TierChanged => "tier_changed",
             Self::Failed => "failed",
         }
     }
@@ -513,6 +543,7 @@ impl EventKind {
             Self::Deleted,
             Self::CredentialsRotated,
             Self::Failed,
+            Self::TierChanged,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == raw)

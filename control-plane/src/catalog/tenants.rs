@@ -64,6 +64,10 @@ pub struct Transition {
     pub event: Option<EventKind>,
     /// New placement; `None` keeps the stored one.
     pub placement: Option<Placement>,
+    /// New tier; `None` keeps it.
+    pub tier: Option<String>,
+    /// New provisioner (with a placement it made); `None` keeps it.
+    pub provisioner: Option<String>,
     /// New sealed password; `Some` also bumps `credentials_version`.
     pub credentials: Option<Vec<u8>>,
     /// Remove the stored credentials (takes precedence over `credentials`).
@@ -93,6 +97,8 @@ impl Transition {
             to,
             event: Some(event),
             placement: None,
+            tier: None,
+            provisioner: None,
             credentials: None,
             clear_credentials: false,
             schema_version: None,
@@ -120,7 +126,7 @@ impl Transition {
             .transpose()
             .map_err(|e| CatalogError::Corrupt(e.to_string()))?;
         let server = self.placement.as_ref().map(|p| p.server.clone());
-        let params: [&(dyn ToSql + Sync); 11] = [
+        let params: [&(dyn ToSql + Sync); 13] = [
             &self.tenant.as_str(),
             &self.from.as_str(),
             &self.to.as_str(),
@@ -132,6 +138,8 @@ impl Transition {
             &self.failure_reason,
             &(self.to == TenantState::Failed),
             &self.isolation_version,
+            &self.tier,
+            &self.provisioner,
         ];
         let updated = tx
             .execute(
@@ -144,6 +152,8 @@ impl Transition {
                          + CASE WHEN $6::bytea IS NOT NULL THEN 1 ELSE 0 END,
                      schema_version = coalesce($8, schema_version),
                      isolation_version = coalesce($11, isolation_version),
+                     tier = coalesce($12, tier),
+                     provisioner = coalesce($13, provisioner),
                      failure_reason = CASE WHEN $10 THEN coalesce($9, failure_reason) ELSE '' END,
                      updated_at = now()
                  WHERE tenant_id = $1 AND state = $2",
@@ -353,6 +363,50 @@ impl Catalog {
         self.get_tenant(id).await
     }
 
+    /// Gives an ACTIVE or SUSPENDED tenant the tier `tier` in place (same provisioner and
+    /// placement) and tells routers (a `tier_changed` event: they take the new limits). A
+    /// no-op when it has that tier already.
+    ///
+    /// # Errors
+    /// [`CatalogError::TenantNotFound`]; [`CatalogError::WrongState`] in other states;
+    /// [`CatalogError::Conflict`] while a move of the tenant runs (it sets the tier itself).
+    pub async fn change_tier(
+        &self,
+        id: &TenantId,
+        tier: &str,
+    ) -> Result<TenantRecord, CatalogError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        let state = locked_state(&tx, id).await?;
+        if let Some(running) = operations::find_pending(&tx, OperationKind::MoveTenant, id).await? {
+            return Err(CatalogError::Conflict(format!(
+                "a move of the tenant is running (operation {})",
+                running.id
+            )));
+        }
+        match state {
+            TenantState::Active | TenantState::Suspended => {}
+            TenantState::Deleted => return Err(CatalogError::TenantNotFound),
+            other => return Err(CatalogError::WrongState(other)),
+        }
+        let mut transition = Transition::new(id, state, state, EventKind::TierChanged);
+        transition.tier = Some(tier.to_owned());
+        let current: String = tx
+            .query_one(
+                "SELECT tier FROM tenants WHERE tenant_id = $1",
+                &[&id.as_str()],
+            )
+            .await?
+            .try_get(0)?;
+        let changed = current != tier && transition.apply_in(&tx).await?;
+        tx.commit().await?;
+        drop(conn);
+        if changed {
+            self.changes.notify();
+        }
+        self.get_tenant(id).await
+    }
+
     /// Moves the tenant to DELETING and records the deletion operation, or returns the
     /// deletion already under way (or the one this request id started). A tenant whose
     /// deletion failed is still DELETING; calling this again starts a new attempt.
@@ -546,6 +600,19 @@ impl Catalog {
         rows.iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect()
+    }
+
+    /// Live tenants per server of `provisioner` (what [`crate::provisioner::Provisioner::place`]
+    /// weighs), read under the placement lock so no placement is half-counted.
+    pub async fn placement_load_of(
+        &self,
+        provisioner: &str,
+    ) -> Result<Vec<(String, i64)>, CatalogError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        let load = Self::placement_load(&tx, provisioner).await?;
+        tx.commit().await?;
+        Ok(load)
     }
 
     /// Places a PROVISIONING tenant: `choose` picks a server from the current load, and the

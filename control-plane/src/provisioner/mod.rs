@@ -83,6 +83,9 @@ pub struct AdminAccess {
     pub config: tokio_postgres::Config,
     /// TLS for the server (the admin login's, and the tenant logins' on the same server).
     pub connector: silo_tls::postgres::PgConnector,
+    /// The same TLS settings as `sslmode` / `sslrootcert`, for libpq (`pg_dump`,
+    /// `pg_restore`) and for a subscription's connection string.
+    pub tls: silo_tls::postgres::PgTls,
     /// Other tenants share this server (`postgres` fleet), so the silo must be isolated
     /// from them (`isolation`), and onboarding fails if it cannot be.
     pub shared: bool,

@@ -183,6 +183,7 @@ impl Provisioner for PostgresProvisioner {
         Ok(AdminAccess {
             config: server.admin.clone(),
             connector: server.connector.clone(),
+            tls: server.tls.clone(),
             shared: true,
         })
     }

@@ -122,15 +122,6 @@ fn libpq_env(
     env
 }
 
-/// One side of a copy: the server's admin login and its TLS settings.
-#[derive(Clone, Copy)]
-pub struct CopyEnd<'a> {
-    /// The admin login (and TLS connector) on the server.
-    pub admin: &'a AdminAccess,
-    /// The server's `sslmode` / `sslrootcert`, for libpq.
-    pub tls: &'a PgTls,
-}
-
 /// Copies the tenant's database from `source` to the database of the same name on
 /// `target`, which must be empty: `pg_dump --format=custom | pg_restore --exit-on-error
 /// --single-transaction`, both as the servers' admins. Owners and privileges come along
@@ -142,8 +133,8 @@ pub struct CopyEnd<'a> {
 pub async fn copy_database(
     tools: &PgTools,
     tenant: &TenantSpec,
-    source: CopyEnd<'_>,
-    target: CopyEnd<'_>,
+    source: &AdminAccess,
+    target: &AdminAccess,
     schema_only: bool,
 ) -> Result<(), ProvisionError> {
     let spawn_error = |tool: &Path, e: std::io::Error| {
@@ -152,11 +143,7 @@ pub async fn copy_database(
     let mut dump = tokio::process::Command::new(&tools.pg_dump)
         .args(["--format=custom", "--no-password"])
         .args(schema_only.then_some("--schema-only"))
-        .envs(libpq_env(
-            &source.admin.config,
-            &tenant.database,
-            source.tls,
-        ))
+        .envs(libpq_env(&source.config, &tenant.database, &source.tls))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -171,11 +158,7 @@ pub async fn copy_database(
     let restore = tokio::process::Command::new(&tools.pg_restore)
         .args(["--exit-on-error", "--single-transaction", "--no-password"])
         .arg(format!("--dbname={}", tenant.database))
-        .envs(libpq_env(
-            &target.admin.config,
-            &tenant.database,
-            target.tls,
-        ))
+        .envs(libpq_env(&target.config, &tenant.database, &target.tls))
         .stdin(dumped)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -395,12 +378,12 @@ fn literal(value: &str) -> String {
 /// # Errors
 /// As [`classify`] says.
 pub async fn subscribe(
-    source: CopyEnd<'_>,
-    target: CopyEnd<'_>,
+    source: &AdminAccess,
+    target: &AdminAccess,
     tenant: &TenantSpec,
 ) -> Result<(), ProvisionError> {
     let run = |context: &'static str| move |e: tokio_postgres::Error| classify(context, &e);
-    let publisher = inside(source.admin, tenant).await?;
+    let publisher = inside(source, tenant).await?;
     let published = publisher
         .query_opt(
             "SELECT 1 FROM pg_publication WHERE pubname = $1",
@@ -415,7 +398,7 @@ pub async fn subscribe(
             .await
             .map_err(run("publishing the source database"))?;
     }
-    let subscriber = inside(target.admin, tenant).await?;
+    let subscriber = inside(target, tenant).await?;
     let name = subscription(tenant);
     let subscribed = subscriber
         .query_opt("SELECT 1 FROM pg_subscription WHERE subname = $1", &[&name])
@@ -423,7 +406,7 @@ pub async fn subscribe(
         .map_err(run("looking up the move's subscription"))?
         .is_some();
     if !subscribed {
-        let info = conninfo(&source.admin.config, &tenant.database, source.tls);
+        let info = conninfo(&source.config, &tenant.database, &source.tls);
         subscriber
             .batch_execute(&format!(
                 "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {PUBLICATION}",
@@ -559,17 +542,23 @@ pub async fn catch_up(
 /// Removes what a move by replication made: the subscription on the target (detached
 /// from its slot first, so dropping it never needs the source), the slot and the
 /// publication on the source. Idempotent; a database that is gone has nothing to remove.
+/// `target` is `None` when the target server was never made (an RDS instance that did
+/// not come up): only the source is cleaned.
 ///
 /// # Errors
 /// As [`classify`] says; `Transient` while the slot is still in use.
 pub async fn unsubscribe(
     source: &AdminAccess,
-    target: &AdminAccess,
+    target: Option<&AdminAccess>,
     tenant: &TenantSpec,
 ) -> Result<(), ProvisionError> {
     let run = |context: &'static str| move |e: tokio_postgres::Error| classify(context, &e);
     let name = subscription(tenant);
-    if let Some(subscriber) = inside_if_exists(target, tenant).await? {
+    let subscriber = match target {
+        Some(target) => inside_if_exists(target, tenant).await?,
+        None => None,
+    };
+    if let Some(subscriber) = subscriber {
         let exists = subscriber
             .query_opt("SELECT 1 FROM pg_subscription WHERE subname = $1", &[&name])
             .await

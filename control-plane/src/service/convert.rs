@@ -159,6 +159,7 @@ pub fn event(record: &TenantEvent) -> pb::TenantEvent {
         EventKind::Deleted => pb::TenantEventKind::Deleted,
         EventKind::CredentialsRotated => pb::TenantEventKind::CredentialsRotated,
         EventKind::Failed => pb::TenantEventKind::Failed,
+        EventKind::TierChanged => pb::TenantEventKind::TierChanged,
     };
     pb::TenantEvent {
         sequence: u64::try_from(record.sequence).unwrap_or(0),

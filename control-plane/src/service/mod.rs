@@ -236,6 +236,7 @@ impl ControlPlaneService {
                             target_server: planned.to,
                             method: request.method,
                             request_id: format!("{rebalance_id}:{}", planned.tenant_id),
+                            target_tier: String::new(),
                         },
                     )
                     .await?;
@@ -250,15 +251,19 @@ impl ControlPlaneService {
         })
     }
 
-    /// Checks a MoveTenant request against the tenant and its fleet and records the move.
+    /// Checks a MoveTenant request against the tenant, its fleet and the target tier, and
+    /// records the move with both ends' placements (an RDS target's is chosen now, so a
+    /// resumed move makes the same instance).
     async fn start_move(
         &self,
         id: &TenantId,
         request: pb::MoveTenantRequest,
     ) -> Result<crate::catalog::OperationRecord, ControlPlaneError> {
         use crate::catalog::{MoveMethod, MoveParams};
+        use crate::provisioner::Provisioner as _;
         bounded("request_id", &request.request_id, 128)?;
         bounded("target_server", &request.target_server, 128)?;
+        bounded("target_tier", &request.target_tier, 128)?;
         let asked = pb::MoveMethod::try_from(request.method)
             .map_err(|_| RequestError::MoveTarget("unknown move method".into()))?;
         let tenant = self.catalog.get_tenant(id).await?;
@@ -267,35 +272,97 @@ impl ControlPlaneService {
         } else {
             request.request_id
         };
-        let Some(crate::provisioner::AnyProvisioner::Postgres(fleet)) =
-            self.provisioners.get(&tenant.provisioner)
-        else {
-            return Err(ControlPlaneError::Conflict(format!(
-                "only tenants of a postgres fleet can move; this one's provisioner is {}",
-                tenant.provisioner
-            )));
-        };
-        if fleet.placement_on(&request.target_server).is_err() {
-            return Err(RequestError::MoveTarget(format!(
-                "target_server {:?} is no server of the tenant's fleet",
-                request.target_server
-            ))
-            .into());
+        if let Some(earlier) = self
+            .catalog
+            .find_operation(crate::catalog::OperationKind::MoveTenant, id, &request_id)
+            .await?
+        {
+            return Ok(earlier);
         }
+        let source = self.provisioners.get(&tenant.provisioner).ok_or_else(|| {
+            ControlPlaneError::ProvisionerNotConfigured(tenant.provisioner.clone())
+        })?;
+        let target_tier = match request.target_tier.as_str() {
+            "" => None,
+            tier if tier == tenant.tier => None,
+            tier => Some(
+                self.tiers
+                    .tiers
+                    .get(tier)
+                    .map(|settings| (tier.to_owned(), settings.provisioner.clone()))
+                    .ok_or_else(|| RequestError::UnknownTier(tier.to_owned()))?,
+            ),
+        };
+        let target_provisioner = target_tier
+            .as_ref()
+            .map_or(tenant.provisioner.as_str(), |(_, name)| name.as_str());
+        let target = self.provisioners.get(target_provisioner).ok_or_else(|| {
+            ControlPlaneError::ProvisionerNotConfigured(target_provisioner.to_owned())
+        })?;
         let placement = tenant
             .placement
-            .as_ref()
+            .clone()
             .ok_or(ControlPlaneError::WrongState(tenant.state))?;
-        let source_server = placement.server.clone();
+        if tenant.state != TenantState::Active {
+            return Err(ControlPlaneError::WrongState(tenant.state));
+        }
+        let mut target_spec = TenantSpec::of(&tenant);
+        if let Some((tier, _)) = &target_tier {
+            target_spec.tier.clone_from(tier);
+        }
+        target_spec.request_id.clone_from(&request_id);
+        let target_placement = match target {
+            AnyProvisioner::Postgres(fleet) if request.target_server.is_empty() => {
+                if target_tier.is_none() {
+                    return Err(RequestError::MoveTarget(
+                        "name a target_server or a target_tier".into(),
+                    )
+                    .into());
+                }
+                let load = self.catalog.placement_load_of(target_provisioner).await?;
+                fleet.place(&target_spec, &load)?
+            }
+            AnyProvisioner::Postgres(fleet) => {
+                fleet.placement_on(&request.target_server).map_err(|_| {
+                    RequestError::MoveTarget(format!(
+                        "target_server {:?} is no server of the {target_provisioner} fleet",
+                        request.target_server
+                    ))
+                })?
+            }
+            AnyProvisioner::Rds(_) if !request.target_server.is_empty() => {
+                return Err(RequestError::MoveTarget(
+                    "an rds target gets an instance of its own: leave target_server empty".into(),
+                )
+                .into());
+            }
+            AnyProvisioner::Rds(_) if target_tier.is_none() => {
+                return Err(ControlPlaneError::Conflict(
+                    "the tenant has an RDS instance of its own; move it with a target_tier of \
+                     another provisioner"
+                        .into(),
+                ));
+            }
+            AnyProvisioner::Rds(rds) => rds.place(&target_spec, &[])?,
+        };
+        // The same server under another name (or an RDS endpoint rewritten to it) would
+        // have the target's silo made over the source's.
+        if target_placement.server == placement.server
+            || (target_placement.host == placement.host && target_placement.port == placement.port)
+        {
+            return Err(ControlPlaneError::Conflict(format!(
+                "the tenant is on {} already",
+                target_placement.server
+            )));
+        }
         // Replication needs wal_level = logical on the source; the default takes it when
         // the source allows it.
         let method = match asked {
             pb::MoveMethod::Copy => MoveMethod::Copy,
             pb::MoveMethod::Unspecified | pb::MoveMethod::Replicate => {
-                use crate::provisioner::Provisioner as _;
-                let admin = fleet.admin_access(placement).await?;
+                let admin = source.admin_access(&placement).await?;
                 let level = crate::provisioner::relocate::wal_level(&admin).await?;
-                let spec = crate::provisioner::TenantSpec::of(&tenant);
+                let spec = TenantSpec::of(&tenant);
                 let unreplicable = if level == "logical" {
                     crate::provisioner::relocate::tables_without_replica_identity(&admin, &spec)
                         .await?
@@ -318,19 +385,64 @@ impl ControlPlaneService {
                             "replicate needs wal_level = logical on the source server {} (it \
                              is {level}); set it (on RDS: rds.logical_replication = 1) or \
                              move with MOVE_METHOD_COPY",
-                            source_server
+                            placement.server
                         )));
                     }
                 }
             }
         };
         let params = MoveParams {
-            source_server,
-            target_server: request.target_server,
+            source_server: placement.server.clone(),
+            target_server: target_placement.server.clone(),
+            source: Some(placement),
+            target: Some(target_placement),
+            source_provisioner: Some(tenant.provisioner.clone()),
+            target_provisioner: Some(target_provisioner.to_owned()),
+            target_tier: target_tier.map(|(tier, _)| tier),
             method,
             cancel_requested: false,
+            abandoned: None,
         };
         Ok(self.catalog.start_move(id, &request_id, &params).await?)
+    }
+
+    /// ChangeTier: at once when the new tier's provisioner is the tenant's, else a move.
+    async fn change_tier(
+        &self,
+        id: &TenantId,
+        request: pb::ChangeTierRequest,
+    ) -> Result<pb::ChangeTierResponse, ControlPlaneError> {
+        bounded("tier", &request.tier, 128)?;
+        let tier = self
+            .tiers
+            .tiers
+            .get(&request.tier)
+            .ok_or_else(|| RequestError::UnknownTier(request.tier.clone()))?;
+        let tenant = self.catalog.get_tenant(id).await?;
+        if tier.provisioner == tenant.provisioner {
+            let tenant = self.catalog.change_tier(id, &request.tier).await?;
+            return Ok(pb::ChangeTierResponse {
+                tenant: Some(convert::tenant(&tenant)),
+                operation: None,
+            });
+        }
+        let operation = self
+            .start_move(
+                id,
+                pb::MoveTenantRequest {
+                    tenant_id: request.tenant_id,
+                    target_server: String::new(),
+                    method: request.method,
+                    request_id: request.request_id,
+                    target_tier: request.tier,
+                },
+            )
+            .await?;
+        let tenant = self.catalog.get_tenant(id).await?;
+        Ok(pb::ChangeTierResponse {
+            tenant: Some(convert::tenant(&tenant)),
+            operation: Some(convert::operation(&operation)),
+        })
     }
 
     async fn rotate_credentials(&self, id: &TenantId) -> Result<pb::Tenant, ControlPlaneError> {
@@ -601,6 +713,18 @@ impl ControlPlane for ControlPlaneService {
         let result = self.start_move(&id, request).await;
         audit(&caller, "move_tenant", &id, &result);
         Ok(Response::new(convert::operation(&result?)))
+    }
+
+    async fn change_tier(
+        &self,
+        request: Request<pb::ChangeTierRequest>,
+    ) -> Result<Response<pb::ChangeTierResponse>, Status> {
+        let caller = self.authorize(&request, Permission::Mutate)?;
+        let request = request.into_inner();
+        let id = tenant_id(&request.tenant_id)?;
+        let result = self.change_tier(&id, request).await;
+        audit(&caller, "change_tier", &id, &result);
+        Ok(Response::new(result?))
     }
 
     async fn cancel_operation(

@@ -322,6 +322,7 @@ async fn moves_survive_sigkill_at_random_moments() {
                     target_server: to.into(),
                     method: method.into(),
                     request_id: format!("move-drill-{seed}-{round}"),
+                    target_tier: String::new(),
                 },
                 &token("admin"),
             ))

@@ -97,11 +97,145 @@ async fn move_tenant(
                 target_server: target.into(),
                 method: method.into(),
                 request_id: request_id.into(),
+                target_tier: String::new(),
             },
             &token("admin"),
         ))
         .await
         .map(tonic::Response::into_inner)
+}
+
+/// Eight clients that write (and every few writes read their own rows back) through a
+/// router until stopped, each call with a 10 s deadline, far above the router's 2 s hold.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    failures: Arc<Mutex<Vec<tonic::Status>>>,
+    slowest: Arc<Mutex<Duration>>,
+    clients: Vec<tokio::task::JoinHandle<(usize, Vec<usize>)>>,
+}
+
+impl Writers {
+    /// Creates the `writes` table in the tenant's silo and starts the clients.
+    async fn start(router: &TestRouter, tenant: &str) -> Self {
+        let token = tenant_token(tenant);
+        router
+            .client
+            .clone()
+            .execute(call(
+                rpb::ExecuteRequest {
+                    statement: statement(
+                        "CREATE TABLE writes (client int, n int, PRIMARY KEY (client, n))",
+                        vec![],
+                    ),
+                },
+                &token,
+                None,
+            ))
+            .await
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let slowest = Arc::new(Mutex::new(Duration::ZERO));
+        let clients = (0..8)
+            .map(|client| {
+                let (stop, failures, slowest) = (stop.clone(), failures.clone(), slowest.clone());
+                let mut router = router.client.clone();
+                let token = token.clone();
+                tokio::spawn(async move {
+                    let mut acknowledged = Vec::new();
+                    let mut n = 0;
+                    while !stop.load(Ordering::SeqCst) {
+                        n += 1;
+                        let mut request = call(
+                            rpb::ExecuteRequest {
+                                statement: statement(
+                                    "INSERT INTO writes VALUES ($1, $2)",
+                                    vec![int(client as i64), int(n as i64)],
+                                ),
+                            },
+                            &token,
+                            None,
+                        );
+                        request.set_timeout(Duration::from_secs(10));
+                        let started = Instant::now();
+                        match router.execute(request).await {
+                            Ok(_) => acknowledged.push(n),
+                            Err(status) => failures.lock().unwrap().push(status),
+                        }
+                        if n % 5 == 0 {
+                            let mut request = call(
+                                rpb::QueryRequest {
+                                    statement: statement(
+                                        "SELECT count(*) FROM writes WHERE client = $1",
+                                        vec![int(client as i64)],
+                                    ),
+                                    max_rows: 0,
+                                },
+                                &token,
+                                None,
+                            );
+                            request.set_timeout(Duration::from_secs(10));
+                            if let Err(status) = router.query(request).await {
+                                failures.lock().unwrap().push(status);
+                            }
+                        }
+                        let took = started.elapsed();
+                        let mut slowest = slowest.lock().unwrap();
+                        *slowest = (*slowest).max(took);
+                    }
+                    (client, acknowledged)
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Self {
+            stop,
+            failures,
+            slowest,
+            clients,
+        }
+    }
+
+    /// Stops the clients; asserts no call failed. Returns each client's acknowledged
+    /// writes and the slowest call.
+    async fn stop(self) -> (Vec<(usize, Vec<usize>)>, Duration) {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut acknowledged = Vec::new();
+        for client in self.clients {
+            acknowledged.push(client.await.unwrap());
+        }
+        let failed = std::mem::take(&mut *self.failures.lock().unwrap());
+        assert!(
+            failed.is_empty(),
+            "calls failed during the move: {failed:?}"
+        );
+        let slowest = *self.slowest.lock().unwrap();
+        (acknowledged, slowest)
+    }
+}
+
+/// Every acknowledged write is in `silo`'s `writes`, and nothing else; returns how many.
+async fn assert_written(
+    silo: &tokio_postgres::Client,
+    acknowledged: &[(usize, Vec<usize>)],
+) -> usize {
+    let mut total = 0;
+    for (client, written) in acknowledged {
+        let rows: Vec<i32> = silo
+            .query(
+                "SELECT n FROM writes WHERE client = $1 ORDER BY n",
+                &[&(*client as i32)],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let written: Vec<i32> = written.iter().map(|n| *n as i32).collect();
+        assert_eq!(rows, written, "client {client}");
+        total += written.len();
+    }
+    total
 }
 
 /// The tenant's server, and the other one.
@@ -148,81 +282,7 @@ async fn move_under_load(method: pb::MoveMethod) {
     cp.onboard(&["acme"]).await;
     let (source, target) = servers_of(&cp, "acme").await;
     let router = TestRouter::start(&cp, PoolConfig::default()).await;
-    let acme = tenant_token("acme");
-    router
-        .client
-        .clone()
-        .execute(call(
-            rpb::ExecuteRequest {
-                statement: statement(
-                    "CREATE TABLE writes (client int, n int, PRIMARY KEY (client, n))",
-                    vec![],
-                ),
-            },
-            &acme,
-            None,
-        ))
-        .await
-        .unwrap();
-
-    // Eight clients write (and every few writes read their own rows back) until told to
-    // stop; each call with a 10 s deadline, far above the router's 2 s hold.
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(Mutex::new(Vec::new()));
-    let slowest = Arc::new(Mutex::new(Duration::ZERO));
-    let clients: Vec<_> = (0..8)
-        .map(|client| {
-            let (stop, failures, slowest) = (stop.clone(), failures.clone(), slowest.clone());
-            let mut router = router.client.clone();
-            let acme = acme.clone();
-            tokio::spawn(async move {
-                let mut acknowledged = Vec::new();
-                let mut n = 0;
-                while !stop.load(Ordering::SeqCst) {
-                    n += 1;
-                    let mut request = call(
-                        rpb::ExecuteRequest {
-                            statement: statement(
-                                "INSERT INTO writes VALUES ($1, $2)",
-                                vec![int(client), int(n)],
-                            ),
-                        },
-                        &acme,
-                        None,
-                    );
-                    request.set_timeout(Duration::from_secs(10));
-                    let started = Instant::now();
-                    match router.execute(request).await {
-                        Ok(_) => acknowledged.push(n),
-                        Err(status) => failures.lock().unwrap().push(status),
-                    }
-                    if n % 5 == 0 {
-                        let mut request = call(
-                            rpb::QueryRequest {
-                                statement: statement(
-                                    "SELECT count(*) FROM writes WHERE client = $1",
-                                    vec![int(client)],
-                                ),
-                                max_rows: 0,
-                            },
-                            &acme,
-                            None,
-                        );
-                        request.set_timeout(Duration::from_secs(10));
-                        if let Err(status) = router.query(request).await {
-                            failures.lock().unwrap().push(status);
-                        }
-                    }
-                    let took = started.elapsed();
-                    let mut slowest = slowest.lock().unwrap();
-                    *slowest = (*slowest).max(took);
-                }
-                (client, acknowledged)
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
+    let writers = Writers::start(&router, "acme").await;
     let started = Instant::now();
     let operation = move_tenant(&cp, "acme", &target, method, "move-1")
         .await
@@ -231,17 +291,7 @@ async fn move_under_load(method: pb::MoveMethod) {
     let done = cp.wait_succeeded(&operation.operation_id).await;
     let took = started.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    let mut acknowledged = Vec::new();
-    for client in clients {
-        acknowledged.push(client.await.unwrap());
-    }
-
-    let failed = std::mem::take(&mut *failures.lock().unwrap());
-    assert!(
-        failed.is_empty(),
-        "calls failed during the move: {failed:?}"
-    );
+    let (acknowledged, slowest) = writers.stop().await;
     let steps: Vec<&str> = done.steps.iter().map(|step| step.name.as_str()).collect();
     assert_eq!(steps, steps_of(method), "{done:?}");
     // Progress in the steps' details.
@@ -274,23 +324,7 @@ async fn move_under_load(method: pb::MoveMethod) {
     let moved = env
         .admin_client(server_index(&target), &record.database)
         .await;
-    let mut total = 0;
-    for (client, written) in &acknowledged {
-        let rows: Vec<i32> = moved
-            .query(
-                "SELECT n FROM writes WHERE client = $1 ORDER BY n",
-                &[&(*client as i32)],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        let written: Vec<i32> = written.iter().map(|n| *n as i32).collect();
-        assert_eq!(rows, written, "client {client}");
-        total += written.len();
-    }
-    assert!(total > 50, "the clients wrote only {total} rows");
+    let total = assert_written(&moved, &acknowledged).await;
 
     // One live silo: the target's; the source database is kept renamed, its role gone.
     assert_eq!(silo_on(&env, &target, &record.database).await, (true, true));
@@ -309,7 +343,6 @@ async fn move_under_load(method: pb::MoveMethod) {
         .unwrap()
         .get(0);
     assert_eq!(kept, 1, "the source database is kept, renamed");
-    let slowest = *slowest.lock().unwrap();
     let held = done
         .steps
         .iter()
@@ -353,6 +386,7 @@ async fn moves_refuse_what_they_cannot_do_and_a_retry_gets_the_same_operation() 
                 target_server: target.clone(),
                 method: pb::MoveMethod::Copy.into(),
                 request_id: "v".into(),
+                target_tier: String::new(),
             },
             &token("viewer"),
         ))
@@ -888,4 +922,411 @@ async fn a_target_that_does_not_catch_up_gives_the_move_up() {
         "slots, subscriptions left"
     );
     second.stop().await;
+}
+
+/// ChangeTier as an admin.
+async fn change_tier(cp: &TestControlPlane, tenant: &str, tier: &str) -> pb::ChangeTierResponse {
+    cp.client()
+        .change_tier(with_token(
+            pb::ChangeTierRequest {
+                tenant_id: tenant.into(),
+                tier: tier.into(),
+                method: pb::MoveMethod::Unspecified.into(),
+                request_id: format!("tier-{tenant}-{tier}"),
+            },
+            &token("admin"),
+        ))
+        .await
+        .expect("ChangeTier")
+        .into_inner()
+}
+
+/// The promotion path against moto, instance endpoints rewritten to pg1: a `standard`
+/// tenant on pg0 moves to the `enterprise` tier (an RDS instance of its own) and back with
+/// ChangeTier, while eight clients write through a router: no call fails, every write
+/// is on the final silo, the instance is deleted with a final snapshot, one live silo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_is_promoted_to_its_own_rds_instance_and_demoted_back_under_load() {
+    use silo_tests::rds::{RdsTier, rds_client};
+    let env = TestEnv::start(2).await;
+    let moto = silo_tests::moto::Moto::start().await;
+    let rewrite = format!(
+        "--rds-endpoint-rewrite=*={}:{}",
+        env.tenant_host(),
+        env.servers[1].port()
+    );
+    let config = env.rds_config(
+        &moto.endpoint_url(),
+        RdsTier {
+            managed_password: true,
+        },
+        &[&rewrite],
+    );
+    let cp = env.control_plane_with(config, Hooks::default()).await;
+    let created = cp
+        .client()
+        .create_tenant(with_token(
+            pb::CreateTenantRequest {
+                tenant_id: "acme".into(),
+                display_name: "acme inc".into(),
+                tier: "standard".into(),
+                request_id: "req-acme".into(),
+            },
+            &token("admin"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    cp.wait_succeeded(&created.operation_id).await;
+    let before = cp.get_tenant("acme").await.unwrap();
+    assert_eq!(
+        (before.tier.as_str(), before.placement.as_str()),
+        ("standard", "pg0")
+    );
+    let router = TestRouter::start(&cp, PoolConfig::default()).await;
+    let writers = Writers::start(&router, "acme").await;
+
+    // A tier of the same provisioner would change at once; `enterprise` is rds: a move.
+    let promotion = cp
+        .client()
+        .move_tenant(with_token(
+            pb::MoveTenantRequest {
+                tenant_id: "acme".into(),
+                target_tier: "enterprise".into(),
+                request_id: "promote".into(),
+                ..Default::default()
+            },
+            &token("admin"),
+        ))
+        .await
+        .expect("MoveTenant to the enterprise tier")
+        .into_inner();
+    let promoted = cp.wait_succeeded(&promotion.operation_id).await;
+    let steps: Vec<&str> = promoted.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(steps, steps_of(pb::MoveMethod::Replicate), "{promoted:?}");
+    let tenant = cp.get_tenant("acme").await.unwrap();
+    assert_eq!(
+        (
+            tenant.tier.as_str(),
+            tenant.provisioner.as_str(),
+            tenant.placement.as_str(),
+            tenant.state()
+        ),
+        ("enterprise", "rds", "silo-acme", pb::TenantState::Active)
+    );
+    let rds = rds_client(&moto.endpoint_url()).await;
+    let instance = rds
+        .describe_db_instances()
+        .db_instance_identifier("silo-acme")
+        .send()
+        .await
+        .expect("the promotion made an instance");
+    let tags: Vec<(&str, &str)> = instance.db_instances()[0]
+        .tag_list()
+        .iter()
+        .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or("")))
+        .collect();
+    assert!(tags.contains(&("silo:tenant-id", "acme")), "{tags:?}");
+    assert!(tags.contains(&("silo:tier", "enterprise")), "{tags:?}");
+    // The fleet database is kept renamed on pg0, its role gone.
+    assert_eq!(silo_on(&env, "pg0", &tenant.database).await, (false, false));
+    // The reconciler counts the promoted instance as the tenant's.
+    let report = cp
+        .client()
+        .reconcile_rds_instances(with_token(
+            pb::ReconcileRdsInstancesRequest::default(),
+            &token("admin"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(report.orphans.is_empty(), "{report:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Back to the fleet: ChangeTier moves it, since the provisioner differs.
+    let changed = change_tier(&cp, "acme", "standard").await;
+    let demotion = changed.operation.expect("a demotion is a move");
+    let demoted = cp.wait_succeeded(&demotion.operation_id).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (acknowledged, slowest) = writers.stop().await;
+    let retiring = demoted.steps.last().unwrap();
+    assert!(retiring.detail.contains("final snapshot"), "{demoted:?}");
+    let tenant = cp.get_tenant("acme").await.unwrap();
+    assert_eq!(
+        (
+            tenant.tier.as_str(),
+            tenant.provisioner.as_str(),
+            tenant.placement.as_str()
+        ),
+        ("standard", "postgres", "pg0")
+    );
+    let silo = env.admin_client(0, &tenant.database).await;
+    let total = assert_written(&silo, &acknowledged).await;
+    assert!(total > 50, "the clients wrote only {total} rows");
+    // The instance is gone, its final snapshot kept.
+    let gone = rds
+        .describe_db_instances()
+        .db_instance_identifier("silo-acme")
+        .send()
+        .await;
+    assert!(gone.is_err(), "the instance is deleted: {gone:?}");
+    let snapshots = rds
+        .describe_db_snapshots()
+        .db_instance_identifier("silo-acme")
+        .send()
+        .await
+        .unwrap();
+    let kept: Vec<&str> = snapshots
+        .db_snapshots()
+        .iter()
+        .filter(|s| s.snapshot_type() == Some("manual"))
+        .filter_map(|s| s.db_snapshot_identifier())
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            silo_control_plane::provisioner::rds::identifiers::final_snapshot_id(
+                "silo-acme",
+                "promote"
+            )
+        ],
+        "{snapshots:?}"
+    );
+    // (pg1 stands in for the instance: what was on it went with the instance.)
+    assert_eq!(replication_left(&env).await, (0, 0));
+    println!("promotion and demotion of {total} rows; slowest client call {slowest:?}");
+    cp.stop().await;
+}
+
+/// ChangeTier within one provisioner changes the tier at once (routers take its limits);
+/// an unknown tier is INVALID_ARGUMENT; a move to an rds tier with a fleet server named
+/// is INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_tier_within_a_provisioner_is_immediate() {
+    let env = TestEnv::start(1).await;
+    let tiers = env.scratch_file("tiers.toml");
+    std::fs::write(
+        &tiers,
+        "default_tier = \"standard\"\n\
+         [tiers.standard]\nprovisioner = \"postgres\"\nmax_connections = 5\n\
+         [tiers.premium]\nprovisioner = \"postgres\"\nmax_connections = 20\n",
+    )
+    .unwrap();
+    let flag = format!("--tiers-file={}", tiers.display());
+    let cp = env
+        .control_plane_with(env.config(&[&flag]), Hooks::default())
+        .await;
+    cp.onboard(&["acme"]).await;
+    let route = cp.resolve("acme").await.unwrap();
+    assert_eq!(route.limits.unwrap().max_connections, 5);
+    let changed = change_tier(&cp, "acme", "premium").await;
+    assert!(changed.operation.is_none(), "{changed:?}");
+    assert_eq!(changed.tenant.unwrap().tier, "premium");
+    let route = cp.resolve("acme").await.unwrap();
+    assert_eq!(
+        (route.tier.as_str(), route.limits.unwrap().max_connections),
+        ("premium", 20)
+    );
+    let unknown = cp
+        .client()
+        .change_tier(with_token(
+            pb::ChangeTierRequest {
+                tenant_id: "acme".into(),
+                tier: "gold".into(),
+                ..Default::default()
+            },
+            &token("admin"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::InvalidArgument, "{unknown:?}");
+    let viewer = cp
+        .client()
+        .change_tier(with_token(
+            pb::ChangeTierRequest {
+                tenant_id: "acme".into(),
+                tier: "standard".into(),
+                ..Default::default()
+            },
+            &token("viewer"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(viewer.code(), Code::PermissionDenied, "{viewer:?}");
+    cp.stop().await;
+}
+
+/// The control plane's configuration for the promotion tests: tiers `standard` (the
+/// `postgres` fleet pg0, pg1) and `enterprise` (`rds` against moto, every instance's
+/// endpoint rewritten to pg1).
+fn promotion_config(
+    env: &TestEnv,
+    moto: &silo_tests::moto::Moto,
+    extra: &[&str],
+) -> silo_control_plane::ControlPlaneConfig {
+    let rewrite = format!(
+        "--rds-endpoint-rewrite=*={}:{}",
+        env.tenant_host(),
+        env.servers[1].port()
+    );
+    let mut flags = vec![rewrite.as_str()];
+    flags.extend_from_slice(extra);
+    env.rds_config(
+        &moto.endpoint_url(),
+        silo_tests::rds::RdsTier {
+            managed_password: true,
+        },
+        &flags,
+    )
+}
+
+/// A promotion and a demotion in turn, the control plane killed after each transition
+/// in turn (8 of a move by replication): a new control plane finishes each with the
+/// tenant in its new tier and provisioner, every row, nothing of the replication left;
+/// and while a promotion is stopped half-way, the RDS reconciler counts the instance it
+/// made as the tenant's, not as an orphan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promotions_and_demotions_finish_after_the_control_plane_is_killed_after_any_step() {
+    let env = TestEnv::start(2).await;
+    let moto = silo_tests::moto::Moto::start().await;
+    let onboarding = env
+        .control_plane_with(promotion_config(&env, &moto, &[]), Hooks::default())
+        .await;
+    let created = onboarding
+        .client()
+        .create_tenant(with_token(
+            pb::CreateTenantRequest {
+                tenant_id: "acme".into(),
+                display_name: "acme inc".into(),
+                tier: "standard".into(),
+                request_id: "req-acme".into(),
+            },
+            &token("admin"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    onboarding.wait_succeeded(&created.operation_id).await;
+    let database = onboarding.get_tenant("acme").await.unwrap().database;
+    onboarding.stop().await;
+    let mut rows = 0_i64;
+    let transitions = steps_of(pb::MoveMethod::Replicate).len() + 1;
+    for at in 1..=transitions {
+        let (tier, provisioner, server) = if at % 2 == 1 {
+            ("enterprise", "rds", 1)
+        } else {
+            ("standard", "postgres", 0)
+        };
+        let (hooks, crashed) = crash_at_transition(at);
+        let first = env
+            .control_plane_with(promotion_config(&env, &moto, &["--workers=1"]), hooks)
+            .await;
+        {
+            let from = 1 - server;
+            let silo = env.admin_client(from, &database).await;
+            silo.batch_execute(
+                "CREATE TABLE IF NOT EXISTS kept
+                     (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, n int);
+                 INSERT INTO kept (n) SELECT generate_series(1, 10)",
+            )
+            .await
+            .unwrap();
+            rows += 10;
+        }
+        let operation = first
+            .client()
+            .move_tenant(with_token(
+                pb::MoveTenantRequest {
+                    tenant_id: "acme".into(),
+                    target_tier: tier.into(),
+                    request_id: format!("tier-{at}"),
+                    ..Default::default()
+                },
+                &token("admin"),
+            ))
+            .await
+            .expect("MoveTenant to another tier")
+            .into_inner();
+        silo_tests::eventually_reporting(
+            Duration::from_secs(30),
+            "the worker to crash",
+            || async {
+                if crashed.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                let operation = first.get_operation(&operation.operation_id).await;
+                Err(format!("{operation:?}"))
+            },
+        )
+        .await;
+        if tier == "enterprise" {
+            let report = first
+                .client()
+                .reconcile_rds_instances(with_token(
+                    pb::ReconcileRdsInstancesRequest::default(),
+                    &token("admin"),
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(
+                report.orphans.is_empty(),
+                "crash at transition {at}: {report:?}"
+            );
+        }
+        first.abort();
+
+        let second = env
+            .control_plane_with(promotion_config(&env, &moto, &[]), Hooks::default())
+            .await;
+        let done = second.wait_succeeded(&operation.operation_id).await;
+        let steps: Vec<&str> = done.steps.iter().map(|step| step.name.as_str()).collect();
+        assert_eq!(
+            steps,
+            steps_of(pb::MoveMethod::Replicate),
+            "crash at transition {at}: {done:?}"
+        );
+        let record = second.get_tenant("acme").await.unwrap();
+        assert_eq!(
+            (
+                record.tier.as_str(),
+                record.provisioner.as_str(),
+                record.state()
+            ),
+            (tier, provisioner, pb::TenantState::Active),
+            "crash at transition {at}"
+        );
+        let silo = env.admin_client(server, &database).await;
+        let count: i64 = silo
+            .query_one("SELECT count(*) FROM kept", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(count, rows, "crash at transition {at}");
+        assert_eq!(
+            replication_left(&env).await,
+            (0, 0),
+            "crash at transition {at}"
+        );
+        second.stop().await;
+        if tier == "standard" {
+            // Deletion keeps automated backups (RDS names them by time); moto names them by
+            // the minute, so a new instance of the same name within it would collide.
+            let rds = silo_tests::rds::rds_client(&moto.endpoint_url()).await;
+            let automated = rds
+                .describe_db_snapshots()
+                .db_instance_identifier("silo-acme")
+                .snapshot_type("automated")
+                .send()
+                .await
+                .unwrap();
+            for snapshot in automated.db_snapshots() {
+                rds.delete_db_snapshot()
+                    .set_db_snapshot_identifier(snapshot.db_snapshot_identifier().map(Into::into))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
 }

@@ -391,6 +391,7 @@ impl Provisioner for RdsProvisioner {
         Ok(AdminAccess {
             config,
             connector,
+            tls,
             shared: false,
         })
     }

@@ -61,7 +61,8 @@ pub struct ReconcileReport {
     pub instances_seen: usize,
     /// Instances without a `silo:tenant-id` tag: not silo's, never touched.
     pub foreign_instances: usize,
-    /// Silo-tagged instances that are the placement of the tenant their tag names.
+    /// Silo-tagged instances that are the placement of the tenant their tag names, or an
+    /// end of a move of that tenant that has not finished.
     pub matched: usize,
     /// Silo-tagged instances whose tagged tenant is gone, `DELETED`, or placed elsewhere.
     pub orphans: Vec<OrphanInstance>,
@@ -104,6 +105,10 @@ pub async fn reconcile(
     delete_orphans: bool,
 ) -> Result<ReconcileReport, ReconcileError> {
     let tenants = rds_tenants(catalog).await?;
+    // Read before and after listing the instances: a move started meanwhile may have made
+    // its instance already.
+    let mut in_moves: std::collections::BTreeSet<(String, String)> =
+        catalog.servers_in_moves().await?.into_iter().collect();
     let mut report = ReconcileReport::default();
     let mut seen = std::collections::BTreeSet::new();
     let mut pages = rds
@@ -113,57 +118,61 @@ pub async fn reconcile(
         .into_paginator()
         .page_size(100)
         .send();
+    let mut listed = Vec::new();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| {
             ReconcileError::Aws(AwsFault::from_sdk("describing RDS instances", &e).message)
         })?;
-        for instance in page.db_instances() {
-            report.instances_seen += 1;
-            let id = instance
-                .db_instance_identifier()
-                .unwrap_or_default()
-                .to_owned();
-            seen.insert(id.clone());
-            let Some(owner) = tenant_tag(instance) else {
-                report.foreign_instances += 1;
-                continue;
-            };
-            let owned = tenants
-                .get(owner)
-                .and_then(|t| t.placement.as_ref())
-                .is_some_and(|p| p.server == id);
-            if owned {
-                report.matched += 1;
-                continue;
-            }
-            let status = instance
-                .db_instance_status()
-                .unwrap_or("unknown")
-                .to_owned();
-            tracing::warn!(instance_id = %id, tenant_id = %owner, status = %status, "rds instance has no tenant");
-            let mut orphan = OrphanInstance {
-                instance_id: id.clone(),
-                tenant_id: owner.to_owned(),
-                status,
-                action: String::new(),
-            };
-            if delete_orphans {
-                let request_id = instance
-                    .tag_list()
-                    .iter()
-                    .find(|t| t.key() == Some(identifiers::REQUEST_TAG))
-                    .and_then(|t| t.value())
-                    .unwrap_or("orphan");
-                orphan.action = match rds.delete_instance(&id, owner, request_id).await {
-                    Ok(Availability::Ready) => "gone".into(),
-                    Ok(Availability::Waiting { status, .. }) => status,
-                    Err(ProvisionError::Transient(e) | ProvisionError::Permanent(e)) => {
-                        format!("delete failed: {e}")
-                    }
-                };
-            }
-            report.orphans.push(orphan);
+        listed.extend(page.db_instances().iter().cloned());
+    }
+    in_moves.extend(catalog.servers_in_moves().await?);
+    for instance in &listed {
+        report.instances_seen += 1;
+        let id = instance
+            .db_instance_identifier()
+            .unwrap_or_default()
+            .to_owned();
+        seen.insert(id.clone());
+        let Some(owner) = tenant_tag(instance) else {
+            report.foreign_instances += 1;
+            continue;
+        };
+        let owned = tenants
+            .get(owner)
+            .and_then(|t| t.placement.as_ref())
+            .is_some_and(|p| p.server == id)
+            || in_moves.contains(&(owner.to_owned(), id.clone()));
+        if owned {
+            report.matched += 1;
+            continue;
         }
+        let status = instance
+            .db_instance_status()
+            .unwrap_or("unknown")
+            .to_owned();
+        tracing::warn!(instance_id = %id, tenant_id = %owner, status = %status, "rds instance has no tenant");
+        let mut orphan = OrphanInstance {
+            instance_id: id.clone(),
+            tenant_id: owner.to_owned(),
+            status,
+            action: String::new(),
+        };
+        if delete_orphans {
+            let request_id = instance
+                .tag_list()
+                .iter()
+                .find(|t| t.key() == Some(identifiers::REQUEST_TAG))
+                .and_then(|t| t.value())
+                .unwrap_or("orphan");
+            orphan.action = match rds.delete_instance(&id, owner, request_id).await {
+                Ok(Availability::Ready) => "gone".into(),
+                Ok(Availability::Waiting { status, .. }) => status,
+                Err(ProvisionError::Transient(e) | ProvisionError::Permanent(e)) => {
+                    format!("delete failed: {e}")
+                }
+            };
+        }
+        report.orphans.push(orphan);
     }
     for (tenant_id, tenant) in &tenants {
         let Some(placement) = &tenant.placement else {
