@@ -560,3 +560,36 @@ async fn siloctl_moves_a_tenant_to_another_server() {
     );
     cp.stop().await;
 }
+
+/// `tenants change-tier` within one provisioner changes the tier at once and prints the
+/// tenant; an unknown tier is refused with the server's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn siloctl_changes_a_tenant_tier_in_place() {
+    let env = TestEnv::start(1).await;
+    let tiers = env.scratch_file("tiers.toml");
+    std::fs::write(
+        &tiers,
+        "default_tier = \"standard\"\n\
+         [tiers.standard]\nprovisioner = \"postgres\"\n\
+         [tiers.premium]\nprovisioner = \"postgres\"\nmax_connections = 20\n",
+    )
+    .unwrap();
+    let flag = format!("--tiers-file={}", tiers.display());
+    let cp = env
+        .control_plane_with(env.config(&[&flag]), Hooks::default())
+        .await;
+    cp.onboard(&["acme"]).await;
+    let changed = json(
+        &siloctl(
+            &cp,
+            &["tenants", "change-tier", "acme", "premium", "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(changed["tier"], "premium", "{changed}");
+    let unknown = siloctl(&cp, &["tenants", "change-tier", "acme", "gold"]).await;
+    assert!(!unknown.status.success());
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(said.contains("gold"), "{said}");
+    cp.stop().await;
+}

@@ -983,6 +983,24 @@ async fn a_tenant_is_promoted_to_its_own_rds_instance_and_demoted_back_under_loa
         (before.tier.as_str(), before.placement.as_str()),
         ("standard", "pg0")
     );
+    // An rds tier gets an instance of its own (no server to name); tiers must exist.
+    for (server, tier) in [("pg1", "enterprise"), ("", "gold")] {
+        let refused = cp
+            .client()
+            .move_tenant(with_token(
+                pb::MoveTenantRequest {
+                    tenant_id: "acme".into(),
+                    target_server: server.into(),
+                    target_tier: tier.into(),
+                    request_id: format!("refused-{tier}"),
+                    ..Default::default()
+                },
+                &token("admin"),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    }
     let router = TestRouter::start(&cp, PoolConfig::default()).await;
     let writers = Writers::start(&router, "acme").await;
 
