@@ -552,6 +552,26 @@ async fn siloctl_moves_a_tenant_to_another_server() {
     assert!(!late.status.success());
     let said = String::from_utf8_lossy(&late.stderr);
     assert!(said.contains("the move has finished"), "{said}");
+    // Rolled back: to where the last move (the copy back) came from.
+    let rolled = json(
+        &siloctl(
+            &cp,
+            &[
+                "tenants",
+                "move",
+                "acme",
+                "--rollback",
+                "--method",
+                "copy",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(rolled["status"], "Succeeded", "{rolled}");
+    let tenant = json(&siloctl(&cp, &["tenants", "get", "acme", "-o", "json"]).await);
+    assert_eq!(tenant["placement"], other, "{tenant}");
     // One tenant on two servers: nothing to even out.
     let plan = stdout(&siloctl(&cp, &["rebalance"]).await);
     assert!(

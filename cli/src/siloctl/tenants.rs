@@ -93,12 +93,16 @@ pub enum TenantsCommand {
         tenant_id: String,
         /// The fleet server to move to (a name from the control plane's
         /// --postgres-server); may be left out with --tier.
-        #[arg(long, required_unless_present = "tier")]
+        #[arg(long, required_unless_present_any = ["tier", "rollback"])]
         to: Option<String>,
         /// The tier the tenant has after the move; a tier of another provisioner promotes
         /// (`postgres` → `rds`) or demotes it.
         #[arg(long)]
         tier: Option<String>,
+        /// Move back to where the tenant's last finished move took it from (its server, and
+        /// its tier if that move changed it), with the tenant's data as it is now.
+        #[arg(long, conflicts_with_all = ["to", "tier"])]
+        rollback: bool,
         /// How: `replicate` (logical replication; calls held only for the last changes) or
         /// `copy` (pg_dump | pg_restore while calls are held). Default: replicate when the
         /// source server has wal_level = logical, else copy.
@@ -337,6 +341,7 @@ pub async fn run(
             tenant_id,
             to,
             tier,
+            rollback,
             method,
             request_id,
             no_wait,
@@ -349,6 +354,7 @@ pub async fn run(
                     method: method.into(),
                     request_id: request_id.unwrap_or_default(),
                     target_tier: tier.unwrap_or_default(),
+                    rollback,
                 })?)
                 .await?
                 .into_inner();

@@ -180,6 +180,28 @@ impl Catalog {
             .collect()
     }
 
+    /// The tenant's move that finished (succeeded) last, if any.
+    pub async fn last_finished_move(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<OperationRecord>, CatalogError> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_opt(
+                &format!(
+                    "SELECT {OPERATION_COLUMNS} FROM operations
+                     WHERE kind = $1 AND tenant_id = $2 AND status = 'succeeded'
+                     ORDER BY finished_at DESC LIMIT 1"
+                ),
+                &[&OperationKind::MoveTenant.as_str(), &tenant.as_str()],
+            )
+            .await?;
+        match row {
+            Some(row) => Ok(Some(load(&*conn, &row).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// The operation of `kind` a call with `request_id` made for the tenant, if any.
     pub async fn find_operation(
         &self,

@@ -373,6 +373,9 @@ pub struct MoveParams {
     /// The provisioner of the target; `None`: the source's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_provisioner: Option<String>,
+    /// The tenant's tier when the move was requested (what a rollback returns to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_tier: Option<String>,
     /// The tier the tenant has from the switch on (a promotion or demotion); `None`: its
     /// own.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -237,6 +237,7 @@ impl ControlPlaneService {
                             method: request.method,
                             request_id: format!("{rebalance_id}:{}", planned.tenant_id),
                             target_tier: String::new(),
+                            rollback: false,
                         },
                     )
                     .await?;
@@ -257,7 +258,7 @@ impl ControlPlaneService {
     async fn start_move(
         &self,
         id: &TenantId,
-        request: pb::MoveTenantRequest,
+        mut request: pb::MoveTenantRequest,
     ) -> Result<crate::catalog::OperationRecord, ControlPlaneError> {
         use crate::catalog::{MoveMethod, MoveParams};
         use crate::provisioner::Provisioner as _;
@@ -270,7 +271,7 @@ impl ControlPlaneService {
         let request_id = if request.request_id.is_empty() {
             Uuid::new_v4().to_string()
         } else {
-            request.request_id
+            std::mem::take(&mut request.request_id)
         };
         if let Some(earlier) = self
             .catalog
@@ -278,6 +279,9 @@ impl ControlPlaneService {
             .await?
         {
             return Ok(earlier);
+        }
+        if request.rollback {
+            self.rollback_target(&tenant, &mut request).await?;
         }
         let source = self.provisioners.get(&tenant.provisioner).ok_or_else(|| {
             ControlPlaneError::ProvisionerNotConfigured(tenant.provisioner.clone())
@@ -397,6 +401,7 @@ impl ControlPlaneService {
             source: Some(placement),
             target: Some(target_placement),
             source_provisioner: Some(tenant.provisioner.clone()),
+            source_tier: Some(tenant.tier.clone()),
             target_provisioner: Some(target_provisioner.to_owned()),
             target_tier: target_tier.map(|(tier, _)| tier),
             method,
@@ -404,6 +409,50 @@ impl ControlPlaneService {
             abandoned: None,
         };
         Ok(self.catalog.start_move(id, &request_id, &params).await?)
+    }
+
+    /// A rollback's target: the source (server, and tier when it changed) of the tenant's
+    /// last finished move, which must have left the tenant where it is now.
+    async fn rollback_target(
+        &self,
+        tenant: &crate::catalog::TenantRecord,
+        request: &mut pb::MoveTenantRequest,
+    ) -> Result<(), ControlPlaneError> {
+        if !request.target_server.is_empty() || !request.target_tier.is_empty() {
+            return Err(RequestError::MoveTarget(
+                "a rollback names no target_server or target_tier: it goes back where the last \
+                 move came from"
+                    .into(),
+            )
+            .into());
+        }
+        let last = self
+            .catalog
+            .last_finished_move(&tenant.id)
+            .await?
+            .ok_or_else(|| {
+                ControlPlaneError::Conflict("the tenant has no finished move to roll back".into())
+            })?;
+        let moved = last.move_params()?;
+        let here = tenant.placement.as_ref().map(|p| p.server.as_str());
+        if here != Some(moved.target_server.as_str()) {
+            return Err(ControlPlaneError::Conflict(format!(
+                "the tenant is no longer where its last move (operation {}) put it",
+                last.id
+            )));
+        }
+        if let Some(tier) = moved.source_tier.filter(|tier| *tier != tenant.tier) {
+            request.target_tier = tier;
+        }
+        let back_to_fleet = moved
+            .source_provisioner
+            .as_deref()
+            .and_then(|name| self.provisioners.get(name))
+            .is_none_or(|p| matches!(p, AnyProvisioner::Postgres(_)));
+        if back_to_fleet {
+            request.target_server = moved.source_server;
+        }
+        Ok(())
     }
 
     /// ChangeTier: at once when the new tier's provisioner is the tenant's, else a move.
@@ -435,6 +484,7 @@ impl ControlPlaneService {
                     method: request.method,
                     request_id: request.request_id,
                     target_tier: request.tier,
+                    rollback: false,
                 },
             )
             .await?;

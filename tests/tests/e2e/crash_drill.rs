@@ -323,6 +323,7 @@ async fn moves_survive_sigkill_at_random_moments() {
                     method: method.into(),
                     request_id: format!("move-drill-{seed}-{round}"),
                     target_tier: String::new(),
+                    rollback: false,
                 },
                 &token("admin"),
             ))

@@ -98,6 +98,7 @@ async fn move_tenant(
                 method: method.into(),
                 request_id: request_id.into(),
                 target_tier: String::new(),
+                rollback: false,
             },
             &token("admin"),
         ))
@@ -387,6 +388,7 @@ async fn moves_refuse_what_they_cannot_do_and_a_retry_gets_the_same_operation() 
                 method: pb::MoveMethod::Copy.into(),
                 request_id: "v".into(),
                 target_tier: String::new(),
+                rollback: false,
             },
             &token("viewer"),
         ))
@@ -992,6 +994,7 @@ async fn a_tenant_is_promoted_to_its_own_rds_instance_and_demoted_back_under_loa
                     tenant_id: "acme".into(),
                     target_server: server.into(),
                     target_tier: tier.into(),
+                    rollback: false,
                     request_id: format!("refused-{tier}"),
                     ..Default::default()
                 },
@@ -1011,6 +1014,7 @@ async fn a_tenant_is_promoted_to_its_own_rds_instance_and_demoted_back_under_loa
             pb::MoveTenantRequest {
                 tenant_id: "acme".into(),
                 target_tier: "enterprise".into(),
+                rollback: false,
                 request_id: "promote".into(),
                 ..Default::default()
             },
@@ -1257,6 +1261,7 @@ async fn promotions_and_demotions_finish_after_the_control_plane_is_killed_after
                 pb::MoveTenantRequest {
                     tenant_id: "acme".into(),
                     target_tier: tier.into(),
+                    rollback: false,
                     request_id: format!("tier-{at}"),
                     ..Default::default()
                 },
@@ -1347,4 +1352,66 @@ async fn promotions_and_demotions_finish_after_the_control_plane_is_killed_after
             }
         }
     }
+}
+
+/// A rollback moves the tenant back where its last finished move took it from, with the
+/// writes made since; without a finished move, or naming a target, it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_moves_the_tenant_back_where_its_last_move_took_it_from() {
+    let env = TestEnv::start(2).await;
+    let cp = env.control_plane(Hooks::default()).await;
+    cp.onboard(&["acme"]).await;
+    let (source, target) = servers_of(&cp, "acme").await;
+    let rollback = |request_id: &'static str, target_server: &'static str| {
+        let cp = &cp;
+        async move {
+            cp.client()
+                .move_tenant(with_token(
+                    pb::MoveTenantRequest {
+                        tenant_id: "acme".into(),
+                        target_server: target_server.into(),
+                        rollback: true,
+                        request_id: request_id.into(),
+                        ..Default::default()
+                    },
+                    &token("admin"),
+                ))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let nothing = rollback("r0", "").await.unwrap_err();
+    assert_eq!(nothing.code(), Code::FailedPrecondition, "{nothing:?}");
+    assert!(
+        nothing.message().contains("no finished move"),
+        "{nothing:?}"
+    );
+
+    let moved = move_tenant(&cp, "acme", &target, pb::MoveMethod::Copy, "m1")
+        .await
+        .unwrap();
+    cp.wait_succeeded(&moved.operation_id).await;
+    let database = cp.get_tenant("acme").await.unwrap().database;
+    env.admin_client(server_index(&target), &database)
+        .await
+        .batch_execute("CREATE TABLE since (id int PRIMARY KEY); INSERT INTO since VALUES (1), (2)")
+        .await
+        .unwrap();
+    let named = rollback("r1", "pg0").await.unwrap_err();
+    assert_eq!(named.code(), Code::InvalidArgument, "{named:?}");
+
+    let back = rollback("r2", "").await.expect("rollback");
+    let done = cp.wait_succeeded(&back.operation_id).await;
+    assert!(done.steps.iter().any(|s| s.name == "VERIFYING"), "{done:?}");
+    let tenant = cp.get_tenant("acme").await.unwrap();
+    assert_eq!(tenant.placement, source);
+    let rows: i64 = env
+        .admin_client(server_index(&source), &database)
+        .await
+        .query_one("SELECT count(*) FROM since", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 2, "the writes made after the first move came back");
+    cp.stop().await;
 }
