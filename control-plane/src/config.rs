@@ -170,6 +170,12 @@ pub struct ControlPlaneConfig {
     #[arg(long, env = "SILO_MOVE_CATCH_UP_LIMIT_SECS", default_value_t = 10)]
     pub move_catch_up_limit_secs: u64,
 
+    /// A move by replication still SUBSCRIBING (initial copy, or a lag above 16 MiB) this
+    /// long after the step started is given up, in seconds: the tenant is served
+    /// meanwhile, but the source keeps its WAL for the move's slot.
+    #[arg(long, env = "SILO_MOVE_SUBSCRIBE_LIMIT_SECS", default_value_t = 6 * 3600)]
+    pub move_subscribe_limit_secs: u64,
+
     /// JWT verification of callers (`--jwt-*` flags; see the auth crate).
     #[command(flatten)]
     pub jwt: JwtArgs,

@@ -327,6 +327,17 @@ impl Onboarding {
                         "creating the subscription".into(),
                     )));
                 }
+                let subscribing_for = operation
+                    .current_step()
+                    .and_then(|step| step.started_at.elapsed().ok())
+                    .unwrap_or_default();
+                if subscribing_for > self.move_subscribe_limit {
+                    return Err(ProvisionError::Permanent(format!(
+                        "the target did not catch up within {} s (--move-subscribe-limit-secs)",
+                        self.move_subscribe_limit.as_secs()
+                    ))
+                    .into());
+                }
                 let (ready, tables) = relocate::initial_copy_progress(&target_admin, &spec).await?;
                 if ready < tables {
                     return Ok(Some(Outcome::Wait(

@@ -75,6 +75,9 @@ pub struct Onboarding {
     pub(crate) pg_bin_dir: Option<std::path::PathBuf>,
     /// How long CATCHING_UP may take before the move is given up (`--move-catch-up-limit-secs`).
     pub(crate) move_catch_up_limit: Duration,
+    /// How long SUBSCRIBING may take before the move is given up
+    /// (`--move-subscribe-limit-secs`).
+    pub(crate) move_subscribe_limit: Duration,
 }
 
 /// Every worker retries while the catalog is down: one warning per interval for all of

@@ -228,6 +228,7 @@ pub async fn start(
         max_attempts: config.max_step_attempts.max(1),
         pg_bin_dir: config.pg_bin_dir.clone(),
         move_catch_up_limit: Duration::from_secs(config.move_catch_up_limit_secs),
+        move_subscribe_limit: Duration::from_secs(config.move_subscribe_limit_secs),
         metrics: metrics.clone(),
     });
     for worker in 0..config.workers {

@@ -1415,3 +1415,39 @@ async fn a_rollback_moves_the_tenant_back_where_its_last_move_took_it_from() {
     assert_eq!(rows, 2, "the writes made after the first move came back");
     cp.stop().await;
 }
+
+/// A replicate move whose target has not caught up within `--move-subscribe-limit-secs`
+/// is given up: the tenant stays ACTIVE where it was, the target silo is dropped, and no
+/// slot (which would keep the source's WAL) or subscription is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_still_subscribing_past_its_limit_is_given_up() {
+    let env = TestEnv::start(2).await;
+    let cp = env
+        .control_plane_with(
+            env.config(&["--move-subscribe-limit-secs=0"]),
+            Hooks::default(),
+        )
+        .await;
+    cp.onboard(&["acme"]).await;
+    let (source, target) = servers_of(&cp, "acme").await;
+    let database = cp.get_tenant("acme").await.unwrap().database;
+    let operation = move_tenant(&cp, "acme", &target, pb::MoveMethod::Replicate, "slow")
+        .await
+        .unwrap();
+    let done = cp
+        .wait_done(&operation.operation_id, Duration::from_secs(30))
+        .await;
+    assert_eq!(done.status(), pb::OperationStatus::Failed, "{done:?}");
+    assert!(
+        done.error.contains("did not catch up within 0 s"),
+        "{done:?}"
+    );
+    let record = cp.get_tenant("acme").await.unwrap();
+    assert_eq!(
+        (record.placement.as_str(), record.state()),
+        (source.as_str(), pb::TenantState::Active)
+    );
+    assert_eq!(silo_on(&env, &target, &database).await, (false, false));
+    assert_eq!(replication_left(&env).await, (0, 0));
+    cp.stop().await;
+}
