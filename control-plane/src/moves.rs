@@ -405,8 +405,14 @@ impl Onboarding {
                 detail = format!("caught up in {} ms", started.elapsed().as_millis());
             }
             MoveStep::Verifying => {
-                let on_source = relocate::table_counts(&ends.source_admin().await?, &spec).await?;
-                let on_target = relocate::table_counts(&ends.target_admin().await?, &spec).await?;
+                // Both sides at once: the tenant's calls are held while this runs.
+                let (source_admin, target_admin) =
+                    (ends.source_admin().await?, ends.target_admin().await?);
+                let (on_source, on_target) = tokio::join!(
+                    relocate::table_counts(&source_admin, &spec),
+                    relocate::table_counts(&target_admin, &spec)
+                );
+                let (on_source, on_target) = (on_source?, on_target?);
                 if on_source != on_target {
                     let differ: Vec<&String> = on_source
                         .keys()
