@@ -878,6 +878,20 @@ async fn a_target_that_does_not_catch_up_gives_the_move_up() {
         .batch_execute(&format!("ALTER SUBSCRIPTION \"{name}\" DISABLE"))
         .await
         .unwrap();
+    // The apply worker stops at its next turn: wait for it, so what follows is never
+    // applied (nor confirmed).
+    silo_tests::eventually(Duration::from_secs(10), "the apply worker to stop", || async {
+        let running: i64 = subscriber
+            .query_one(
+                "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (running == 0).then_some(())
+    })
+    .await;
     // A change the disabled subscription never confirms.
     env.admin_client(server_index(&source), &database)
         .await
