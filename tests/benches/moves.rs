@@ -1,0 +1,768 @@
+//! Tenant moves (issue #17): a tenant of each size of `SILO_BENCH_MOVE_SIZES` moves back and
+//! forth between two local PostgreSQL servers, `SILO_BENCH_MOVES` times by each method of
+//! `SILO_BENCH_MOVE_METHODS`, while clients write and read it through a router. Reports,
+//! per size and method, the move time, the copy time, the window in which the tenant's
+//! calls were held (from the operation's step timestamps), the slowest call the clients
+//! saw, their failed calls, and the bytes moved; then checks that every write a client saw
+//! acknowledged is in the tenant's database after the last move. The goal: a held window of
+//! at most 1 s with `replicate`, whatever the size.
+//!
+//! The fleet is two servers (`pg0` also holds the catalog) with `wal_level = logical`, the
+//! control plane in-process with its defaults (4 workers, the retention pass off: the bench
+//! drops the source database each move keeps itself, between moves), and a router in-process
+//! following it. The tenant's data is one table `fill (id bigint PRIMARY KEY, payload text)`
+//! of hex text (three MD5s a row, so `pg_dump`'s compression gains about half), filled by
+//! `INSERT ... SELECT generate_series` over a superuser connection until the table with its
+//! index reaches the size, then frozen and analysed.
+//!
+//! Knobs (environment variables):
+//! - `SILO_BENCH_MOVE_SIZES`: comma-separated sizes of the `fill` table, `kB`/`MB`/`GB` in
+//!   powers of 1024 (default `10MB,1GB`).
+//! - `SILO_BENCH_MOVE_METHODS`: `copy`, `replicate` or both (default `copy,replicate`).
+//! - `SILO_BENCH_MOVES`: moves per size and method (default 10, and 3 for sizes of 1 GB or
+//!   more: ten 1 GB moves by each method take about ... on this 2-core machine, well over
+//!   the quarter of an hour a default run should take).
+//! - `SILO_BENCH_MOVE_CLIENTS`: clients writing and reading during the moves (default 4).
+//! - `SILO_BENCH_MOVE_HOLD_MS`: how long the router holds a moving tenant's calls (default
+//!   the router's own default, 2000 ms); every client call's deadline is 5 s longer.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, Ordering},
+};
+use std::time::{Duration, Instant};
+
+use silo_control_plane::Hooks;
+use silo_proto::controlplane::v1 as pb;
+use silo_proto::router::v1 as rpb;
+use silo_router::{CallLimits, pool::PoolConfig};
+use silo_tests::{
+    TestControlPlane, TestEnv,
+    router::{TestRouter, call, int, statement, tenant_token},
+    token, with_token,
+};
+
+const GIB: u64 = 1 << 30;
+
+/// Rows of `fill` one INSERT adds at most.
+const FILL_BATCH: i64 = 1_000_000;
+
+/// Each client's pause after a write and a read: four clients stay under the default
+/// tier's 1,000 calls a second, so the router's rate limit does not refuse them.
+const CLIENT_PAUSE: Duration = Duration::from_millis(10);
+
+/// The longest one move may take before the bench gives up waiting for it.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// What the bench runs, from the environment.
+struct Knobs {
+    sizes: Vec<(String, u64)>,
+    methods: Vec<pb::MoveMethod>,
+    moves: Option<usize>,
+    clients: i64,
+    hold: Duration,
+}
+
+impl Knobs {
+    fn from_env() -> Self {
+        let var = |name: &str, default: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let number = |name: &str| var(name, "").parse::<u64>().ok();
+        let sizes = var("SILO_BENCH_MOVE_SIZES", "10MB,1GB")
+            .split(',')
+            .map(|size| {
+                let size = size.trim();
+                (size.to_owned(), parse_size(size))
+            })
+            .collect();
+        let methods = var("SILO_BENCH_MOVE_METHODS", "copy,replicate")
+            .split(',')
+            .map(|method| match method.trim() {
+                "copy" => pb::MoveMethod::Copy,
+                "replicate" => pb::MoveMethod::Replicate,
+                other => panic!("SILO_BENCH_MOVE_METHODS: {other:?} is not copy or replicate"),
+            })
+            .collect();
+        Self {
+            sizes,
+            methods,
+            moves: number("SILO_BENCH_MOVES").map(|n| n as usize),
+            clients: number("SILO_BENCH_MOVE_CLIENTS").map_or(4, |n| n as i64),
+            hold: number("SILO_BENCH_MOVE_HOLD_MS")
+                .map_or(CallLimits::default().move_hold, Duration::from_millis),
+        }
+    }
+
+    fn moves_for(&self, bytes: u64) -> usize {
+        self.moves.unwrap_or(if bytes >= GIB { 3 } else { 10 })
+    }
+}
+
+/// `10MB`, `1GB`, `512kB` (powers of 1024) or a number of bytes.
+fn parse_size(size: &str) -> u64 {
+    let lower = size.to_ascii_lowercase();
+    let (digits, unit) = match lower.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => lower.split_at(at),
+        None => (lower.as_str(), ""),
+    };
+    let unit = match unit.trim() {
+        "" | "b" => 1,
+        "kb" => 1 << 10,
+        "mb" => 1 << 20,
+        "gb" => GIB,
+        other => panic!("SILO_BENCH_MOVE_SIZES: unknown unit {other:?} in {size:?}"),
+    };
+    let count: u64 = digits
+        .parse()
+        .unwrap_or_else(|_| panic!("SILO_BENCH_MOVE_SIZES: cannot read {size:?}"));
+    count * unit
+}
+
+/// What the clients saw since it was last taken.
+#[derive(Default)]
+struct Observed {
+    slowest: Duration,
+    failures: Vec<String>,
+}
+
+/// Clients writing `writes (client, n)` and reading their count back through the router.
+struct Load {
+    stop: Arc<AtomicBool>,
+    observed: Arc<Mutex<Observed>>,
+    clients: Vec<tokio::task::JoinHandle<(i64, Vec<i64>)>>,
+}
+
+impl Load {
+    fn start(router: &TestRouter, tenant: &str, clients: i64, deadline: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let observed = Arc::new(Mutex::new(Observed::default()));
+        let token = tenant_token(tenant);
+        let clients = (0..clients)
+            .map(|client| {
+                let (stop, observed) = (stop.clone(), observed.clone());
+                let (mut router, token) = (router.client.clone(), token.clone());
+                tokio::spawn(async move {
+                    let mut acknowledged = Vec::new();
+                    let mut n = 0;
+                    while !stop.load(Ordering::SeqCst) {
+                        n += 1;
+                        let mut write = call(
+                            rpb::ExecuteRequest {
+                                statement: statement(
+                                    "INSERT INTO writes VALUES ($1, $2)",
+                                    vec![int(client), int(n)],
+                                ),
+                            },
+                            &token,
+                            None,
+                        );
+                        write.set_timeout(deadline);
+                        let started = Instant::now();
+                        let mut failure = match router.execute(write).await {
+                            Ok(_) => {
+                                acknowledged.push(n);
+                                None
+                            }
+                            Err(status) => Some(("INSERT", status)),
+                        };
+                        let wrote = started.elapsed();
+                        let mut read = call(
+                            rpb::QueryRequest {
+                                statement: statement(
+                                    "SELECT count(*) FROM writes WHERE client = $1",
+                                    vec![int(client)],
+                                ),
+                                max_rows: 0,
+                            },
+                            &token,
+                            None,
+                        );
+                        read.set_timeout(deadline);
+                        let started = Instant::now();
+                        if let Err(status) = router.query(read).await {
+                            failure.get_or_insert(("SELECT", status));
+                        }
+                        let slowest = wrote.max(started.elapsed());
+                        {
+                            let mut observed = observed.lock().expect("observed");
+                            observed.slowest = observed.slowest.max(slowest);
+                            if let Some((what, status)) = failure {
+                                observed.failures.push(format!(
+                                    "{what}: {:?}: {}",
+                                    status.code(),
+                                    status.message()
+                                ));
+                            }
+                        }
+                        tokio::time::sleep(CLIENT_PAUSE).await;
+                    }
+                    (client, acknowledged)
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            observed,
+            clients,
+        }
+    }
+
+    /// What the clients saw since the last call, and a fresh start.
+    fn take(&self) -> Observed {
+        std::mem::take(&mut *self.observed.lock().expect("observed"))
+    }
+
+    /// Stops the clients; each one's acknowledged writes.
+    async fn stop(self) -> Vec<(i64, Vec<i64>)> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut written = Vec::new();
+        for client in self.clients {
+            written.push(client.await.expect("client task"));
+        }
+        written
+    }
+}
+
+/// One successful move, as its operation's timestamps and the clients saw it.
+struct Sample {
+    total: Duration,
+    copy: Duration,
+    held: Duration,
+    slowest: Duration,
+    failures: Vec<String>,
+    bytes: i64,
+    steps: Vec<(String, Duration)>,
+}
+
+/// A `google.protobuf.Timestamp` as time since the epoch.
+fn instant(seconds: i64, nanos: i32) -> Duration {
+    Duration::new(seconds.max(0) as u64, nanos.max(0) as u32)
+}
+
+fn between(from: Duration, to: Duration) -> Duration {
+    to.checked_sub(from).unwrap_or_default()
+}
+
+fn step_bounds(step: &pb::OperationStep) -> Option<(Duration, Duration)> {
+    let started = step.started_at.as_ref()?;
+    let finished = step.finished_at.as_ref()?;
+    Some((
+        instant(started.seconds, started.nanos),
+        instant(finished.seconds, finished.nanos),
+    ))
+}
+
+fn step<'a>(operation: &'a pb::Operation, name: &str) -> Option<&'a pb::OperationStep> {
+    operation.steps.iter().find(|step| step.name == name)
+}
+
+fn server_index(name: &str) -> usize {
+    match name {
+        "pg0" => 0,
+        "pg1" => 1,
+        other => panic!("unexpected server {other}"),
+    }
+}
+
+async fn wait_done(cp: &TestControlPlane, operation_id: &str) -> pb::Operation {
+    let deadline = Instant::now() + MOVE_TIMEOUT;
+    loop {
+        let operation = cp.get_operation(operation_id).await.expect("GetOperation");
+        if operation.done {
+            return operation;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the move did not finish in {MOVE_TIMEOUT:?}: {operation:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn describe_steps(operation: &pb::Operation) -> String {
+    operation
+        .steps
+        .iter()
+        .map(|step| {
+            let took = step_bounds(step).map(|(from, to)| between(from, to));
+            format!(
+                "    {} {:?} attempts {} took {:?}: {}",
+                step.name,
+                step.status(),
+                step.attempts,
+                took,
+                step.detail
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Moves `tenant` to the other server; Err with what went wrong when the move failed.
+async fn move_once(
+    env: &TestEnv,
+    cp: &TestControlPlane,
+    load: &Load,
+    tenant: &str,
+    method: pb::MoveMethod,
+    request_id: &str,
+) -> Result<Sample, String> {
+    let record = cp.get_tenant(tenant).await.expect("GetTenant");
+    let source = record.placement;
+    let target = if source == "pg0" { "pg1" } else { "pg0" };
+    load.take();
+    let operation = cp
+        .client()
+        .move_tenant(with_token(
+            pb::MoveTenantRequest {
+                tenant_id: tenant.into(),
+                target_server: target.into(),
+                method: method.into(),
+                request_id: request_id.into(),
+            },
+            &token("admin"),
+        ))
+        .await
+        .map_err(|status| format!("MoveTenant refused: {status:?}"))?
+        .into_inner();
+    let done = wait_done(cp, &operation.operation_id).await;
+    let observed = load.take();
+    if done.status() != pb::OperationStatus::Succeeded {
+        return Err(format!(
+            "{source} -> {target}: {:?}: {}\n{}",
+            done.status(),
+            done.error,
+            describe_steps(&done)
+        ));
+    }
+    let bounds = |name: &str| step(&done, name).and_then(step_bounds);
+    let copy_step = match method {
+        pb::MoveMethod::Copy => "COPYING",
+        _ => "SUBSCRIBING",
+    };
+    let (holding, switching) = (bounds("HOLDING"), bounds("SWITCHING"));
+    let (Some(copy), Some((held_from, _)), Some((_, held_to))) =
+        (bounds(copy_step), holding, switching)
+    else {
+        return Err(format!("steps missing:\n{}", describe_steps(&done)));
+    };
+    // The operation's own `finished_at` is not used: it is written in the transaction that
+    // claimed the operation's last pass, so it says when that pass began.
+    let created = done
+        .created_at
+        .as_ref()
+        .map(|c| instant(c.seconds, c.nanos));
+    let finished = done.steps.last().and_then(step_bounds).map(|(_, to)| to);
+    let (Some(created), Some(finished)) = (created, finished) else {
+        return Err(format!(
+            "no created_at or last step:\n{}",
+            describe_steps(&done)
+        ));
+    };
+    let moved = env
+        .admin_client(server_index(target), &record.database)
+        .await;
+    let bytes: i64 = moved
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await
+        .expect("database size")
+        .get(0);
+    drop_kept_sources(env, &source, &record.database).await;
+    Ok(Sample {
+        total: between(created, finished),
+        copy: between(copy.0, copy.1),
+        held: between(held_from, held_to),
+        slowest: observed.slowest,
+        failures: observed.failures,
+        bytes,
+        steps: done
+            .steps
+            .iter()
+            .filter_map(|s| step_bounds(s).map(|(f, t)| (s.name.clone(), between(f, t))))
+            .collect(),
+    })
+}
+
+/// Drops the source database the move kept (renamed `<database>_moved_<unix time>`), so
+/// memory and disk do not fill up over the moves; what the retention pass does later.
+async fn drop_kept_sources(env: &TestEnv, server: &str, database: &str) {
+    let admin = env.admin_client(server_index(server), "postgres").await;
+    let kept = admin
+        .query(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE $1",
+            &[&format!("{database}_moved_%")],
+        )
+        .await
+        .expect("kept databases");
+    for row in kept {
+        let name: String = row.get(0);
+        admin
+            .batch_execute(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+            .await
+            .expect("drop the kept source");
+    }
+}
+
+/// Makes the tenant's tables through the router and fills `fill` to `bytes`.
+async fn fill(env: &TestEnv, cp: &TestControlPlane, router: &TestRouter, tenant: &str, bytes: u64) {
+    for sql in [
+        "CREATE TABLE fill (id bigint PRIMARY KEY, payload text NOT NULL)",
+        "CREATE TABLE writes (client bigint, n bigint, PRIMARY KEY (client, n))",
+    ] {
+        router
+            .client
+            .clone()
+            .execute(call(
+                rpb::ExecuteRequest {
+                    statement: statement(sql, vec![]),
+                },
+                &tenant_token(tenant),
+                None,
+            ))
+            .await
+            .expect("tenant tables");
+    }
+    let record = cp.get_tenant(tenant).await.expect("GetTenant");
+    let admin = env
+        .admin_client(server_index(&record.placement), &record.database)
+        .await;
+    let started = Instant::now();
+    let (mut rows, mut size) = (0i64, 0i64);
+    while (size as u64) < bytes {
+        // About 180 bytes a row with its index entry; the first batch tells.
+        let per_row = if rows == 0 { 180 } else { (size / rows).max(1) };
+        let batch = (((bytes as i64 - size) / per_row) + 1).clamp(1, FILL_BATCH);
+        admin
+            .execute(
+                "INSERT INTO fill SELECT g, md5(g::text) || md5((g + 1)::text) || md5((-g)::text)
+                 FROM generate_series($1::bigint + 1, $1::bigint + $2::bigint) g",
+                &[&rows, &batch],
+            )
+            .await
+            .expect("fill");
+        rows += batch;
+        size = admin
+            .query_one("SELECT pg_total_relation_size('fill')", &[])
+            .await
+            .expect("size")
+            .get(0);
+    }
+    admin
+        .batch_execute("VACUUM (FREEZE, ANALYZE) fill")
+        .await
+        .expect("vacuum");
+    println!(
+        "{tenant}: filled {rows} rows, {} in {:.1} s",
+        mib(size),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Checks every acknowledged write is in the tenant's database; returns (acknowledged,
+/// missing, rows).
+async fn check_writes(
+    env: &TestEnv,
+    cp: &TestControlPlane,
+    tenant: &str,
+    written: &[(i64, Vec<i64>)],
+) -> (usize, usize, usize) {
+    let record = cp.get_tenant(tenant).await.expect("GetTenant");
+    let rows: HashSet<(i64, i64)> = env
+        .admin_client(server_index(&record.placement), &record.database)
+        .await
+        .query("SELECT client, n FROM writes", &[])
+        .await
+        .expect("writes")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let acknowledged: Vec<(i64, i64)> = written
+        .iter()
+        .flat_map(|(client, ns)| ns.iter().map(move |n| (*client, *n)))
+        .collect();
+    let missing = acknowledged.iter().filter(|w| !rows.contains(w)).count();
+    (acknowledged.len(), missing, rows.len())
+}
+
+fn mib(bytes: i64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64())
+}
+
+/// The median (nearest rank) and the largest.
+fn p50_max(mut values: Vec<Duration>) -> (Duration, Duration) {
+    values.sort();
+    let p50 = values.get(values.len().saturating_sub(1) / 2).copied();
+    (
+        p50.unwrap_or_default(),
+        values.last().copied().unwrap_or_default(),
+    )
+}
+
+/// The results of one size and method.
+struct Row {
+    size: String,
+    method: pb::MoveMethod,
+    planned: usize,
+    samples: Vec<Sample>,
+    failed_moves: Vec<String>,
+}
+
+impl Row {
+    fn print(&self) {
+        let col = |f: fn(&Sample) -> Duration| {
+            let (p50, max) = p50_max(self.samples.iter().map(f).collect());
+            format!("{:>7} / {:<7}", secs(p50), secs(max))
+        };
+        let failures: usize = self.samples.iter().map(|s| s.failures.len()).sum();
+        let mut bytes: Vec<i64> = self.samples.iter().map(|s| s.bytes).collect();
+        bytes.sort_unstable();
+        let bytes = bytes.get(bytes.len().saturating_sub(1) / 2).copied();
+        println!(
+            "{:<6} {:<9} {:>2}/{:<2} {} {} {} {} {:>6} {:>12}",
+            self.size,
+            format!("{:?}", self.method).to_lowercase(),
+            self.samples.len(),
+            self.planned,
+            col(|s| s.total),
+            col(|s| s.copy),
+            col(|s| s.held),
+            col(|s| s.slowest),
+            failures,
+            bytes.map_or("-".into(), mib),
+        );
+    }
+
+    fn print_steps(&self) {
+        let mut by_step: BTreeMap<usize, (String, Vec<Duration>)> = BTreeMap::new();
+        for sample in &self.samples {
+            for (index, (name, took)) in sample.steps.iter().enumerate() {
+                by_step
+                    .entry(index)
+                    .or_insert_with(|| (name.clone(), Vec::new()))
+                    .1
+                    .push(*took);
+            }
+        }
+        let steps: Vec<String> = by_step
+            .into_values()
+            .map(|(name, took)| format!("{name} {}", secs(p50_max(took).0)))
+            .collect();
+        println!(
+            "  {} {}: step p50 s: {}",
+            self.size,
+            format!("{:?}", self.method).to_lowercase(),
+            steps.join(", ")
+        );
+    }
+}
+
+fn load_average() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The directories this run made: each server's (data and socket, in `/dev/shm` or the
+/// temporary directory) and the environment's scratch directory.
+fn own_directories(env: &TestEnv) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = env
+        .servers
+        .iter()
+        .filter_map(|server| server.data_dir().parent().map(PathBuf::from))
+        .collect();
+    dirs.extend(env.scratch_file("-").parent().map(PathBuf::from));
+    dirs
+}
+
+/// `silo-pg-template-*` in `/dev/shm` and the temporary directory.
+fn templates() -> HashSet<PathBuf> {
+    [PathBuf::from("/dev/shm"), std::env::temp_dir()]
+        .into_iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("silo-pg-template-"))
+        })
+        .collect()
+}
+
+const LEGEND: &str = "\
+columns (p50 = median by nearest rank over the moves, max = the largest; seconds):
+  moves    moves that succeeded / moves run
+  move     MoveTenant's operation created -> its last step (RETIRING) finished, from the
+           operation's timestamps
+  copy     the COPYING step (copy: pg_dump | pg_restore), or SUBSCRIBING (replicate: schema,
+           replication slot, initial copy, until the lag is under 16 MiB)
+  held     the HOLDING step's start -> the SWITCHING step's finish: the tenant is MOVING and
+           routers hold its calls
+  slowest  the slowest client call (INSERT or SELECT through the router) during each move
+  failed   client calls that failed during the moves (all moves of the row)
+  bytes    the tenant database's size on the target after the move (median)";
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let knobs = Knobs::from_env();
+    let templates_before = templates();
+    let nproc = std::thread::available_parallelism().map_or(0, usize::from);
+    println!(
+        "tenant moves benchmark: machine nproc {nproc}, load average at start {} (1, 5, 15 min)",
+        load_average()
+    );
+    let env = TestEnv::start(2).await;
+    // Every server of the bench is up: the template cluster it built (in /dev/shm) goes.
+    silo_pg_server::remove_template_built_here();
+    let own = own_directories(&env);
+    println!(
+        "servers: 2 local PostgreSQL, data in {}; router hold {} ms, {} clients, call deadline {} ms",
+        env.servers[0].data_dir().display(),
+        knobs.hold.as_millis(),
+        knobs.clients,
+        (knobs.hold + Duration::from_secs(5)).as_millis()
+    );
+    let cp = env
+        .control_plane_with(
+            env.config(&["--retention-interval-secs=0"]),
+            Hooks::default(),
+        )
+        .await;
+    let limits = CallLimits {
+        move_hold: knobs.hold,
+        ..CallLimits::default()
+    };
+    let router = TestRouter::start_with_limits(&cp, PoolConfig::default(), limits).await;
+
+    let mut rows = Vec::new();
+    let mut lost_writes = false;
+    for (label, bytes) in &knobs.sizes {
+        let tenant = format!("bench-{}", label.to_ascii_lowercase());
+        cp.onboard(&[&tenant]).await;
+        fill(&env, &cp, &router, &tenant, *bytes).await;
+        let deadline = knobs.hold + Duration::from_secs(5);
+        let load = Load::start(&router, &tenant, knobs.clients, deadline);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for &method in &knobs.methods {
+            let planned = knobs.moves_for(*bytes);
+            let mut row = Row {
+                size: label.clone(),
+                method,
+                planned,
+                samples: Vec::new(),
+                failed_moves: Vec::new(),
+            };
+            for i in 1..=planned {
+                let request_id = format!("{tenant}-{method:?}-{i}");
+                match move_once(&env, &cp, &load, &tenant, method, &request_id).await {
+                    Ok(sample) => {
+                        println!(
+                            "{label} {method:?} move {i}/{planned}: move {} s, copy {} s, held {} s, \
+                             slowest call {} s, failed calls {}, {}",
+                            secs(sample.total),
+                            secs(sample.copy),
+                            secs(sample.held),
+                            secs(sample.slowest),
+                            sample.failures.len(),
+                            mib(sample.bytes)
+                        );
+                        row.samples.push(sample);
+                    }
+                    Err(why) => {
+                        println!("{label} {method:?} move {i}/{planned} FAILED: {why}");
+                        row.failed_moves.push(why);
+                        break;
+                    }
+                }
+                // Calls go on between moves: a pause like a fleet's between two moves.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            rows.push(row);
+        }
+        let written = load.stop().await;
+        let (acknowledged, missing, present) = check_writes(&env, &cp, &tenant, &written).await;
+        println!(
+            "{tenant}: {acknowledged} acknowledged writes, {missing} missing after the last move \
+             ({present} rows in the table)"
+        );
+        lost_writes |= missing > 0;
+    }
+
+    println!("\n{LEGEND}\n");
+    println!(
+        "{:<6} {:<9} {:<5} {:<17} {:<17} {:<17} {:<17} {:>6} {:>12}",
+        "size",
+        "method",
+        "moves",
+        "move p50 / max",
+        "copy p50 / max",
+        "held p50 / max",
+        "slowest p50 / max",
+        "failed",
+        "bytes"
+    );
+    for row in &rows {
+        row.print();
+    }
+    println!();
+    for row in &rows {
+        row.print_steps();
+    }
+    let mut failed_calls = false;
+    for row in &rows {
+        let mut grouped: BTreeMap<&str, usize> = BTreeMap::new();
+        for failure in row.samples.iter().flat_map(|s| &s.failures) {
+            *grouped.entry(failure).or_default() += 1;
+        }
+        for (failure, count) in grouped {
+            failed_calls = true;
+            println!(
+                "failed calls, {} {:?}: {count} x {failure}",
+                row.size, row.method
+            );
+        }
+        for why in &row.failed_moves {
+            println!("failed move, {} {:?}: {why}", row.size, row.method);
+        }
+    }
+    println!("load average at the end {} (1, 5, 15 min)", load_average());
+
+    drop(router);
+    cp.stop().await;
+    drop(env);
+    let mut left: Vec<PathBuf> = own.iter().filter(|dir| dir.exists()).cloned().collect();
+    left.extend(templates().difference(&templates_before).cloned());
+    if left.is_empty() {
+        println!(
+            "left behind: nothing ({} removed, no new template cluster)",
+            own.iter()
+                .map(|dir| dir.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    } else {
+        println!("LEFT BEHIND: {left:?}");
+    }
+    let failed_moves = rows.iter().any(|row| !row.failed_moves.is_empty());
+    if failed_moves || lost_writes || failed_calls || !left.is_empty() {
+        println!(
+            "NOT CLEAN: failed moves {failed_moves}, lost writes {lost_writes}, failed calls \
+             {failed_calls}, left behind {}",
+            !left.is_empty()
+        );
+        std::process::exit(1);
+    }
+}
