@@ -27,12 +27,8 @@
 //! - `SILO_BENCH_MOVE_HOLD_MS`: how long the router holds a moving tenant's calls (default
 //!   the router's own default, 2000 ms); every client call's deadline is 5 s longer.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicBool, Ordering},
-};
 use std::time::{Duration, Instant};
 
 use silo_control_plane::Hooks;
@@ -41,18 +37,22 @@ use silo_proto::router::v1 as rpb;
 use silo_router::{CallLimits, pool::PoolConfig};
 use silo_tests::{
     TestControlPlane, TestEnv,
-    router::{TestRouter, call, int, statement, tenant_token},
+    router::{TestRouter, call, statement, tenant_token},
     token, with_token,
 };
+
+#[path = "moves/load.rs"]
+mod load;
+#[path = "moves/report.rs"]
+mod report;
+
+use load::Load;
+use report::{Row, Sample, mib, secs};
 
 const GIB: u64 = 1 << 30;
 
 /// Rows of `fill` one INSERT adds at most.
 const FILL_BATCH: i64 = 1_000_000;
-
-/// Each client's pause after a write and a read: four clients stay under the default
-/// tier's 1,000 calls a second, so the router's rate limit does not refuse them.
-const CLIENT_PAUSE: Duration = Duration::from_millis(10);
 
 /// The longest one move may take before the bench gives up waiting for it.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -119,120 +119,6 @@ fn parse_size(size: &str) -> u64 {
         .parse()
         .unwrap_or_else(|_| panic!("SILO_BENCH_MOVE_SIZES: cannot read {size:?}"));
     count * unit
-}
-
-/// What the clients saw since it was last taken.
-#[derive(Default)]
-struct Observed {
-    slowest: Duration,
-    failures: Vec<String>,
-}
-
-/// Clients writing `writes (client, n)` and reading their count back through the router.
-struct Load {
-    stop: Arc<AtomicBool>,
-    observed: Arc<Mutex<Observed>>,
-    clients: Vec<tokio::task::JoinHandle<(i64, Vec<i64>)>>,
-}
-
-impl Load {
-    fn start(router: &TestRouter, tenant: &str, clients: i64, deadline: Duration) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let observed = Arc::new(Mutex::new(Observed::default()));
-        let token = tenant_token(tenant);
-        let clients = (0..clients)
-            .map(|client| {
-                let (stop, observed) = (stop.clone(), observed.clone());
-                let (mut router, token) = (router.client.clone(), token.clone());
-                tokio::spawn(async move {
-                    let mut acknowledged = Vec::new();
-                    let mut n = 0;
-                    while !stop.load(Ordering::SeqCst) {
-                        n += 1;
-                        let mut write = call(
-                            rpb::ExecuteRequest {
-                                statement: statement(
-                                    "INSERT INTO writes VALUES ($1, $2)",
-                                    vec![int(client), int(n)],
-                                ),
-                            },
-                            &token,
-                            None,
-                        );
-                        write.set_timeout(deadline);
-                        let started = Instant::now();
-                        let mut failures = Vec::new();
-                        match router.execute(write).await {
-                            Ok(_) => acknowledged.push(n),
-                            Err(status) => failures.push(("INSERT", status)),
-                        }
-                        let wrote = started.elapsed();
-                        let mut read = call(
-                            rpb::QueryRequest {
-                                statement: statement(
-                                    "SELECT count(*) FROM writes WHERE client = $1",
-                                    vec![int(client)],
-                                ),
-                                max_rows: 0,
-                            },
-                            &token,
-                            None,
-                        );
-                        read.set_timeout(deadline);
-                        let started = Instant::now();
-                        if let Err(status) = router.query(read).await {
-                            failures.push(("SELECT", status));
-                        }
-                        let slowest = wrote.max(started.elapsed());
-                        {
-                            let mut observed = observed.lock().expect("observed");
-                            observed.slowest = observed.slowest.max(slowest);
-                            for (what, status) in failures {
-                                observed.failures.push(format!(
-                                    "{what}: {:?}: {}",
-                                    status.code(),
-                                    status.message()
-                                ));
-                            }
-                        }
-                        tokio::time::sleep(CLIENT_PAUSE).await;
-                    }
-                    (client, acknowledged)
-                })
-            })
-            .collect();
-        Self {
-            stop,
-            observed,
-            clients,
-        }
-    }
-
-    /// What the clients saw since the last call, and a fresh start.
-    fn take(&self) -> Observed {
-        std::mem::take(&mut *self.observed.lock().expect("observed"))
-    }
-
-    /// Stops the clients; each one's acknowledged writes.
-    async fn stop(self) -> Vec<(i64, Vec<i64>)> {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut written = Vec::new();
-        for client in self.clients {
-            written.push(client.await.expect("client task"));
-        }
-        written
-    }
-}
-
-/// One successful move, as its operation's timestamps and the clients saw it.
-struct Sample {
-    total: Duration,
-    copy: Duration,
-    held: Duration,
-    slowest: Duration,
-    failures: Vec<String>,
-    bytes: i64,
-    steps: Vec<(String, Duration)>,
 }
 
 /// A `google.protobuf.Timestamp` as time since the epoch.
@@ -485,82 +371,6 @@ async fn check_writes(
     (acknowledged.len(), missing, rows.len())
 }
 
-fn mib(bytes: i64) -> String {
-    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64())
-}
-
-/// The median (nearest rank) and the largest.
-fn p50_max(mut values: Vec<Duration>) -> (Duration, Duration) {
-    values.sort();
-    let p50 = values.get(values.len().saturating_sub(1) / 2).copied();
-    (
-        p50.unwrap_or_default(),
-        values.last().copied().unwrap_or_default(),
-    )
-}
-
-/// The results of one size and method.
-struct Row {
-    size: String,
-    method: pb::MoveMethod,
-    planned: usize,
-    samples: Vec<Sample>,
-    failed_moves: Vec<String>,
-}
-
-impl Row {
-    fn print(&self) {
-        let col = |f: fn(&Sample) -> Duration| {
-            let (p50, max) = p50_max(self.samples.iter().map(f).collect());
-            format!("{:>7} / {:<7}", secs(p50), secs(max))
-        };
-        let failures: usize = self.samples.iter().map(|s| s.failures.len()).sum();
-        let mut bytes: Vec<i64> = self.samples.iter().map(|s| s.bytes).collect();
-        bytes.sort_unstable();
-        let bytes = bytes.get(bytes.len().saturating_sub(1) / 2).copied();
-        println!(
-            "{:<6} {:<9} {:>2}/{:<2} {} {} {} {} {:>6} {:>12}",
-            self.size,
-            format!("{:?}", self.method).to_lowercase(),
-            self.samples.len(),
-            self.planned,
-            col(|s| s.total),
-            col(|s| s.copy),
-            col(|s| s.held),
-            col(|s| s.slowest),
-            failures,
-            bytes.map_or("-".into(), mib),
-        );
-    }
-
-    fn print_steps(&self) {
-        let mut by_step: BTreeMap<usize, (String, Vec<Duration>)> = BTreeMap::new();
-        for sample in &self.samples {
-            for (index, (name, took)) in sample.steps.iter().enumerate() {
-                by_step
-                    .entry(index)
-                    .or_insert_with(|| (name.clone(), Vec::new()))
-                    .1
-                    .push(*took);
-            }
-        }
-        let steps: Vec<String> = by_step
-            .into_values()
-            .map(|(name, took)| format!("{name} {}", secs(p50_max(took).0)))
-            .collect();
-        println!(
-            "  {} {}: step p50 s: {}",
-            self.size,
-            format!("{:?}", self.method).to_lowercase(),
-            steps.join(", ")
-        );
-    }
-}
-
 fn load_average() -> String {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     load.split_whitespace()
@@ -596,20 +406,6 @@ fn templates() -> HashSet<PathBuf> {
         })
         .collect()
 }
-
-const LEGEND: &str = "\
-columns (p50 = median by nearest rank over the moves, max = the largest; seconds):
-  moves    moves that succeeded / moves run
-  move     MoveTenant's operation created -> its last step (RETIRING) finished, from the
-           operation's timestamps
-  copy     the COPYING step (copy: pg_dump | pg_restore), or SUBSCRIBING (replicate: schema,
-           replication slot, initial copy, until the lag is under 16 MiB)
-  held     the HOLDING step's start -> the SWITCHING step's finish: the tenant is MOVING and
-           routers hold its calls
-  slowest  the slowest client call (INSERT or SELECT through the router) during each move
-  failed   client calls that failed during the moves (all moves of the row)
-  bytes    the tenant database's size on the target after the move (median)";
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let knobs = Knobs::from_env();
@@ -696,43 +492,7 @@ async fn main() {
         lost_writes |= missing > 0;
     }
 
-    println!("\n{LEGEND}\n");
-    println!(
-        "{:<6} {:<9} {:<5} {:<17} {:<17} {:<17} {:<17} {:>6} {:>12}",
-        "size",
-        "method",
-        "moves",
-        "move p50 / max",
-        "copy p50 / max",
-        "held p50 / max",
-        "slowest p50 / max",
-        "failed",
-        "bytes"
-    );
-    for row in &rows {
-        row.print();
-    }
-    println!();
-    for row in &rows {
-        row.print_steps();
-    }
-    let mut failed_calls = false;
-    for row in &rows {
-        let mut grouped: BTreeMap<&str, usize> = BTreeMap::new();
-        for failure in row.samples.iter().flat_map(|s| &s.failures) {
-            *grouped.entry(failure).or_default() += 1;
-        }
-        for (failure, count) in grouped {
-            failed_calls = true;
-            println!(
-                "failed calls, {} {:?}: {count} x {failure}",
-                row.size, row.method
-            );
-        }
-        for why in &row.failed_moves {
-            println!("failed move, {} {:?}: {why}", row.size, row.method);
-        }
-    }
+    let failed_calls = report::print(&rows);
     println!("load average at the end {} (1, 5, 15 min)", load_average());
 
     drop(router);
