@@ -102,7 +102,33 @@ impl TestRouter {
         routes: &RouteCacheConfig,
         link: &LinkConfig,
     ) -> Self {
-        Self::start_full(control_plane, pools, routes, link, RouterTls::default()).await
+        Self::start_full(
+            control_plane,
+            pools,
+            routes,
+            link,
+            RouterTls::default(),
+            CallLimits::default(),
+        )
+        .await
+    }
+
+    /// A router following `control_plane` with its call limits set to `limits` (a longer
+    /// move hold, say).
+    pub async fn start_with_limits(
+        control_plane: &TestControlPlane,
+        pools: PoolConfig,
+        limits: CallLimits,
+    ) -> Self {
+        Self::start_full(
+            control_plane.address(),
+            pools,
+            &RouteCacheConfig::default(),
+            &LinkConfig::default(),
+            RouterTls::default(),
+            limits,
+        )
+        .await
     }
 
     /// A router following `control_plane` with the TLS of `tls`.
@@ -113,6 +139,7 @@ impl TestRouter {
             &RouteCacheConfig::default(),
             &LinkConfig::default(),
             tls,
+            CallLimits::default(),
         )
         .await
     }
@@ -123,6 +150,7 @@ impl TestRouter {
         routes: &RouteCacheConfig,
         link: &LinkConfig,
         tls: RouterTls,
+        limits: CallLimits,
     ) -> Self {
         let verifier = JwtVerifier::new(VerifierConfig {
             algorithms: vec![Algorithm::RS256],
@@ -151,7 +179,7 @@ impl TestRouter {
             Arc::new(source),
             routes,
             pools,
-            CallLimits::default(),
+            limits,
             metrics.clone(),
         ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
