@@ -206,6 +206,7 @@ async fn move_once(
                 target_server: target.into(),
                 method: method.into(),
                 request_id: request_id.into(),
+                ..Default::default()
             },
             &token("admin"),
         ))
