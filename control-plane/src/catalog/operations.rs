@@ -313,8 +313,8 @@ impl ClaimedOperation<'_> {
         };
         self.client
             .execute(
-                "UPDATE operations SET status = $2, error = $3, finished_at = now(),
-                        updated_at = now()
+                "UPDATE operations SET status = $2, error = $3, finished_at = clock_timestamp(),
+                        updated_at = clock_timestamp()
                  WHERE operation_id = $1",
                 &[&self.operation.id, &status, &error.unwrap_or_default()],
             )
@@ -326,7 +326,7 @@ impl ClaimedOperation<'_> {
         };
         self.client
             .execute(
-                "UPDATE operation_steps SET status = $2, detail = $3, finished_at = now()
+                "UPDATE operation_steps SET status = $2, detail = $3, finished_at = clock_timestamp()
                  WHERE operation_id = $1 AND status = 'running'",
                 &[
                     &self.operation.id,
@@ -350,7 +350,7 @@ impl ClaimedOperation<'_> {
                  SET params = $2::jsonb || jsonb_build_object('cancel_requested',
                          coalesce((params->>'cancel_requested')::boolean, false)
                          OR coalesce(($2::jsonb->>'cancel_requested')::boolean, false)),
-                     updated_at = now()
+                     updated_at = clock_timestamp()
                  WHERE operation_id = $1",
                 &[&self.operation.id, params],
             )
@@ -369,8 +369,8 @@ impl ClaimedOperation<'_> {
         let millis = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
         self.client
             .execute(
-                "UPDATE operations SET attempts = attempts + $3::int, updated_at = now(),
-                        next_attempt_at = now() + make_interval(secs => $2::bigint / 1000.0)
+                "UPDATE operations SET attempts = attempts + $3::int, updated_at = clock_timestamp(),
+                        next_attempt_at = clock_timestamp() + make_interval(secs => $2::bigint / 1000.0)
                  WHERE operation_id = $1",
                 &[&self.operation.id, &millis, &i32::from(attempt)],
             )

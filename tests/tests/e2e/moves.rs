@@ -295,6 +295,17 @@ async fn move_under_load(method: pb::MoveMethod) {
     let (acknowledged, slowest) = writers.stop().await;
     let steps: Vec<&str> = done.steps.iter().map(|step| step.name.as_str()).collect();
     assert_eq!(steps, steps_of(method), "{done:?}");
+    // The operation finished when its last step did, not when the worker's pass began.
+    let seconds = |t: &Option<prost_types::Timestamp>| {
+        t.as_ref()
+            .map_or(0.0, |t| t.seconds as f64 + f64::from(t.nanos) / 1e9)
+    };
+    let last_step = done
+        .steps
+        .iter()
+        .map(|s| seconds(&s.finished_at))
+        .fold(0.0, f64::max);
+    assert!(seconds(&done.finished_at) >= last_step, "{done:?}");
     // Progress in the steps' details.
     let detail = |name: &str| {
         done.steps
@@ -880,17 +891,21 @@ async fn a_target_that_does_not_catch_up_gives_the_move_up() {
         .unwrap();
     // The apply worker stops at its next turn: wait for it, so what follows is never
     // applied (nor confirmed).
-    silo_tests::eventually(Duration::from_secs(10), "the apply worker to stop", || async {
-        let running: i64 = subscriber
-            .query_one(
-                "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (running == 0).then_some(())
-    })
+    silo_tests::eventually(
+        Duration::from_secs(10),
+        "the apply worker to stop",
+        || async {
+            let running: i64 = subscriber
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (running == 0).then_some(())
+        },
+    )
     .await;
     // A change the disabled subscription never confirms.
     env.admin_client(server_index(&source), &database)
