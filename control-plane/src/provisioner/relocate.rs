@@ -503,12 +503,29 @@ pub async fn catch_up(
     let publisher = inside(source, tenant).await?;
     let slot = subscription(tenant);
     let until = tokio::time::Instant::now() + within;
-    // Everything the tenant wrote is before this point: its sessions are gone.
-    let end: String = publisher
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+    // Everything the tenant wrote is before this point: its sessions are gone. Not
+    // pg_current_wal_lsn(): that is where WAL has been *written* to, and with
+    // synchronous_commit = off (common, and the test servers') a commit returns before its
+    // record is written, so the tenant's last commits can lie beyond it. A WAL record of
+    // our own comes after every commit record already inserted; committing it with
+    // synchronous_commit = on writes and flushes the WAL up to it now (instead of within
+    // wal_writer_delay), so the subscriber can confirm it while the calls are held.
+    publisher
+        .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
         .await
-        .map_err(run("reading the source's WAL position"))?
+        .map_err(run("marking the source's WAL position"))?;
+    let end: String = publisher
+        .query_one(
+            "SELECT pg_logical_emit_message(true, 'silo-move', '')::text",
+            &[],
+        )
+        .await
+        .map_err(run("marking the source's WAL position"))?
         .get(0);
+    publisher
+        .batch_execute("COMMIT")
+        .await
+        .map_err(run("marking the source's WAL position"))?;
     loop {
         let caught_up: Option<bool> = publisher
             .query_opt(

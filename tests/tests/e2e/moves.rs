@@ -1480,3 +1480,33 @@ async fn a_move_still_subscribing_past_its_limit_is_given_up() {
     assert_eq!(replication_left(&env).await, (0, 0));
     cp.stop().await;
 }
+
+/// With `synchronous_commit = off` on the source (the test servers' setting, and common)
+/// a commit returns before its WAL is written, and the WAL writer writes it within
+/// `wal_writer_delay` (2 s here): CATCHING_UP must wait for the tenant's last commits as
+/// inserted, not as written, or the move fails at VERIFYING (or worse, without VERIFYING,
+/// loses them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicate_move_waits_for_commits_not_yet_written_to_wal() {
+    let env = TestEnv::start_with_settings(2, &[("wal_writer_delay", "2000")]).await;
+    let cp = env.control_plane(Hooks::default()).await;
+    cp.onboard(&["acme"]).await;
+    let (_, target) = servers_of(&cp, "acme").await;
+    let router = TestRouter::start(&cp, PoolConfig::default()).await;
+    let writers = Writers::start(&router, "acme").await;
+    let operation = move_tenant(&cp, "acme", &target, pb::MoveMethod::Replicate, "unflushed")
+        .await
+        .expect("MoveTenant");
+    let done = cp
+        .wait_done(&operation.operation_id, Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (acknowledged, _) = writers.stop().await;
+    assert_eq!(done.status(), pb::OperationStatus::Succeeded, "{done:?}");
+    let record = cp.get_tenant("acme").await.unwrap();
+    let moved = env
+        .admin_client(server_index(&target), &record.database)
+        .await;
+    assert_written(&moved, &acknowledged).await;
+    cp.stop().await;
+}
