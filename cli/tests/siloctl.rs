@@ -613,3 +613,64 @@ async fn siloctl_changes_a_tenant_tier_in_place() {
     assert!(said.contains("gold"), "{said}");
     cp.stop().await;
 }
+
+/// `siloctl usage`: after calls through a router, the table ends with a total, the CSV
+/// has one line per period whose sums are the JSON total, and `-o csv` elsewhere is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn siloctl_usage_prints_a_table_a_total_and_csv() {
+    let env = TestEnv::start(1).await;
+    let cp = env.control_plane(Hooks::default()).await;
+    cp.onboard(&["acme"]).await;
+    let router = TestRouter::start(&cp, Default::default()).await;
+    let acme = tenant_token("acme");
+    for statement in ["SELECT 1", "SELECT 2", "SELECT * FROM nowhere"] {
+        siloctl_sql(&router, &acme, &["query", "--tenant", "acme", statement]).await;
+    }
+    router.stop().await;
+    let from = "2000-01-01";
+    let hour_ago =
+        prost_types::Timestamp::from(std::time::SystemTime::now() - Duration::from_secs(3600))
+            .to_string();
+    let json_out = json(
+        &siloctl(
+            &cp,
+            &["usage", "--tenant", "acme", "--from", from, "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(json_out["total"]["calls"], 3, "{json_out}");
+    assert_eq!(json_out["total"]["failed_calls"], 1, "{json_out}");
+    assert_eq!(json_out["total"]["rows_returned"], 2, "{json_out}");
+    let csv = stdout(
+        &siloctl(
+            &cp,
+            &[
+                "usage",
+                "--from",
+                &hour_ago,
+                "--granularity",
+                "minute",
+                "-o",
+                "csv",
+            ],
+        )
+        .await,
+    );
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (calls, rows) = (column("calls"), column("rows_returned"));
+    let (mut total_calls, mut total_rows) = (0, 0);
+    for line in lines {
+        let fields: Vec<&str> = line.split(',').collect();
+        total_calls += fields[calls].parse::<u64>().unwrap();
+        total_rows += fields[rows].parse::<u64>().unwrap();
+    }
+    assert_eq!((total_calls, total_rows), (3, 2), "{csv}");
+    let table = stdout(&siloctl(&cp, &["usage", "--from", from]).await);
+    assert!(table.contains("total"), "{table}");
+    let refused = siloctl(&cp, &["tenants", "list", "-o", "csv"]).await;
+    assert!(!refused.status.success());
+    cp.stop().await;
+}

@@ -203,6 +203,15 @@ pub struct ControlPlaneConfig {
     #[arg(long, env = "SILO_MOVE_RETAIN_HOURS", default_value_t = 24.0)]
     pub move_retain_hours: f64,
 
+    /// Usage records and database-size samples older than this are deleted, in days.
+    #[arg(long, env = "SILO_USAGE_RETENTION_DAYS", default_value_t = 400)]
+    pub usage_retention_days: u64,
+
+    /// How often every tenant's database size is sampled for usage, in seconds; 0 turns
+    /// sampling off.
+    #[arg(long, env = "SILO_USAGE_SIZE_INTERVAL_SECS", default_value_t = 300)]
+    pub usage_size_interval_secs: u64,
+
     /// How often the retention pass runs, in seconds; 0 turns it off.
     #[arg(long, env = "SILO_RETENTION_INTERVAL_SECS", default_value_t = 600)]
     pub retention_interval_secs: u64,
@@ -233,6 +242,7 @@ impl ControlPlaneConfig {
         (self.retention_interval_secs > 0).then(|| crate::retention::Retention {
             events: std::time::Duration::from_secs(self.event_retention_hours * 3600),
             operations: std::time::Duration::from_secs(self.operation_retention_days * 86_400),
+            usage: std::time::Duration::from_secs(self.usage_retention_days * 86_400),
             every: std::time::Duration::from_secs(self.retention_interval_secs),
         })
     }

@@ -47,6 +47,9 @@ pub enum RequestError {
     /// message says which.
     #[error("{0}")]
     MoveTarget(String),
+    /// A GetUsage range or a usage record that cannot be taken; the message says which.
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// Why a ControlPlane call failed. The variants are named after the gRPC code they map to
@@ -187,7 +190,8 @@ impl From<ControlPlaneError> for Status {
                 | RequestError::OperationId
                 | RequestError::Migration(_)
                 | RequestError::UnknownWaveTenant(_)
-                | RequestError::MoveTarget(_) => Code::InvalidArgument,
+                | RequestError::MoveTarget(_)
+                | RequestError::Usage(_) => Code::InvalidArgument,
             },
             ControlPlaneError::InvalidToken(_) => Code::Unauthenticated,
             ControlPlaneError::RoleNotAllowed(_) => Code::PermissionDenied,
@@ -232,6 +236,10 @@ mod tests {
             ),
             (
                 RequestError::UnknownTier("gold".into()).into(),
+                Code::InvalidArgument,
+            ),
+            (
+                RequestError::Usage("from must be before to".into()).into(),
                 Code::InvalidArgument,
             ),
             (RequestError::UnknownState.into(), Code::InvalidArgument),
@@ -369,6 +377,7 @@ mod tests {
         "Request::Migration",
         "Request::UnknownWaveTenant",
         "Request::MoveTarget",
+        "Request::Usage",
         "InvalidToken",
         "RoleNotAllowed",
         "Missing",
@@ -395,6 +404,7 @@ mod tests {
                 RequestError::Migration(_) => "Request::Migration",
                 RequestError::UnknownWaveTenant(_) => "Request::UnknownWaveTenant",
                 RequestError::MoveTarget(_) => "Request::MoveTarget",
+                RequestError::Usage(_) => "Request::Usage",
             },
             ControlPlaneError::InvalidToken(_) => "InvalidToken",
             ControlPlaneError::RoleNotAllowed(_) => "RoleNotAllowed",

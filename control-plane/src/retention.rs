@@ -20,6 +20,8 @@ pub struct Retention {
     pub events: Duration,
     /// Finished operations older than this are deleted, except tenant deletions.
     pub operations: Duration,
+    /// Usage records and database-size samples older than this are deleted.
+    pub usage: Duration,
     /// A trimming pass this often.
     pub every: Duration,
 }
@@ -31,6 +33,8 @@ pub struct Trimmed {
     pub events: u64,
     /// Finished operations deleted (their steps and migration rows go with them).
     pub operations: u64,
+    /// Usage rows and database-size samples deleted.
+    pub usage: u64,
 }
 
 /// One pass: deletes, in batches, every event and operation past its retention.
@@ -59,6 +63,16 @@ pub async fn trim(catalog: &Catalog, retention: &Retention) -> Result<Trimmed, C
             break;
         }
     }
+    let usage_cutoff = now
+        .checked_sub(retention.usage)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    loop {
+        let deleted = catalog.delete_usage_before(usage_cutoff, BATCH).await?;
+        trimmed.usage += deleted;
+        if deleted < BATCH as u64 {
+            break;
+        }
+    }
     Ok(trimmed)
 }
 
@@ -70,6 +84,7 @@ pub async fn run_periodically(catalog: Catalog, retention: Retention, shutdown: 
                 tracing::info!(
                     events = trimmed.events,
                     operations = trimmed.operations,
+                    usage = trimmed.usage,
                     "retention pass trimmed the catalog"
                 );
             }

@@ -258,6 +258,14 @@ pub async fn start(
             shutdown.clone(),
         ));
     }
+    if config.usage_size_interval_secs > 0 {
+        tasks.spawn(crate::usage::sample_periodically(
+            catalog.clone(),
+            provisioners.clone(),
+            Duration::from_secs(config.usage_size_interval_secs),
+            shutdown.clone(),
+        ));
+    }
     silo_guard::spawn(
         &mut tasks,
         SiloGuard::new(

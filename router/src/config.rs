@@ -176,6 +176,17 @@ pub struct RouterConfig {
     #[arg(long, env = "SILO_MAX_TENANT_LABELS", default_value_t = 1000)]
     pub max_tenant_labels: usize,
 
+    /// How often per-tenant usage records go to the control plane, in seconds; 0 turns
+    /// usage metering off.
+    #[arg(long, env = "SILO_USAGE_FLUSH_SECS", default_value_t = 10)]
+    pub usage_flush_secs: u64,
+
+    /// Most usage records (tenant, minute, method, code) held in memory while the control
+    /// plane has not stored them; calls past it are not metered (and counted in
+    /// `silo_router_usage_dropped_calls`).
+    #[arg(long, env = "SILO_USAGE_MAX_RECORDS", default_value_t = 100_000)]
+    pub usage_max_records: usize,
+
     /// On SIGTERM, how long calls in flight may take to finish before the router exits.
     #[arg(long, env = "SILO_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
@@ -247,6 +258,20 @@ impl RouterConfig {
             test_on_check_out: self.pool_test_on_checkout,
             connection_budget: self.connection_budget,
         }
+    }
+
+    /// The usage meter these flags ask for (off with `--usage-flush-secs=0`).
+    pub fn usage_meter(&self, metrics: crate::usage::UsageMetrics) -> crate::usage::UsageMeter {
+        if self.usage_flush_secs == 0 {
+            crate::usage::UsageMeter::off()
+        } else {
+            crate::usage::UsageMeter::new(self.usage_max_records, metrics)
+        }
+    }
+
+    /// How often usage is shipped (a second at least).
+    pub fn usage_flush(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.usage_flush_secs.max(1))
     }
 
     /// Per-call limits (rows, bytes) from these flags.

@@ -68,6 +68,8 @@ pub struct RouterCore<S> {
     pub limits: CallLimits,
     /// The router's own metrics.
     pub metrics: RouterMetrics,
+    /// Per-tenant usage accounts (off unless [`RouterCore::with_usage`]).
+    pub usage: crate::usage::UsageMeter,
     /// Tenants that stopped being servable (suspended, deleting, gone), for the open
     /// Transaction streams, which must end rather than run on.
     revocations: broadcast::Sender<Revocation>,
@@ -161,9 +163,16 @@ impl<S: RouteSource> RouterCore<S> {
             pools: PoolRegistry::with_metrics(pools, metrics.clone()),
             metrics,
             limits,
+            usage: crate::usage::UsageMeter::off(),
             revocations: broadcast::channel(256).0,
             changes: broadcast::channel(1024).0,
         }
+    }
+
+    /// The same core, accounting calls to `usage`.
+    pub fn with_usage(mut self, usage: crate::usage::UsageMeter) -> Self {
+        self.usage = usage;
+        self
     }
 
     /// Starts listening for the revocation of `tenant` (take it before checking that the

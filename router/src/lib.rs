@@ -20,6 +20,7 @@ pub mod routes;
 pub mod service;
 pub mod session;
 pub mod tenant;
+pub mod usage;
 pub mod value;
 
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub struct ServeTelemetry {
     /// Follows the health service's status for the whole server (the metrics endpoint's
     /// `/readyz`).
     pub readiness: silo_telemetry::Readiness,
+    /// How often usage records are shipped to the route source (`--usage-flush-secs`).
+    pub usage_flush: Duration,
 }
 
 impl ServeTelemetry {
@@ -56,6 +59,7 @@ impl ServeTelemetry {
             grpc: silo_telemetry::GrpcMetrics::register(&mut registry, "silo_router", 0),
             control_plane_connected: Arc::new(|| true),
             readiness: silo_telemetry::Readiness::default(),
+            usage_flush: Duration::from_secs(1),
         }
     }
 }
@@ -73,6 +77,14 @@ pub async fn serve<S: RouteSource>(
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let watcher = core.spawn_invalidations(shutdown.clone());
+    let usage = core.usage.clone();
+    let source = core.routes.source().clone();
+    let shipper = tokio::spawn(usage::ship_periodically(
+        usage.clone(),
+        source.clone(),
+        telemetry.usage_flush,
+        shutdown.clone(),
+    ));
     let service = RouterService::new(core, transaction_idle_timeout);
     let (health, health_service) =
         silo_telemetry::Health::new(vec![SERVICE_NAME], telemetry.readiness.clone()).await;
@@ -95,8 +107,20 @@ pub async fn serve<S: RouteSource>(
         .await;
     watcher.abort();
     health_loop.abort();
+    shipper.abort();
+    // The calls have drained: what they used goes to the control plane once more.
+    match tokio::time::timeout(USAGE_LAST_SHIPMENT, usage.ship(source.as_ref())).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(error = %error, "the last usage shipment failed: its records are lost");
+        }
+        Err(_) => tracing::warn!("the last usage shipment timed out: its records are lost"),
+    }
     served
 }
+
+/// How long a stopping router tries to ship its last usage records.
+const USAGE_LAST_SHIPMENT: Duration = Duration::from_secs(5);
 
 /// The health name under which the router reports its control-plane connection.
 pub const CONTROL_PLANE_HEALTH: &str = "silo.controlplane.v1.ControlPlane";
@@ -159,14 +183,17 @@ pub async fn run(config: RouterConfig, shutdown: CancellationToken) -> anyhow::R
         "silo_router",
         config.max_tenant_labels,
     );
-    let core = Arc::new(RouterCore::with_metrics(
-        auth,
-        Arc::new(source),
-        &config.route_cache(),
-        config.pools(),
-        config.call_limits(),
-        metrics,
-    ));
+    let core = Arc::new(
+        RouterCore::with_metrics(
+            auth,
+            Arc::new(source),
+            &config.route_cache(),
+            config.pools(),
+            config.call_limits(),
+            metrics,
+        )
+        .with_usage(config.usage_meter(usage::UsageMetrics::register(&mut registry))),
+    );
     // The endpoint outlives the gRPC server by the grace period, so it is stopped apart.
     let metrics_stop = CancellationToken::new();
     let readiness = silo_telemetry::Readiness::default();
@@ -190,6 +217,7 @@ pub async fn run(config: RouterConfig, shutdown: CancellationToken) -> anyhow::R
             connected.load(std::sync::atomic::Ordering::Relaxed)
         }),
         readiness,
+        usage_flush: config.usage_flush(),
     };
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let server_stop = CancellationToken::new();

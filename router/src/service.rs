@@ -20,6 +20,8 @@ use crate::identity::TENANT_HEADER;
 use crate::request::{RequestError, SqlStatement};
 use crate::routes::RouteSource;
 use crate::tenant::TenantId;
+use crate::usage::{CallUsage, method};
+use prost::Message as _;
 
 /// Answer before the caller's own deadline fires, so it sees DEADLINE_EXCEEDED from us.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
@@ -52,6 +54,52 @@ impl SpanRows {
 impl Drop for SpanRows {
     fn drop(&mut self) {
         self.span.record("rows", self.rows);
+    }
+}
+
+/// A QueryStream's batches, accounted to the call's usage as they go out: the call ends
+/// with its last message's code (OK when the rows ran out, CANCELLED when the caller went
+/// away first); its database time is from the statement's start to its last row (which
+/// includes the caller's reading pace).
+struct MeteredBatches<S> {
+    inner: S,
+    usage: Option<CallUsage>,
+    started: std::time::Instant,
+}
+
+impl<S> Stream for MeteredBatches<S>
+where
+    S: Stream<Item = Result<pb::RowBatch, Status>> + Unpin,
+{
+    type Item = Result<pb::RowBatch, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = self.inner.poll_next_unpin(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(item)) => {
+                if let Some(usage) = self.usage.as_mut() {
+                    match item {
+                        Ok(batch) => {
+                            usage.rows_returned(batch.rows.len() as u64);
+                            usage.bytes_out(batch.encoded_len());
+                        }
+                        Err(status) => usage.set_code(status.code()),
+                    }
+                }
+            }
+            std::task::Poll::Ready(None) => {
+                let started = self.started;
+                if let Some(mut usage) = self.usage.take() {
+                    usage.db_time(started.elapsed());
+                    usage.set_code(tonic::Code::Ok);
+                }
+            }
+            std::task::Poll::Pending => {}
+        }
+        polled
     }
 }
 
@@ -89,6 +137,82 @@ impl<S: RouteSource> RouterService<S> {
     /// The call's tenant and deadline.
     fn admit<T>(&self, request: &Request<T>) -> Result<(TenantId, Option<Instant>), RouterError> {
         Ok((self.tenant(request)?, deadline(request)))
+    }
+
+    /// Query, once admitted.
+    async fn query_in(
+        &self,
+        tenant: &TenantId,
+        deadline: Option<Instant>,
+        message: pb::QueryRequest,
+        usage: &mut CallUsage,
+    ) -> Result<Response<pb::QueryResponse>, Status> {
+        let statement = SqlStatement::try_from(message.statement).map_err(RouterError::from)?;
+        let limits = &self.core.limits;
+        let max_rows = clamp_rows(message.max_rows, limits.default_max_rows, limits.max_rows);
+        let mut lease = self.core.lease(tenant, deadline).await?.for_one_statement();
+        let started = std::time::Instant::now();
+        let rows = lease
+            .query(&statement, max_rows, limits.max_response_bytes, deadline)
+            .await;
+        usage.db_time(started.elapsed());
+        let rows = rows.map_err(RouterError::from)?;
+        tracing::Span::current().record("rows", rows.rows.len() as u64);
+        usage.rows_returned(rows.rows.len() as u64);
+        let response = pb::QueryResponse::from(rows);
+        usage.bytes_out(response.encoded_len());
+        Ok(Response::new(response))
+    }
+
+    /// Execute, once admitted.
+    async fn execute_in(
+        &self,
+        tenant: &TenantId,
+        deadline: Option<Instant>,
+        message: pb::ExecuteRequest,
+        usage: &mut CallUsage,
+    ) -> Result<Response<pb::ExecuteResponse>, Status> {
+        let statement = SqlStatement::try_from(message.statement).map_err(RouterError::from)?;
+        let mut lease = self.core.lease(tenant, deadline).await?.for_one_statement();
+        let started = std::time::Instant::now();
+        let rows_affected = lease.execute(&statement, deadline).await;
+        usage.db_time(started.elapsed());
+        let rows_affected = rows_affected.map_err(RouterError::from)?;
+        tracing::Span::current().record("rows", rows_affected);
+        usage.rows_affected(rows_affected);
+        let response = pb::ExecuteResponse { rows_affected };
+        usage.bytes_out(response.encoded_len());
+        Ok(Response::new(response))
+    }
+
+    /// Batch, once admitted.
+    async fn batch_in(
+        &self,
+        tenant: &TenantId,
+        deadline: Option<Instant>,
+        message: pb::BatchRequest,
+        usage: &mut CallUsage,
+    ) -> Result<Response<pb::BatchResponse>, Status> {
+        let statements = message
+            .statements
+            .into_iter()
+            .map(|statement| SqlStatement::try_from(Some(statement))?.inside_transaction())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(RouterError::from)?;
+        if statements.is_empty() {
+            return Err(RouterError::from(RequestError::EmptyBatch).into());
+        }
+        let mut lease = self.core.lease(tenant, deadline).await?;
+        let started = std::time::Instant::now();
+        let rows_affected = lease.batch(&statements, deadline).await;
+        usage.db_time(started.elapsed());
+        let rows_affected = rows_affected.map_err(RouterError::from)?;
+        let total = rows_affected.iter().sum::<u64>();
+        tracing::Span::current().record("rows", total);
+        usage.rows_affected(total);
+        let response = pb::BatchResponse { rows_affected };
+        usage.bytes_out(response.encoded_len());
+        Ok(Response::new(response))
     }
 }
 
@@ -132,21 +256,15 @@ impl<S: RouteSource> Router for RouterService<S> {
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
         let (tenant, deadline) = self.admit(&request)?;
-        let message = request.into_inner();
-        let statement = SqlStatement::try_from(message.statement).map_err(RouterError::from)?;
-        let limits = &self.core.limits;
-        let max_rows = clamp_rows(message.max_rows, limits.default_max_rows, limits.max_rows);
-        let mut lease = self
-            .core
-            .lease(&tenant, deadline)
-            .await?
-            .for_one_statement();
-        let rows = lease
-            .query(&statement, max_rows, limits.max_response_bytes, deadline)
-            .await
-            .map_err(RouterError::from)?;
-        tracing::Span::current().record("rows", rows.rows.len() as u64);
-        Ok(Response::new(rows.into()))
+        let mut usage =
+            self.core
+                .usage
+                .begin(&tenant, method::QUERY, request.get_ref().encoded_len());
+        let result = self
+            .query_in(&tenant, deadline, request.into_inner(), &mut usage)
+            .await;
+        usage.finish_with(&result);
+        result
     }
 
     type QueryStreamStream = ResponseStream<pb::RowBatch>;
@@ -156,15 +274,34 @@ impl<S: RouteSource> Router for RouterService<S> {
         request: Request<pb::QueryStreamRequest>,
     ) -> Result<Response<Self::QueryStreamStream>, Status> {
         let (tenant, deadline) = self.admit(&request)?;
+        let mut usage = self.core.usage.begin(
+            &tenant,
+            method::QUERY_STREAM,
+            request.get_ref().encoded_len(),
+        );
         let message = request.into_inner();
-        let statement = SqlStatement::try_from(message.statement).map_err(RouterError::from)?;
+        let statement = match SqlStatement::try_from(message.statement) {
+            Ok(statement) => statement,
+            Err(error) => {
+                let status = Status::from(RouterError::from(error));
+                usage.set_code(status.code());
+                return Err(status);
+            }
+        };
         let limits = &self.core.limits;
         let batch_size = clamp_rows(
             message.batch_size,
             limits.default_batch_size,
             limits.max_batch_size,
         );
-        let lease = self.core.lease(&tenant, deadline).await?;
+        let lease = match self.core.lease(&tenant, deadline).await {
+            Ok(lease) => lease,
+            Err(error) => {
+                let status = Status::from(error);
+                usage.set_code(status.code());
+                return Err(status);
+            }
+        };
         let batches = lease.stream(statement, batch_size, limits.max_response_bytes, deadline);
         let mut counted = SpanRows::current();
         let stream = ReceiverStream::new(batches).map(move |batch| {
@@ -175,6 +312,11 @@ impl<S: RouteSource> Router for RouterService<S> {
                 .map(pb::RowBatch::from)
                 .map_err(|e| Status::from(RouterError::from(e)))
         });
+        let stream = MeteredBatches {
+            inner: stream,
+            usage: Some(usage),
+            started: std::time::Instant::now(),
+        };
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -183,19 +325,15 @@ impl<S: RouteSource> Router for RouterService<S> {
         request: Request<pb::ExecuteRequest>,
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
         let (tenant, deadline) = self.admit(&request)?;
-        let statement =
-            SqlStatement::try_from(request.into_inner().statement).map_err(RouterError::from)?;
-        let mut lease = self
-            .core
-            .lease(&tenant, deadline)
-            .await?
-            .for_one_statement();
-        let rows_affected = lease
-            .execute(&statement, deadline)
-            .await
-            .map_err(RouterError::from)?;
-        tracing::Span::current().record("rows", rows_affected);
-        Ok(Response::new(pb::ExecuteResponse { rows_affected }))
+        let mut usage =
+            self.core
+                .usage
+                .begin(&tenant, method::EXECUTE, request.get_ref().encoded_len());
+        let result = self
+            .execute_in(&tenant, deadline, request.into_inner(), &mut usage)
+            .await;
+        usage.finish_with(&result);
+        result
     }
 
     async fn batch(
@@ -203,23 +341,15 @@ impl<S: RouteSource> Router for RouterService<S> {
         request: Request<pb::BatchRequest>,
     ) -> Result<Response<pb::BatchResponse>, Status> {
         let (tenant, deadline) = self.admit(&request)?;
-        let statements = request
-            .into_inner()
-            .statements
-            .into_iter()
-            .map(|statement| SqlStatement::try_from(Some(statement))?.inside_transaction())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(RouterError::from)?;
-        if statements.is_empty() {
-            return Err(RouterError::from(RequestError::EmptyBatch).into());
-        }
-        let mut lease = self.core.lease(&tenant, deadline).await?;
-        let rows_affected = lease
-            .batch(&statements, deadline)
-            .await
-            .map_err(RouterError::from)?;
-        tracing::Span::current().record("rows", rows_affected.iter().sum::<u64>());
-        Ok(Response::new(pb::BatchResponse { rows_affected }))
+        let mut usage =
+            self.core
+                .usage
+                .begin(&tenant, method::BATCH, request.get_ref().encoded_len());
+        let result = self
+            .batch_in(&tenant, deadline, request.into_inner(), &mut usage)
+            .await;
+        usage.finish_with(&result);
+        result
     }
 
     type TransactionStream = ResponseStream<pb::TransactionResponse>;
@@ -229,21 +359,33 @@ impl<S: RouteSource> Router for RouterService<S> {
         request: Request<Streaming<pb::TransactionRequest>>,
     ) -> Result<Response<Self::TransactionStream>, Status> {
         let (tenant, deadline) = self.admit(&request)?;
+        let mut usage = self.core.usage.begin(&tenant, method::TRANSACTION, 0);
         let mut incoming = request.into_inner();
         let idle = self.transaction_idle_timeout;
-        let first = next_message(&mut incoming, idle).await?;
-        let Some(pb::transaction_request::Kind::Begin(begin)) = first else {
-            return Err(RouterError::from(RequestError::Invalid(
-                "a transaction starts with begin",
-            ))
-            .into());
+        let opened = async {
+            let first = next_message(&mut incoming, idle).await?;
+            let Some(pb::transaction_request::Kind::Begin(begin)) = first else {
+                return Err(Status::from(RouterError::from(RequestError::Invalid(
+                    "a transaction starts with begin",
+                ))));
+            };
+            usage.bytes_in(begin.encoded_len());
+            let revocation = self.core.watch_revocation(&tenant);
+            let mut lease = self.core.lease(&tenant, deadline).await?;
+            let started = std::time::Instant::now();
+            let begun = lease.begin(begin_sql(&begin), deadline).await;
+            usage.db_time(started.elapsed());
+            begun.map_err(RouterError::from)?;
+            Ok((begin, revocation, lease))
+        }
+        .await;
+        let (begin, mut revocation, mut lease) = match opened {
+            Ok(opened) => opened,
+            Err(status) => {
+                usage.set_code(status.code());
+                return Err(status);
+            }
         };
-        let mut revocation = self.core.watch_revocation(&tenant);
-        let mut lease = self.core.lease(&tenant, deadline).await?;
-        lease
-            .begin(begin_sql(&begin), deadline)
-            .await
-            .map_err(RouterError::from)?;
         let (tx, rx) = mpsc::channel(4);
         let core = self.core.clone();
         let mut counted = SpanRows::current();
@@ -251,7 +393,9 @@ impl<S: RouteSource> Router for RouterService<S> {
         let transaction = async move {
             use pb::transaction_response::Kind as Out;
             let send = |kind| pb::TransactionResponse { kind: Some(kind) };
-            if tx.send(Ok(send(Out::Begun(begin)))).await.is_err() {
+            let begun = send(Out::Begun(begin));
+            usage.bytes_out(begun.encoded_len());
+            if tx.send(Ok(begun)).await.is_err() {
                 return;
             }
             // Every return without COMMIT drops the lease, whose reset rolls back (and
@@ -268,31 +412,52 @@ impl<S: RouteSource> Router for RouterService<S> {
                 };
                 let message = match next {
                     Ok(Some(message)) => message,
-                    Ok(None) => return,
+                    // The caller closed its side without COMMIT: rolled back, as asked.
+                    Ok(None) => {
+                        usage.set_code(tonic::Code::Ok);
+                        return;
+                    }
                     Err(status) => {
+                        usage.set_code(status.code());
                         let _ = tx.send(Err(status)).await;
                         return;
                     }
                 };
+                usage.bytes_in(message.encoded_len());
+                let started = std::time::Instant::now();
                 let result = tokio::select! {
                     result = step(&mut lease, message, &core.limits, deadline) => result,
                     reason = revocation.revoked(&core) => Err(reason.into()),
                     () = tx.closed() => return,
                 };
+                usage.db_time(started.elapsed());
                 match result {
                     Ok(out) => {
                         match &out {
-                            Out::Query(rows) => counted.add(rows.rows.len() as u64),
-                            Out::Execute(executed) => counted.add(executed.rows_affected),
+                            Out::Query(rows) => {
+                                counted.add(rows.rows.len() as u64);
+                                usage.rows_returned(rows.rows.len() as u64);
+                            }
+                            Out::Execute(executed) => {
+                                counted.add(executed.rows_affected);
+                                usage.rows_affected(executed.rows_affected);
+                            }
                             _ => {}
                         }
                         let done = matches!(out, Out::Committed(_) | Out::RolledBack(_));
-                        if tx.send(Ok(send(out))).await.is_err() || done {
+                        let out = send(out);
+                        usage.bytes_out(out.encoded_len());
+                        if done {
+                            usage.set_code(tonic::Code::Ok);
+                        }
+                        if tx.send(Ok(out)).await.is_err() || done {
                             return;
                         }
                     }
                     Err(error) => {
-                        let _ = tx.send(Err(error.into())).await;
+                        let status = Status::from(error);
+                        usage.set_code(status.code());
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
                 }

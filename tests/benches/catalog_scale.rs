@@ -272,6 +272,7 @@ async fn main() {
         &Retention {
             events: Duration::from_secs(3 * 86_400),
             operations: Duration::from_secs(30 * 86_400),
+            usage: Duration::from_secs(400 * 86_400),
             every: Duration::from_secs(600),
         },
     )

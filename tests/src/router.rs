@@ -34,7 +34,20 @@ pub struct TestRouter {
     pub client: RouterClient<Channel>,
     /// The router's own metrics (route resolutions, pools).
     pub metrics: RouterMetrics,
+    /// Its usage metering (on, shipping every second).
+    pub usage: silo_router::usage::UsageMetrics,
     shutdown: CancellationToken,
+    served: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl TestRouter {
+    /// Stops the router as SIGTERM does: calls drain, the last usage records are shipped.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(served) = self.served.take() {
+            served.await.expect("router task").expect("router served");
+        }
+    }
 }
 
 impl Drop for TestRouter {
@@ -174,20 +187,24 @@ impl TestRouter {
         let source = ControlPlaneRoutes::new(channel, token("router").into(), link);
         let connected = source.connected();
         let metrics = RouterMetrics::default();
-        let core = Arc::new(RouterCore::with_metrics(
-            Authenticator::new(verifier, "tenant_id"),
-            Arc::new(source),
-            routes,
-            pools,
-            limits,
-            metrics.clone(),
-        ));
+        let usage = silo_router::usage::UsageMetrics::default();
+        let core = Arc::new(
+            RouterCore::with_metrics(
+                Authenticator::new(verifier, "tenant_id"),
+                Arc::new(source),
+                routes,
+                pools,
+                limits,
+                metrics.clone(),
+            )
+            .with_usage(silo_router::usage::UsageMeter::new(100_000, usage.clone())),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let address = listener.local_addr().expect("address");
         let shutdown = CancellationToken::new();
-        tokio::spawn(silo_router::serve(
+        let served = tokio::spawn(silo_router::serve(
             silo_tls::grpc::Incoming::new(listener, tls.server),
             core,
             Duration::from_secs(10),
@@ -214,7 +231,9 @@ impl TestRouter {
             address,
             client,
             metrics,
+            usage,
             shutdown,
+            served: Some(served),
         }
     }
 }

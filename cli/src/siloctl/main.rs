@@ -8,6 +8,7 @@ mod rebalance;
 mod sql;
 mod tenants;
 mod token;
+mod usage;
 mod values;
 
 use std::path::PathBuf;
@@ -88,6 +89,9 @@ enum Command {
     Exec(sql::SqlArgs),
     /// Mint a token from a local key (for development).
     Token(token::TokenArgs),
+    /// Per-tenant usage (calls, rows, bytes, database time and size) by period, with a
+    /// total; `-o csv` for a spreadsheet.
+    Usage(usage::UsageArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -96,8 +100,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cert_file: cli.cert_file,
         key_file: cli.key_file,
     };
+    if cli.output == Format::Csv && !matches!(cli.command, Command::Usage(_)) {
+        anyhow::bail!("-o csv is for siloctl usage; use table or json");
+    }
     match cli.command {
         Command::Token(args) => token::run(&args),
+        Command::Usage(args) => {
+            let token = cli.admin_token.or(cli.token);
+            let connection = Connection::new(&cli.control_plane, token, &tls).await?;
+            usage::run(&connection, args, cli.output).await
+        }
         Command::Tenants(command) => {
             let token = cli.admin_token.or(cli.token);
             let connection = Connection::new(&cli.control_plane, token, &tls).await?;

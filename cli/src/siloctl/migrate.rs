@@ -64,7 +64,7 @@ async fn show(
         .into_inner();
     match format {
         Format::Json => output::print_json(&output::migration_json(&run)),
-        Format::Table => {
+        Format::Table | Format::Csv => {
             println!("{}", output::migration_table(&run));
             if let Some(operation) = &run.operation {
                 println!(

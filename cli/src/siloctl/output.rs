@@ -8,6 +8,8 @@ use silo_proto::controlplane::v1 as pb;
 pub enum Format {
     Table,
     Json,
+    /// Comma-separated values (`siloctl usage` only).
+    Csv,
 }
 
 pub fn timestamp(time: Option<&prost_types::Timestamp>) -> String {

@@ -53,7 +53,7 @@ pub async fn run(
                 "operation_id": m.operation_id,
             })).collect::<Vec<_>>(),
         })),
-        Format::Table => {
+        Format::Table | Format::Csv => {
             println!(
                 "{:<16} {:>16} {:>28}",
                 "SERVER", "TENANTS", "DATABASE BYTES"

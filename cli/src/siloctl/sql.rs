@@ -100,7 +100,7 @@ pub async fn query(
                 .map(|row| values::row_json(&response.columns, row))
                 .collect(),
         )),
-        Format::Table => {
+        Format::Table | Format::Csv => {
             println!("{}", rows_table(&response));
             let count = response.rows.len();
             println!("({count} row{})", if count == 1 { "" } else { "s" });
@@ -127,7 +127,7 @@ pub async fn exec(
         Format::Json => crate::output::print_json(
             &serde_json::json!({ "rows_affected": response.rows_affected }),
         ),
-        Format::Table => println!(
+        Format::Table | Format::Csv => println!(
             "{} row{} affected",
             response.rows_affected,
             if response.rows_affected == 1 { "" } else { "s" }

@@ -125,7 +125,9 @@ fn parse_state(raw: &str) -> anyhow::Result<pb::TenantState> {
 fn print_tenant(tenant: &pb::Tenant, format: Format) {
     match format {
         Format::Json => output::print_json(&output::tenant_json(tenant)),
-        Format::Table => println!("{}", output::tenants_table(std::slice::from_ref(tenant))),
+        Format::Table | Format::Csv => {
+            println!("{}", output::tenants_table(std::slice::from_ref(tenant)))
+        }
     }
 }
 
@@ -218,7 +220,7 @@ async fn follow_and_finish(
 fn finish(operation: &pb::Operation, format: Format) -> anyhow::Result<()> {
     match format {
         Format::Json => output::print_json(&output::operation_json(operation)),
-        Format::Table => println!(
+        Format::Table | Format::Csv => println!(
             "{}\noperation {} {:?}{}",
             output::operation_table(operation),
             operation.operation_id,
@@ -307,7 +309,7 @@ pub async fn run(
                 Format::Json => output::print_json(&serde_json::Value::Array(
                     tenants.iter().map(output::tenant_json).collect(),
                 )),
-                Format::Table => println!("{}", output::tenants_table(&tenants)),
+                Format::Table | Format::Csv => println!("{}", output::tenants_table(&tenants)),
             }
         }
         TenantsCommand::Suspend { tenant_id, reason } => {

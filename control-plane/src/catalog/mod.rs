@@ -7,6 +7,7 @@ mod notify;
 mod operations;
 mod records;
 mod tenants;
+mod usage;
 
 use std::{sync::Arc, time::Duration};
 
@@ -22,6 +23,7 @@ pub use notify::CatalogChanges;
 pub use operations::ClaimedOperation;
 pub use records::*;
 pub use tenants::{NewTenant, TenantFilter, TenantPage, Transition};
+pub use usage::{UsageBucket, UsagePeriod, UsageRecord};
 
 use crate::{
     metrics::ControlPlaneMetrics,

@@ -6,6 +6,7 @@ mod auth;
 mod convert;
 mod migrations;
 mod reconcile;
+mod usage;
 mod watch;
 
 use std::sync::Arc;
@@ -883,6 +884,26 @@ impl ControlPlane for ControlPlaneService {
         self.authorize(&request, Permission::Resolve)?;
         let id = tenant_id(&request.get_ref().tenant_id)?;
         Ok(Response::new(self.resolve(&id).await?))
+    }
+
+    async fn record_usage(
+        &self,
+        request: Request<pb::RecordUsageRequest>,
+    ) -> Result<Response<pb::RecordUsageResponse>, Status> {
+        self.authorize(&request, Permission::Resolve)?;
+        let request = request.into_inner();
+        let stored = usage::record(&self.catalog, request).await?;
+        Ok(Response::new(pb::RecordUsageResponse { stored }))
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        self.authorize(&request, Permission::Read)?;
+        Ok(Response::new(
+            usage::get(&self.catalog, request.into_inner()).await?,
+        ))
     }
 
     async fn reconcile_rds_instances(

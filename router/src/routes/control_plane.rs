@@ -253,6 +253,16 @@ impl ControlPlaneRoutes {
 }
 
 impl RouteSource for ControlPlaneRoutes {
+    async fn record_usage(&self, request: pb::RecordUsageRequest) -> Result<(), String> {
+        let request = self.request(request).map_err(|e| e.to_string())?;
+        let mut client = self.client.clone();
+        tokio::time::timeout(self.call_timeout, client.record_usage(request))
+            .await
+            .map_err(|_| "RecordUsage timed out".to_owned())?
+            .map(|_| ())
+            .map_err(|status| format!("RecordUsage: {:?}: {}", status.code(), status.message()))
+    }
+
     async fn resolve(&self, tenant: &TenantId) -> Result<Route, RouteError> {
         let request = self.request(pb::ResolveTenantRequest {
             tenant_id: tenant.to_string(),

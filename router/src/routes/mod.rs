@@ -61,4 +61,25 @@ pub trait RouteSource: Send + Sync + 'static {
     /// Every change from now on, until `shutdown` is cancelled. Implementations reconnect
     /// on their own; the stream ends only at shutdown.
     fn invalidations(&self, shutdown: CancellationToken) -> BoxStream<'static, Change>;
+
+    /// Stores usage records where they are kept (the control plane's RecordUsage); a
+    /// source that keeps none accepts and drops them. `Err` (for logs) when they may not
+    /// have been stored: they are sent again.
+    fn record_usage(
+        &self,
+        request: silo_proto::controlplane::v1::RecordUsageRequest,
+    ) -> impl Future<Output = Result<(), String>> + Send {
+        let _ = request;
+        async { Ok(()) }
+    }
+}
+
+/// Every route source is where its router's usage goes.
+impl<S: RouteSource> crate::usage::UsageSink for S {
+    fn record_usage(
+        &self,
+        request: silo_proto::controlplane::v1::RecordUsageRequest,
+    ) -> impl Future<Output = Result<(), String>> + Send {
+        RouteSource::record_usage(self, request)
+    }
 }

@@ -176,7 +176,16 @@ async fn bench() -> anyhow::Result<()> {
     wait_serving(cp_address, Duration::from_secs(30)).await;
     let tenant = onboard(cp_address).await?;
 
-    let mut router = start_router(&bin, cp_address, scratch.path()).await?;
+    let mut router = start_router(&bin, cp_address, scratch.path(), "router", &[]).await?;
+    // The same router with usage metering off, for metering's cost (point SELECT).
+    let mut unmetered = start_router(
+        &bin,
+        cp_address,
+        scratch.path(),
+        "router-unmetered",
+        &["--usage-flush-secs=0"],
+    )
+    .await?;
     let mut client = RouterClient::connect(format!("http://{}", router.address)).await?;
     for sql in [
         "CREATE TABLE items (id bigint PRIMARY KEY, body text NOT NULL)",
@@ -270,6 +279,13 @@ async fn bench() -> anyhow::Result<()> {
                 .with_context(|| format!("h2load to the router, {clients} clients"))?;
             report::line(clients, "router", &through_router);
             if workload.name == "point" {
+                let plain = routed(&h2load, &mut unmetered, workload, &run, postmaster, tick)
+                    .await
+                    .with_context(|| {
+                        format!("h2load to the router without metering, {clients} clients")
+                    })?;
+                report::line(clients, "unmetered", &plain);
+                report::ratios(&through_router, &plain, "unmetered");
                 let floor = routed(&h2load, &mut router, &floor, &run, postmaster, tick)
                     .await
                     .with_context(|| {
@@ -357,7 +373,13 @@ async fn onboard(cp_address: SocketAddr) -> anyhow::Result<pb::Tenant> {
         .into_inner())
 }
 
-async fn start_router(bin: &Path, cp_address: SocketAddr, logs: &Path) -> anyhow::Result<Router> {
+async fn start_router(
+    bin: &Path,
+    cp_address: SocketAddr,
+    logs: &Path,
+    name: &str,
+    extra: &[&str],
+) -> anyhow::Result<Router> {
     let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
     let process = spawn(
@@ -374,8 +396,11 @@ async fn start_router(bin: &Path, cp_address: SocketAddr, logs: &Path) -> anyhow
             ),
             format!("--jwt-issuer={ISSUER}"),
             format!("--jwt-audience={ROUTER_AUDIENCE}"),
-        ],
-        &logs.join("router.log"),
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|flag| (*flag).to_owned()))
+        .collect::<Vec<_>>(),
+        &logs.join(format!("{name}.log")),
     );
     wait_serving(address, Duration::from_secs(60)).await;
     Ok(Router {

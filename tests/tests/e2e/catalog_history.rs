@@ -179,6 +179,7 @@ async fn retention_trims_old_events_and_operations_but_keeps_the_newest_and_dele
     let retention = Retention {
         events: Duration::from_secs(3 * 86_400),
         operations: Duration::from_secs(30 * 86_400),
+        usage: Duration::from_secs(400 * 86_400),
         every: Duration::from_secs(600),
     };
     let started = Instant::now();

@@ -24,3 +24,4 @@ mod routing;
 mod secrets;
 mod shared_server;
 mod tls;
+mod usage;
