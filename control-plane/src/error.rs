@@ -47,6 +47,10 @@ pub enum RequestError {
     /// message says which.
     #[error("{0}")]
     MoveTarget(String),
+    /// A per-tenant config key or value that breaks its rules, or a change that would take
+    /// the tenant past its limits (count of keys, total size); nothing was written.
+    #[error(transparent)]
+    Config(#[from] crate::tenant_config::ConfigRuleError),
 }
 
 /// Why a ControlPlane call failed. The variants are named after the gRPC code they map to
@@ -187,7 +191,8 @@ impl From<ControlPlaneError> for Status {
                 | RequestError::OperationId
                 | RequestError::Migration(_)
                 | RequestError::UnknownWaveTenant(_)
-                | RequestError::MoveTarget(_) => Code::InvalidArgument,
+                | RequestError::MoveTarget(_)
+                | RequestError::Config(_) => Code::InvalidArgument,
             },
             ControlPlaneError::InvalidToken(_) => Code::Unauthenticated,
             ControlPlaneError::RoleNotAllowed(_) => Code::PermissionDenied,
@@ -280,6 +285,10 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (ControlPlaneError::Unexpected("bug".into()), Code::Internal),
+            (
+                RequestError::Config(crate::tenant_config::ConfigRuleError::TooManyKeys).into(),
+                Code::InvalidArgument,
+            ),
             // Domain errors, through their one conversion each.
             (CatalogError::TenantNotFound.into(), Code::NotFound),
             (CatalogError::OperationNotFound.into(), Code::NotFound),
@@ -369,6 +378,7 @@ mod tests {
         "Request::Migration",
         "Request::UnknownWaveTenant",
         "Request::MoveTarget",
+        "Request::Config",
         "InvalidToken",
         "RoleNotAllowed",
         "Missing",
@@ -395,6 +405,7 @@ mod tests {
                 RequestError::Migration(_) => "Request::Migration",
                 RequestError::UnknownWaveTenant(_) => "Request::UnknownWaveTenant",
                 RequestError::MoveTarget(_) => "Request::MoveTarget",
+                RequestError::Config(_) => "Request::Config",
             },
             ControlPlaneError::InvalidToken(_) => "InvalidToken",
             ControlPlaneError::RoleNotAllowed(_) => "RoleNotAllowed",
