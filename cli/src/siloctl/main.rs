@@ -2,6 +2,7 @@
 //! `SILO_*` variables; errors print the gRPC code and a one-line reason and exit non-zero.
 
 mod client;
+mod config;
 mod migrate;
 mod output;
 mod rebalance;

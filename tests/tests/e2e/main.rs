@@ -23,4 +23,5 @@ mod replicas;
 mod routing;
 mod secrets;
 mod shared_server;
+mod tenant_config;
 mod tls;
