@@ -768,5 +768,33 @@ async fn siloctl_sets_a_flag_that_two_routers_serve_within_a_second() {
         .await
         .unwrap();
     assert!(!write.status.success());
+
+    // The tenant's own view, through the router.
+    let served = json(
+        &siloctl_sql(
+            &routers[0],
+            &tenant_token("acme"),
+            &["config", "--tenant", "acme", "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(served["settings"]["limits"]["seats"], 50);
+    let version = served["version"].as_str().unwrap().to_owned();
+    let again = stdout(
+        &siloctl_sql(
+            &routers[1],
+            &tenant_token("acme"),
+            &["config", "--if-version", &version],
+        )
+        .await,
+    );
+    assert!(again.contains("not modified"), "{again}");
+    let other = siloctl_sql(
+        &routers[0],
+        &tenant_token("acme"),
+        &["config", "--tenant", "globex"],
+    )
+    .await;
+    assert!(!other.status.success());
     cp.stop().await;
 }
