@@ -674,3 +674,188 @@ async fn siloctl_usage_prints_a_table_a_total_and_csv() {
     assert!(!refused.status.success());
     cp.stop().await;
 }
+
+/// The router's GetConfig for `tenant` (its own token).
+async fn router_config(router: &TestRouter, tenant: &str) -> silo_proto::router::v1::TenantConfig {
+    let mut request = tonic::Request::new(silo_proto::router::v1::GetConfigRequest::default());
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", tenant_token(tenant)).parse().unwrap(),
+    );
+    router
+        .client
+        .clone()
+        .get_config(request)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Issue #18's acceptance: a flag set with siloctl is served by two routers' GetConfig
+/// within a second (measured from the start of the siloctl command).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn siloctl_sets_a_flag_that_two_routers_serve_within_a_second() {
+    let env = TestEnv::start(1).await;
+    let tiers = env.scratch_file("tiers.toml");
+    std::fs::write(
+        &tiers,
+        "default_tier = \"standard\"\n\
+         [tiers.standard]\nprovisioner = \"postgres\"\n\
+         [tiers.standard.config]\n\"beta.search\" = false\nmax_seats = 5\n",
+    )
+    .unwrap();
+    let flag = format!("--tiers-file={}", tiers.display());
+    let cp = env
+        .control_plane_with(env.config(&[&flag]), Hooks::default())
+        .await;
+    cp.onboard(&["acme"]).await;
+    let routers = [
+        TestRouter::start(&cp, Default::default()).await,
+        TestRouter::start(&cp, Default::default()).await,
+    ];
+    for router in &routers {
+        // Each router has the tenant cached, as a busy service's router would.
+        assert_eq!(
+            router_config(router, "acme").await.settings["beta.search"],
+            "false"
+        );
+    }
+
+    let mut worst = Duration::ZERO;
+    for (round, value) in ["true", "false", "true"].into_iter().enumerate() {
+        let started = std::time::Instant::now();
+        let set = siloctl(
+            &cp,
+            &["tenants", "config", "set", "acme", "beta.search", value],
+        )
+        .await;
+        let text = stdout(&set);
+        let siloctl_took = started.elapsed();
+        assert!(
+            text.contains("beta.search") && text.contains(value),
+            "{text}"
+        );
+        let mut seen = Vec::new();
+        for router in &routers {
+            eventually(
+                Duration::from_secs(5),
+                "the router serves the flag",
+                || async {
+                    (router_config(router, "acme").await.settings["beta.search"] == value)
+                        .then_some(())
+                },
+            )
+            .await;
+            seen.push(started.elapsed());
+        }
+        let last = seen.iter().copied().max().unwrap();
+        eprintln!(
+            "round {round}: siloctl took {siloctl_took:?}; visible on router 1 after {:?}, router 2 after {:?} (from the command's start); after siloctl returned: {:?}",
+            seen[0],
+            seen[1],
+            last.saturating_sub(siloctl_took)
+        );
+        worst = worst.max(last);
+    }
+    assert!(worst <= Duration::from_secs(1), "took {worst:?}");
+
+    // get (table and JSON), unset, and a viewer that may read but not write.
+    let shown = json(&siloctl(&cp, &["tenants", "config", "get", "acme", "-o", "json"]).await);
+    assert_eq!(shown["settings"]["beta.search"], true);
+    assert_eq!(shown["tenant_settings"]["beta.search"], true);
+    assert_eq!(shown["tier_defaults"]["beta.search"], false);
+    assert_eq!(shown["settings"]["max_seats"], 5);
+    assert_eq!(shown["revision"], 3);
+    let table = stdout(&siloctl(&cp, &["tenants", "config", "get", "acme"]).await);
+    assert!(
+        table.contains("tenant (overrides tier)") && table.contains("max_seats"),
+        "{table}"
+    );
+    let unset = json(
+        &siloctl(
+            &cp,
+            &[
+                "tenants",
+                "config",
+                "unset",
+                "acme",
+                "beta.search",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(unset["settings"]["beta.search"], false);
+    let object = json(
+        &siloctl(
+            &cp,
+            &[
+                "tenants",
+                "config",
+                "set",
+                "acme",
+                "limits",
+                r#"{"seats": 50}"#,
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(object["settings"]["limits"]["seats"], 50);
+    let bare = siloctl(&cp, &["tenants", "config", "set", "acme", "region", "eu"]).await;
+    assert!(!bare.status.success());
+    let said = String::from_utf8_lossy(&bare.stderr);
+    assert!(said.contains("not JSON"), "{said}");
+    let bad_key = siloctl(&cp, &["tenants", "config", "set", "acme", "Region", "1"]).await;
+    assert!(!bad_key.status.success());
+    let said = String::from_utf8_lossy(&bad_key.stderr);
+    assert!(said.contains("config key"), "{said}");
+
+    let as_viewer = |args: &'static [&'static str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_siloctl"))
+            .args(args)
+            .env("SILO_CONTROL_PLANE", format!("http://{}", cp.address()))
+            .env("SILO_TOKEN", token("viewer"))
+            .env_remove("SILO_OUTPUT")
+            .output()
+    };
+    let read = as_viewer(&["tenants", "config", "get", "acme", "-o", "json"])
+        .await
+        .unwrap();
+    assert_eq!(json(&read)["settings"]["limits"]["seats"], 50);
+    let write = as_viewer(&["tenants", "config", "set", "acme", "beta.search", "true"])
+        .await
+        .unwrap();
+    assert!(!write.status.success());
+
+    // The tenant's own view, through the router.
+    let served = json(
+        &siloctl_sql(
+            &routers[0],
+            &tenant_token("acme"),
+            &["config", "--tenant", "acme", "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(served["settings"]["limits"]["seats"], 50);
+    let version = served["version"].as_str().unwrap().to_owned();
+    let again = stdout(
+        &siloctl_sql(
+            &routers[1],
+            &tenant_token("acme"),
+            &["config", "--if-version", &version],
+        )
+        .await,
+    );
+    assert!(again.contains("not modified"), "{again}");
+    let other = siloctl_sql(
+        &routers[0],
+        &tenant_token("acme"),
+        &["config", "--tenant", "globex"],
+    )
+    .await;
+    assert!(!other.status.success());
+    cp.stop().await;
+}

@@ -288,6 +288,11 @@ pub struct Tier {
     /// (`https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem`).
     #[serde(default)]
     pub sslrootcert: Option<String>,
+    /// Default per-tenant settings of the tier's tenants (`[tiers.NAME.config]`, key → any
+    /// TOML value, served as JSON); a tenant's own value for a key replaces the default
+    /// (see `tenant_config`). Keys and values follow the per-tenant rules.
+    #[serde(default)]
+    pub config: crate::tenant_config::Settings,
 }
 
 impl Tier {
@@ -349,6 +354,7 @@ impl Tiers {
             rds: None,
             sslmode: None,
             sslrootcert: None,
+            config: Default::default(),
         };
         Self {
             default_tier: "standard".into(),
@@ -380,6 +386,8 @@ impl Tiers {
     fn check(&self) -> Result<(), String> {
         for (name, tier) in &self.tiers {
             tier.tls().map_err(|e| format!("tier {name}: {e}"))?;
+            crate::tenant_config::check_settings(&tier.config)
+                .map_err(|e| format!("tier {name}: config: {e}"))?;
         }
         if !self.tiers.contains_key(&self.default_tier) {
             return Err(format!(
@@ -491,6 +499,36 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn tier_config_defaults_are_json_values_under_the_key_rules() {
+        let tiers: Tiers = toml::from_str(
+            r#"
+            default_tier = "standard"
+            [tiers.standard]
+            provisioner = "postgres"
+            [tiers.standard.config]
+            "beta.search" = false
+            max_seats = 5
+            limits = { projects = 3, regions = ["eu", "us"] }
+            "#,
+        )
+        .expect("parses");
+        tiers.check().expect("valid");
+        let config = &tiers.get("standard").expect("tier").config;
+        assert_eq!(config["beta.search"], serde_json::json!(false));
+        assert_eq!(config["max_seats"], serde_json::json!(5));
+        assert_eq!(
+            config["limits"],
+            serde_json::json!({"projects": 3, "regions": ["eu", "us"]})
+        );
+        let bad: Tiers = toml::from_str(
+            "default_tier = \"x\"\n[tiers.x]\nprovisioner = \"postgres\"\n[tiers.x.config]\nBad = 1\n",
+        )
+        .expect("parses");
+        let refused = bad.check().expect_err("bad key");
+        assert!(refused.contains("tier x: config"), "{refused}");
     }
 
     #[test]

@@ -50,6 +50,11 @@ pub enum RequestError {
     /// A GetUsage range or a usage record that cannot be taken; the message says which.
     #[error("{0}")]
     Usage(String),
+
+    /// A per-tenant config key or value that breaks its rules, or a change that would take
+    /// the tenant past its limits (count of keys, total size); nothing was written.
+    #[error(transparent)]
+    Config(#[from] crate::tenant_config::ConfigRuleError),
 }
 
 /// Why a ControlPlane call failed. The variants are named after the gRPC code they map to
@@ -191,7 +196,8 @@ impl From<ControlPlaneError> for Status {
                 | RequestError::Migration(_)
                 | RequestError::UnknownWaveTenant(_)
                 | RequestError::MoveTarget(_)
-                | RequestError::Usage(_) => Code::InvalidArgument,
+                | RequestError::Usage(_)
+                | RequestError::Config(_) => Code::InvalidArgument,
             },
             ControlPlaneError::InvalidToken(_) => Code::Unauthenticated,
             ControlPlaneError::RoleNotAllowed(_) => Code::PermissionDenied,
@@ -288,6 +294,10 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (ControlPlaneError::Unexpected("bug".into()), Code::Internal),
+            (
+                RequestError::Config(crate::tenant_config::ConfigRuleError::TooManyKeys).into(),
+                Code::InvalidArgument,
+            ),
             // Domain errors, through their one conversion each.
             (CatalogError::TenantNotFound.into(), Code::NotFound),
             (CatalogError::OperationNotFound.into(), Code::NotFound),
@@ -378,6 +388,7 @@ mod tests {
         "Request::UnknownWaveTenant",
         "Request::MoveTarget",
         "Request::Usage",
+        "Request::Config",
         "InvalidToken",
         "RoleNotAllowed",
         "Missing",
@@ -405,6 +416,7 @@ mod tests {
                 RequestError::UnknownWaveTenant(_) => "Request::UnknownWaveTenant",
                 RequestError::MoveTarget(_) => "Request::MoveTarget",
                 RequestError::Usage(_) => "Request::Usage",
+                RequestError::Config(_) => "Request::Config",
             },
             ControlPlaneError::InvalidToken(_) => "InvalidToken",
             ControlPlaneError::RoleNotAllowed(_) => "RoleNotAllowed",

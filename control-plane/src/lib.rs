@@ -19,6 +19,7 @@ pub mod server;
 pub mod service;
 pub mod silo_guard;
 pub mod tenant;
+pub mod tenant_config;
 pub mod usage;
 
 pub use config::ControlPlaneConfig;

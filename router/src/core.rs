@@ -215,6 +215,19 @@ impl<S: RouteSource> RouterCore<S> {
         Ok(Lease::new(conn, turn, pool, permit))
     }
 
+    /// The tenant's merged configuration, from its cached route (resolved first if the
+    /// router has not seen the tenant yet); in every state but DELETED.
+    pub async fn config(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Arc<crate::tenant::TenantConfig>, RouterError> {
+        let route = self.routes.get(tenant).await?;
+        if route.state == TenantState::Deleted {
+            return Err(RouteError::NotFound.into());
+        }
+        Ok(route.config.clone())
+    }
+
     /// The tenant's route if it is ACTIVE, after waiting out a move: while the route says
     /// MOVING, each event of the tenant is a reason to read it again. Past the hold,
     /// [`RouterError::MoveHold`]; past the call's deadline, DEADLINE_EXCEEDED.
@@ -337,6 +350,14 @@ impl<S: RouteSource> RouterCore<S> {
                             events += 1;
                             core.metrics.tenant_events.inc();
                             dropped += usize::from(core.apply(invalidation).await);
+                        }
+                        Change::Config(invalidation) => {
+                            events += 1;
+                            core.metrics.tenant_events.inc();
+                            // An event is an answer from the control plane.
+                            core.routes.breaker().close();
+                            core.routes
+                                .refresh(&invalidation.tenant_id, invalidation.sequence);
                         }
                         Change::Resync { sequence } => {
                             let resynced = core.resync(*sequence).await;

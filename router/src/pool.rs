@@ -484,6 +484,7 @@ mod tests {
             limits: TierLimits::default(),
             sequence: 1,
             tls: PgTls::disabled(),
+            config: Default::default(),
         }
     }
 

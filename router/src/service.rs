@@ -467,6 +467,29 @@ impl<S: RouteSource> Router for RouterService<S> {
         tokio::spawn(tracing::Instrument::instrument(transaction, span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    async fn get_config(
+        &self,
+        request: Request<pb::GetConfigRequest>,
+    ) -> Result<Response<pb::TenantConfig>, Status> {
+        let tenant = self.tenant(&request)?;
+        let config = self.core.config(&tenant).await?;
+        let if_version = request.into_inner().if_version;
+        let not_modified = !if_version.is_empty() && if_version == config.version;
+        Ok(Response::new(pb::TenantConfig {
+            version: config.version.clone(),
+            settings: if not_modified {
+                Default::default()
+            } else {
+                config
+                    .settings
+                    .iter()
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect()
+            },
+            not_modified,
+        }))
+    }
 }
 
 /// Runs one message of an open transaction.

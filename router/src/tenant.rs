@@ -1,6 +1,8 @@
 //! Tenants as the router sees them: ids, routes and tier limits.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -104,6 +106,18 @@ pub struct Route {
     pub sequence: u64,
     /// TLS to the tenant's database (libpq `sslmode` / `sslrootcert`).
     pub tls: PgTls,
+    /// The tenant's merged configuration, what GetConfig serves.
+    pub config: Arc<TenantConfig>,
+}
+
+/// A tenant's merged configuration (its tier's defaults overridden by its own values), as
+/// its route carries it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantConfig {
+    /// Opaque; equal versions mean equal settings.
+    pub version: String,
+    /// Key → the value as compact JSON text.
+    pub settings: BTreeMap<String, String>,
 }
 
 impl Route {
@@ -136,6 +150,7 @@ impl fmt::Debug for Route {
             .field("limits", &self.limits)
             .field("sequence", &self.sequence)
             .field("tls", &self.tls)
+            .field("config_version", &self.config.version)
             .finish_non_exhaustive()
     }
 }
@@ -194,6 +209,7 @@ mod tests {
             limits: TierLimits::default(),
             sequence: 1,
             tls: PgTls::default(),
+            config: Arc::default(),
         };
         let key = route.pool_key();
         assert!(key.matches(&route));

@@ -2,6 +2,7 @@
 //! `SILO_*` variables; errors print the gRPC code and a one-line reason and exit non-zero.
 
 mod client;
+mod config;
 mod migrate;
 mod output;
 mod rebalance;
@@ -87,6 +88,8 @@ enum Command {
     Query(sql::QueryArgs),
     /// Run a statement in a tenant's silo through the router and print the rows affected.
     Exec(sql::SqlArgs),
+    /// Show the calling tenant's settings as the router serves them (GetConfig).
+    Config(sql::ConfigArgs),
     /// Mint a token from a local key (for development).
     Token(token::TokenArgs),
     /// Per-tenant usage (calls, rows, bytes, database time and size) by period, with a
@@ -133,13 +136,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let router = sql::RouterConnection::new(&cli.router, cli.token, &tls).await?;
             sql::exec(&router, args, cli.output).await
         }
+        Command::Config(args) => {
+            let router = sql::RouterConnection::new(&cli.router, cli.token, &tls).await?;
+            sql::config(&router, args, cli.output).await
+        }
     }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let sql = matches!(cli.command, Command::Query(_) | Command::Exec(_));
+    let sql = matches!(
+        cli.command,
+        Command::Query(_) | Command::Exec(_) | Command::Config(_)
+    );
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

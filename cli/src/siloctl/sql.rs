@@ -146,3 +146,71 @@ fn rows_table(response: &rpb::QueryResponse) -> Table {
     }
     table
 }
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// The tenant to act for, sent as `x-tenant-id` (must match a tenant token's claim;
+    /// required with a service token).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// The version already held: when it is current, only that is printed.
+    #[arg(long, default_value = "")]
+    if_version: String,
+}
+
+/// `siloctl config`: the calling tenant's settings as the router serves them (GetConfig).
+pub async fn config(
+    router: &RouterConnection,
+    args: ConfigArgs,
+    format: Format,
+) -> anyhow::Result<()> {
+    let answer = router
+        .client
+        .clone()
+        .get_config(router.request(
+            rpb::GetConfigRequest {
+                if_version: args.if_version,
+            },
+            args.tenant.as_deref(),
+        )?)
+        .await?
+        .into_inner();
+    let settings: std::collections::BTreeMap<String, serde_json::Value> = answer
+        .settings
+        .iter()
+        .map(|(key, text)| {
+            let value = serde_json::from_str(text)
+                .unwrap_or_else(|_| serde_json::Value::String(text.clone()));
+            (key.clone(), value)
+        })
+        .collect();
+    match format {
+        Format::Json => crate::output::print_json(&serde_json::json!({
+            "version": answer.version,
+            "not_modified": answer.not_modified,
+            "settings": settings,
+        })),
+        Format::Table | Format::Csv => {
+            if !answer.not_modified {
+                let mut table = Table::new();
+                table
+                    .load_style(UTF8_BORDERS_ONLY)
+                    .set_header(["KEY", "VALUE"]);
+                for (key, value) in &settings {
+                    table.add_row([key.clone(), value.to_string()]);
+                }
+                println!("{table}");
+            }
+            println!(
+                "version {}{}",
+                answer.version,
+                if answer.not_modified {
+                    " (not modified)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(())
+}

@@ -82,6 +82,9 @@ pub enum TenantsCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// A tenant's settings and feature flags (key -> JSON value): get, set, unset.
+    #[command(subcommand)]
+    Config(crate::config::ConfigCommand),
     /// Ask a running move (by its operation id) to stop: it gives up at its next step if it
     /// has not switched, and the tenant stays where it was.
     CancelMove { operation_id: String },
@@ -408,6 +411,9 @@ pub async fn run(
             } else {
                 finish(&operation, format)?;
             }
+        }
+        TenantsCommand::Config(command) => {
+            crate::config::run(connection, command, format).await?;
         }
         TenantsCommand::RotateCredentials { tenant_id } => {
             let tenant = client

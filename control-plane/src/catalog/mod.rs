@@ -1,6 +1,7 @@
 //! The catalog: the control plane's own PostgreSQL database. Tenants, operations with their
 //! steps, and the tenant-event log. Every tenant state transition is one transaction here.
 
+mod config;
 mod events;
 mod migration_runs;
 mod notify;
@@ -16,6 +17,7 @@ use silo_tls::postgres::{PgConnector, PgTls};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
+pub use config::StoredConfig;
 pub use migration_runs::{
     FailurePolicy, MigrationParams, PlanTenant, TenantMigration, TenantMigrationState, WaveParams,
 };

@@ -516,6 +516,9 @@ pub enum EventKind {
     /// The tenant's tier changed (limits, and with a move, its provisioner): routers
     /// resolve it again.
     TierChanged,
+    /// The tenant's own configuration changed (its state did not): routers refresh its
+    /// route, which carries the merged settings.
+    ConfigChanged,
 }
 
 impl EventKind {
@@ -532,6 +535,7 @@ impl EventKind {
             Self::CredentialsRotated => "credentials_rotated",
             Self::TierChanged => "tier_changed",
             Self::Failed => "failed",
+            Self::ConfigChanged => "config_changed",
         }
     }
 
@@ -547,6 +551,7 @@ impl EventKind {
             Self::CredentialsRotated,
             Self::Failed,
             Self::TierChanged,
+            Self::ConfigChanged,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == raw)

@@ -160,6 +160,7 @@ pub fn event(record: &TenantEvent) -> pb::TenantEvent {
         EventKind::CredentialsRotated => pb::TenantEventKind::CredentialsRotated,
         EventKind::Failed => pb::TenantEventKind::Failed,
         EventKind::TierChanged => pb::TenantEventKind::TierChanged,
+        EventKind::ConfigChanged => pb::TenantEventKind::ConfigChanged,
     };
     pb::TenantEvent {
         sequence: u64::try_from(record.sequence).unwrap_or(0),

@@ -3,6 +3,7 @@
 //! `ControlPlaneError` to a status in one place.
 
 mod auth;
+mod config;
 mod convert;
 mod migrations;
 mod reconcile;
@@ -570,6 +571,7 @@ impl ControlPlaneService {
                 ))),
             }),
             sequence: u64::try_from(sequence).unwrap_or(0),
+            config: Some(self.route_config(&self.catalog.tenant_config(id).await?)),
             ..Default::default()
         };
         if let Some(placement) = &tenant.placement {
@@ -959,6 +961,37 @@ impl ControlPlane for ControlPlaneService {
             start,
             self.shutdown.clone(),
         )))
+    }
+
+    async fn set_tenant_config(
+        &self,
+        request: Request<pb::SetTenantConfigRequest>,
+    ) -> Result<Response<pb::TenantConfig>, Status> {
+        let caller = self.authorize(&request, Permission::Mutate)?;
+        let change = config::ConfigChange::try_from(request.into_inner())?;
+        let result = self.change_config(&change).await;
+        audit(&caller, "set_tenant_config", &change.tenant, &result);
+        Ok(Response::new(result?))
+    }
+
+    async fn unset_tenant_config(
+        &self,
+        request: Request<pb::UnsetTenantConfigRequest>,
+    ) -> Result<Response<pb::TenantConfig>, Status> {
+        let caller = self.authorize(&request, Permission::Mutate)?;
+        let change = config::ConfigChange::try_from(request.into_inner())?;
+        let result = self.change_config(&change).await;
+        audit(&caller, "unset_tenant_config", &change.tenant, &result);
+        Ok(Response::new(result?))
+    }
+
+    async fn get_tenant_config(
+        &self,
+        request: Request<pb::GetTenantConfigRequest>,
+    ) -> Result<Response<pb::TenantConfig>, Status> {
+        self.authorize(&request, Permission::Read)?;
+        let id = tenant_id(&request.get_ref().tenant_id)?;
+        Ok(Response::new(self.get_config(&id).await?))
     }
 }
 

@@ -73,6 +73,8 @@ struct Refresh {
 /// The first retry of a failed refresh; doubles up to [`REFRESH_BACKOFF_MAX`].
 const REFRESH_BACKOFF: Duration = Duration::from_millis(250);
 const REFRESH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Attempts of an event's eager refresh (about 20 s of back-off in all).
+pub const EVENT_REFRESH_ATTEMPTS: u32 = 8;
 
 impl Entry {
     fn new(lookup: Lookup) -> Arc<Self> {
@@ -279,6 +281,66 @@ impl<S: RouteSource> RouteCache<S> {
         });
     }
 
+    /// Replaces the tenant's cached route, in the background, with one read at or after
+    /// `sequence` (an event that changes only what the route carries, such as the
+    /// tenant's configuration): the cached route keeps being served meanwhile, so no call
+    /// waits for the control plane. A tenant not cached is left to its first call. A failed
+    /// resolution is retried with back-off (0.25 s doubling to 5 s, at most
+    /// [`EVENT_REFRESH_ATTEMPTS`] attempts; then the TTL's revalidation takes over) while
+    /// the route is still cached and older than `sequence`.
+    pub fn refresh(&self, tenant: &TenantId, sequence: u64) {
+        let cache = self.clone();
+        let tenant = tenant.clone();
+        tokio::spawn(async move {
+            let mut backoff = REFRESH_BACKOFF;
+            for _ in 0..EVENT_REFRESH_ATTEMPTS {
+                let stale = match cache.routes.get(&tenant).await {
+                    Some(entry) => match &entry.lookup {
+                        Lookup::Found(route) => route.sequence < sequence,
+                        Lookup::NotFound => false,
+                    },
+                    None => false,
+                };
+                if !stale {
+                    return;
+                }
+                match cache.resolve(&tenant).await {
+                    Ok(lookup) => {
+                        let fresh = Entry::new(lookup);
+                        cache
+                            .routes
+                            .entry_by_ref(&tenant)
+                            .and_compute_with(|current| {
+                                // Only over an older cached route: a tenant dropped meanwhile
+                                // (another event) is resolved again at its next call.
+                                let older = current.is_some_and(|current| {
+                                    match (&current.value().lookup, &fresh.lookup) {
+                                        (Lookup::Found(old), Lookup::Found(new)) => {
+                                            old.sequence < new.sequence
+                                        }
+                                        (Lookup::Found(_), Lookup::NotFound) => true,
+                                        (Lookup::NotFound, _) => false,
+                                    }
+                                });
+                                std::future::ready(if older {
+                                    moka::ops::compute::Op::Put(fresh)
+                                } else {
+                                    moka::ops::compute::Op::Nop
+                                })
+                            })
+                            .await;
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::debug!(tenant_id = %tenant, error = %error, "cannot refresh the route after a config change; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(REFRESH_BACKOFF_MAX);
+                    }
+                }
+            }
+        });
+    }
+
     /// Drops the tenant's cached answer unless it was read at or after `sequence`.
     /// Returns whether a route was dropped (then the tenant's pool must go too).
     pub async fn invalidate(&self, tenant: &TenantId, sequence: u64) -> bool {
@@ -353,6 +415,7 @@ mod tests {
             limits: TierLimits::default(),
             sequence,
             tls: silo_tls::postgres::PgTls::default(),
+            config: Default::default(),
         }
     }
 
@@ -464,6 +527,27 @@ mod tests {
             cache.get(&acme()).await,
             Err(RouteError::Unavailable(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_refresh_replaces_the_route_in_the_background_and_serves_the_old_one_meanwhile() {
+        let cache = cache(Ok(route(5)));
+        cache.get(&acme()).await.expect("found");
+        set_answer(&cache, Ok(route(7)));
+        cache.refresh(&acme(), 6);
+        // The source takes 20 ms; the cached route is answered at once meanwhile.
+        let started = Instant::now();
+        assert_eq!(cache.get(&acme()).await.expect("cached").sequence, 5);
+        assert!(started.elapsed() < Duration::from_millis(10));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(cache.get(&acme()).await.expect("refreshed").sequence, 7);
+        assert_eq!(calls(&cache), 2);
+        // A route read at or after the event is not resolved again, nor is a tenant the
+        // cache does not hold.
+        cache.refresh(&acme(), 7);
+        cache.refresh(&TenantId::parse("globex").expect("valid"), 9);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(calls(&cache), 2);
     }
 
     #[tokio::test]

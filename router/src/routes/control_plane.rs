@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use super::{Change, Invalidation, RouteError, RouteSource};
-use crate::tenant::{Route, TenantId, TenantState, TierLimits};
+use crate::tenant::{Route, TenantConfig, TenantId, TenantState, TierLimits};
 
 static WATCH_FAILED: silo_telemetry::Throttle =
     silo_telemetry::Throttle::new(Duration::from_secs(30));
@@ -205,11 +205,18 @@ impl ControlPlaneRoutes {
                                 } else if heartbeat {
                                     None
                                 } else {
+                                    let config_only =
+                                        event.kind() == pb::TenantEventKind::ConfigChanged;
                                     TenantId::parse(&event.tenant_id).map(|tenant_id| {
-                                        Change::Tenant(Invalidation {
+                                        let invalidation = Invalidation {
                                             tenant_id,
                                             sequence: event.sequence,
-                                        })
+                                        };
+                                        if config_only {
+                                            Change::Config(invalidation)
+                                        } else {
+                                            Change::Tenant(invalidation)
+                                        }
                                     })
                                 };
                                 first = false;
@@ -368,6 +375,15 @@ impl TryFrom<pb::TenantRoute> for Route {
             limits,
             sequence: route.sequence,
             tls,
+            config: std::sync::Arc::new(
+                route
+                    .config
+                    .map(|config| TenantConfig {
+                        version: config.version,
+                        settings: config.settings.into_iter().collect(),
+                    })
+                    .unwrap_or_default(),
+            ),
         })
     }
 }

@@ -44,6 +44,9 @@ pub struct Invalidation {
 pub enum Change {
     /// One tenant changed.
     Tenant(Invalidation),
+    /// Only the tenant's configuration changed (not its state, credentials or place):
+    /// its cached route is refreshed at once, in the background, and its pool is kept.
+    Config(Invalidation),
     /// The stream (re)started at the log's head, `sequence`, without replaying what came
     /// before it (the router had just started, or the events it missed are no longer
     /// kept): a route read before that point may be stale.

@@ -147,6 +147,10 @@ impl Scripted {
                 sequence: 17,
                 sslmode: "verify-full".into(),
                 sslrootcert: "/etc/silo/tenant-ca/ca.pem".into(),
+                config: Some(pb::RouteConfig {
+                    version: "2-00000000000000ab".into(),
+                    settings: [("beta".to_owned(), "true".to_owned())].into(),
+                }),
             })),
             "sleepy" => Ok(Response::new(pb::TenantRoute {
                 tenant_id: "sleepy".into(),
@@ -275,6 +279,8 @@ async fn resolves_routes_and_follows_events_across_reconnects() {
     );
     assert_eq!(route.limits.max_concurrent_calls, 2);
     assert_eq!(route.limits.statement_timeout, Duration::from_secs(5));
+    assert_eq!(route.config.version, "2-00000000000000ab");
+    assert_eq!(route.config.settings["beta"], "true");
     assert_eq!(route.sequence, 17);
     assert_eq!(
         route.tls.to_string(),

@@ -289,6 +289,7 @@ impl Harness {
             limits,
             sequence: 0,
             tls,
+            config: Default::default(),
         });
     }
 

@@ -23,5 +23,6 @@ mod replicas;
 mod routing;
 mod secrets;
 mod shared_server;
+mod tenant_config;
 mod tls;
 mod usage;
