@@ -72,15 +72,8 @@ pub enum TenantsCommand {
     ChangeTier {
         tenant_id: String,
         tier: String,
-        /// How the silo is copied if it moves (see `move`).
-        #[arg(long)]
-        method: Option<String>,
-        /// Idempotency key of the move, if there is one.
-        #[arg(long)]
-        request_id: Option<String>,
-        /// Return at once instead of following a move.
-        #[arg(long)]
-        no_wait: bool,
+        #[command(flatten)]
+        how: MoveOptions,
     },
     /// A tenant's settings and feature flags (key -> JSON value): get, set, unset.
     #[command(subcommand)]
@@ -106,18 +99,25 @@ pub enum TenantsCommand {
         /// its tier if that move changed it), with the tenant's data as it is now.
         #[arg(long, conflicts_with_all = ["to", "tier"])]
         rollback: bool,
-        /// How: `replicate` (logical replication; calls held only for the last changes) or
-        /// `copy` (pg_dump | pg_restore while calls are held). Default: replicate when the
-        /// source server has wal_level = logical, else copy.
-        #[arg(long)]
-        method: Option<String>,
-        /// Idempotency key; repeat a move with the same one to get the same operation.
-        #[arg(long)]
-        request_id: Option<String>,
-        /// Return at once instead of following the move.
-        #[arg(long)]
-        no_wait: bool,
+        #[command(flatten)]
+        how: MoveOptions,
     },
+}
+
+/// How a move runs, for `move` and for a `change-tier` that moves.
+#[derive(Debug, clap::Args)]
+pub struct MoveOptions {
+    /// How: `replicate` (logical replication; calls held only for the last changes) or
+    /// `copy` (pg_dump | pg_restore while calls are held). Default: replicate when the
+    /// source server has wal_level = logical, else copy.
+    #[arg(long)]
+    method: Option<String>,
+    /// Idempotency key; repeat a move with the same one to get the same operation.
+    #[arg(long)]
+    request_id: Option<String>,
+    /// Return at once instead of following the move.
+    #[arg(long)]
+    no_wait: bool,
 }
 
 fn parse_state(raw: &str) -> anyhow::Result<pb::TenantState> {
@@ -347,9 +347,12 @@ pub async fn run(
             to,
             tier,
             rollback,
-            method,
-            request_id,
-            no_wait,
+            how:
+                MoveOptions {
+                    method,
+                    request_id,
+                    no_wait,
+                },
         } => {
             let method = move_method(method.as_deref())?;
             let operation = client
@@ -368,9 +371,12 @@ pub async fn run(
         TenantsCommand::ChangeTier {
             tenant_id,
             tier,
-            method,
-            request_id,
-            no_wait,
+            how:
+                MoveOptions {
+                    method,
+                    request_id,
+                    no_wait,
+                },
         } => {
             let method = move_method(method.as_deref())?;
             let changed = client

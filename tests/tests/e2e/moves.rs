@@ -978,37 +978,13 @@ async fn change_tier(cp: &TestControlPlane, tenant: &str, tier: &str) -> pb::Cha
 /// is on the final silo, the instance is deleted with a final snapshot, one live silo.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_is_promoted_to_its_own_rds_instance_and_demoted_back_under_load() {
-    use silo_tests::rds::{RdsTier, rds_client};
+    use silo_tests::rds::rds_client;
     let env = TestEnv::start(2).await;
     let moto = silo_tests::moto::Moto::start().await;
-    let rewrite = format!(
-        "--rds-endpoint-rewrite=*={}:{}",
-        env.tenant_host(),
-        env.servers[1].port()
-    );
-    let config = env.rds_config(
-        &moto.endpoint_url(),
-        RdsTier {
-            managed_password: true,
-        },
-        &[&rewrite],
-    );
-    let cp = env.control_plane_with(config, Hooks::default()).await;
-    let created = cp
-        .client()
-        .create_tenant(with_token(
-            pb::CreateTenantRequest {
-                tenant_id: "acme".into(),
-                display_name: "acme inc".into(),
-                tier: "standard".into(),
-                request_id: "req-acme".into(),
-            },
-            &token("admin"),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    cp.wait_succeeded(&created.operation_id).await;
+    let cp = env
+        .control_plane_with(promotion_config(&env, &moto, &[]), Hooks::default())
+        .await;
+    onboard_in_tier(&cp, "acme", "standard").await;
     let before = cp.get_tenant("acme").await.unwrap();
     assert_eq!(
         (before.tier.as_str(), before.placement.as_str()),
@@ -1207,6 +1183,25 @@ async fn change_tier_within_a_provisioner_is_immediate() {
     cp.stop().await;
 }
 
+/// Onboards `tenant` in `tier` and waits until it is ACTIVE.
+async fn onboard_in_tier(cp: &TestControlPlane, tenant: &str, tier: &str) {
+    let created = cp
+        .client()
+        .create_tenant(with_token(
+            pb::CreateTenantRequest {
+                tenant_id: tenant.into(),
+                display_name: format!("{tenant} inc"),
+                tier: tier.into(),
+                request_id: format!("req-{tenant}"),
+            },
+            &token("admin"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    cp.wait_succeeded(&created.operation_id).await;
+}
+
 /// The control plane's configuration for the promotion tests: tiers `standard` (the
 /// `postgres` fleet pg0, pg1) and `enterprise` (`rds` against moto, every instance's
 /// endpoint rewritten to pg1).
@@ -1243,21 +1238,7 @@ async fn promotions_and_demotions_finish_after_the_control_plane_is_killed_after
     let onboarding = env
         .control_plane_with(promotion_config(&env, &moto, &[]), Hooks::default())
         .await;
-    let created = onboarding
-        .client()
-        .create_tenant(with_token(
-            pb::CreateTenantRequest {
-                tenant_id: "acme".into(),
-                display_name: "acme inc".into(),
-                tier: "standard".into(),
-                request_id: "req-acme".into(),
-            },
-            &token("admin"),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    onboarding.wait_succeeded(&created.operation_id).await;
+    onboard_in_tier(&onboarding, "acme", "standard").await;
     let database = onboarding.get_tenant("acme").await.unwrap().database;
     onboarding.stop().await;
     let mut rows = 0_i64;
