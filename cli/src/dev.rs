@@ -286,6 +286,8 @@ fn control_plane_config(
         format!("--jwt-issuer={ISSUER}"),
         format!("--jwt-audience={AUDIENCE}"),
         format!("--shutdown-grace-secs={SHUTDOWN_GRACE_SECS}"),
+        // A demo's usage shows database sizes within a minute, not after five.
+        "--usage-size-interval-secs=30".to_owned(),
     ])?;
     // TLS is `--tls`'s alone: SILO_TLS_* exported for a real deployment must not turn it
     // on halfway.
