@@ -293,6 +293,14 @@ pub struct Tier {
     /// (see `tenant_config`). Keys and values follow the per-tenant rules.
     #[serde(default)]
     pub config: crate::tenant_config::Settings,
+    /// Calls (of every method, through every router) a tenant of the tier may make per
+    /// calendar month (UTC); unset: no quota. A tenant's own quota (SetTenantQuota)
+    /// replaces it.
+    #[serde(default)]
+    pub monthly_call_quota: Option<u64>,
+    /// Rows (returned plus affected) per calendar month (UTC); unset: no quota.
+    #[serde(default)]
+    pub monthly_row_quota: Option<u64>,
 }
 
 impl Tier {
@@ -355,6 +363,8 @@ impl Tiers {
             sslmode: None,
             sslrootcert: None,
             config: Default::default(),
+            monthly_call_quota: None,
+            monthly_row_quota: None,
         };
         Self {
             default_tier: "standard".into(),

@@ -13,6 +13,7 @@ pub mod migrations;
 pub mod moves;
 pub mod onboarding;
 pub mod provisioner;
+pub mod quota;
 pub mod rebalance;
 pub mod retention;
 pub mod server;

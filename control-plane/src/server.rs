@@ -258,6 +258,12 @@ pub async fn start(
             shutdown.clone(),
         ));
     }
+    tasks.spawn(crate::quota::recheck_periodically(
+        catalog.clone(),
+        tiers.clone(),
+        Duration::from_secs(60),
+        shutdown.clone(),
+    ));
     if config.usage_size_interval_secs > 0 {
         tasks.spawn(crate::usage::sample_periodically(
             catalog.clone(),

@@ -205,6 +205,9 @@ impl<S: RouteSource> RouterCore<S> {
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Lease, RouterError> {
         let route = self.active_route(tenant, deadline).await?;
+        if !route.quota_exhausted.is_empty() {
+            return Err(RouterError::QuotaExhausted(route.quota_exhausted.clone()));
+        }
         let pool = self.pools.get(&route).await;
         let permit = pool.limiter.admit()?;
         let waiting = std::time::Instant::now();

@@ -50,6 +50,9 @@ pub enum RouterError {
     /// The tenant's rate or concurrency limit refused the call.
     #[error(transparent)]
     Limit(#[from] LimitError),
+    /// A monthly quota of the tenant is used up (which one, and the use).
+    #[error("the tenant's {0}; an admin can raise it (SetTenantQuota)")]
+    QuotaExhausted(String),
     /// The request is malformed or asks for what the router does not do.
     #[error(transparent)]
     Request(#[from] RequestError),
@@ -108,6 +111,7 @@ impl From<RouterError> for Status {
                     std::time::Duration::from_millis(100),
                 ),
             },
+            RouterError::QuotaExhausted(_) => Status::resource_exhausted(error.to_string()),
             RouterError::Limit(e) => match e {
                 LimitError::Rate { retry_after } => {
                     with_retry(Status::resource_exhausted(e.to_string()), retry_after)
@@ -326,6 +330,10 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (LimitError::Concurrency.into(), Code::ResourceExhausted),
+            (
+                RouterError::QuotaExhausted("monthly call quota of 10 calls used (10)".into()),
+                Code::ResourceExhausted,
+            ),
             (RequestError::EmptySql.into(), Code::InvalidArgument),
             (RequestError::NulInSql.into(), Code::InvalidArgument),
             (RequestError::MissingStatement.into(), Code::InvalidArgument),
@@ -408,6 +416,7 @@ mod tests {
         "Pool::Exhausted",
         "Limit::Rate",
         "Limit::Concurrency",
+        "QuotaExhausted",
         "Request::MissingStatement",
         "Request::EmptySql",
         "Request::Param",
@@ -460,6 +469,7 @@ mod tests {
                 LimitError::Rate { .. } => "Limit::Rate",
                 LimitError::Concurrency => "Limit::Concurrency",
             },
+            RouterError::QuotaExhausted(_) => "QuotaExhausted",
             RouterError::Request(e) => match e {
                 RequestError::MissingStatement => "Request::MissingStatement",
                 RequestError::EmptySql => "Request::EmptySql",

@@ -485,6 +485,7 @@ mod tests {
             sequence: 1,
             tls: PgTls::disabled(),
             config: Default::default(),
+            quota_exhausted: String::new(),
         }
     }
 

@@ -108,6 +108,9 @@ pub struct Route {
     pub tls: PgTls,
     /// The tenant's merged configuration, what GetConfig serves.
     pub config: Arc<TenantConfig>,
+    /// Which monthly quota of the tenant is used up (its SQL calls are refused with it);
+    /// empty while none is.
+    pub quota_exhausted: String,
 }
 
 /// A tenant's merged configuration (its tier's defaults overridden by its own values), as
@@ -210,6 +213,7 @@ mod tests {
             sequence: 1,
             tls: PgTls::default(),
             config: Arc::default(),
+            quota_exhausted: String::new(),
         };
         let key = route.pool_key();
         assert!(key.matches(&route));

@@ -75,6 +75,17 @@ pub enum TenantsCommand {
         #[command(flatten)]
         how: MoveOptions,
     },
+    /// Set a tenant's own monthly quotas (replacing its tier's; leave one out to use the
+    /// tier's again) and show the quotas in force and this month's use.
+    Quota {
+        tenant_id: String,
+        /// Calls per calendar month (UTC).
+        #[arg(long)]
+        calls: Option<u64>,
+        /// Rows (returned plus affected) per calendar month.
+        #[arg(long)]
+        rows: Option<u64>,
+    },
     /// A tenant's settings and feature flags (key -> JSON value): get, set, unset.
     #[command(subcommand)]
     Config(crate::config::ConfigCommand),
@@ -396,6 +407,52 @@ pub async fn run(
                     if let Some(tenant) = &changed.tenant {
                         print_tenant(tenant, format);
                     }
+                }
+            }
+        }
+        TenantsCommand::Quota {
+            tenant_id,
+            calls,
+            rows,
+        } => {
+            let quota = client
+                .set_tenant_quota(connection.request(pb::SetTenantQuotaRequest {
+                    tenant_id,
+                    monthly_calls: calls,
+                    monthly_rows: rows,
+                })?)
+                .await?
+                .into_inner();
+            let limit = |quota: u64| {
+                if quota == 0 {
+                    "none".to_owned()
+                } else {
+                    quota.to_string()
+                }
+            };
+            match format {
+                Format::Json => output::print_json(&serde_json::json!({
+                    "tenant_id": quota.tenant_id,
+                    "monthly_calls": quota.monthly_calls,
+                    "monthly_rows": quota.monthly_rows,
+                    "calls_used": quota.calls_used,
+                    "rows_used": quota.rows_used,
+                    "exhausted": quota.exhausted,
+                })),
+                Format::Table | Format::Csv => {
+                    println!(
+                        "{}: calls {} of {}, rows {} of {} this month{}",
+                        quota.tenant_id,
+                        quota.calls_used,
+                        limit(quota.monthly_calls),
+                        quota.rows_used,
+                        limit(quota.monthly_rows),
+                        if quota.exhausted.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" — {}", quota.exhausted)
+                        }
+                    );
                 }
             }
         }

@@ -6,6 +6,7 @@ mod events;
 mod migration_runs;
 mod notify;
 mod operations;
+mod quota;
 mod records;
 mod tenants;
 mod usage;
@@ -23,6 +24,7 @@ pub use migration_runs::{
 };
 pub use notify::CatalogChanges;
 pub use operations::ClaimedOperation;
+pub use quota::QuotaUse;
 pub use records::*;
 pub use tenants::{NewTenant, TenantFilter, TenantPage, Transition};
 pub use usage::{UsageBucket, UsagePeriod, UsageRecord};

@@ -519,6 +519,9 @@ pub enum EventKind {
     /// The tenant's own configuration changed (its state did not): routers refresh its
     /// route, which carries the merged settings.
     ConfigChanged,
+    /// A monthly quota of the tenant became used up or available again: routers resolve
+    /// it again.
+    QuotaChanged,
 }
 
 impl EventKind {
@@ -536,6 +539,7 @@ impl EventKind {
             Self::TierChanged => "tier_changed",
             Self::Failed => "failed",
             Self::ConfigChanged => "config_changed",
+            Self::QuotaChanged => "quota_changed",
         }
     }
 
@@ -552,6 +556,7 @@ impl EventKind {
             Self::Failed,
             Self::TierChanged,
             Self::ConfigChanged,
+            Self::QuotaChanged,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == raw)

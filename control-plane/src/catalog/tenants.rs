@@ -647,7 +647,10 @@ impl Catalog {
 const PLACEMENT_LOCK_KEY: i64 = 0x5110_0002;
 
 /// The tenant's state, its row locked (`FOR UPDATE`) until `tx` ends.
-async fn locked_state(tx: &Transaction<'_>, id: &TenantId) -> Result<TenantState, CatalogError> {
+pub(super) async fn locked_state(
+    tx: &Transaction<'_>,
+    id: &TenantId,
+) -> Result<TenantState, CatalogError> {
     let row = tx
         .query_opt(
             "SELECT state FROM tenants WHERE tenant_id = $1 FOR UPDATE",

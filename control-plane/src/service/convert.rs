@@ -161,6 +161,7 @@ pub fn event(record: &TenantEvent) -> pb::TenantEvent {
         EventKind::Failed => pb::TenantEventKind::Failed,
         EventKind::TierChanged => pb::TenantEventKind::TierChanged,
         EventKind::ConfigChanged => pb::TenantEventKind::ConfigChanged,
+        EventKind::QuotaChanged => pb::TenantEventKind::QuotaChanged,
     };
     pb::TenantEvent {
         sequence: u64::try_from(record.sequence).unwrap_or(0),

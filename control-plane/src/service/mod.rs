@@ -457,6 +457,42 @@ impl ControlPlaneService {
         Ok(())
     }
 
+    /// SetTenantQuota: stores the tenant's own quotas, checks them against this month's use
+    /// at once, and answers with what is in force.
+    async fn set_quota(
+        &self,
+        id: &TenantId,
+        request: &pb::SetTenantQuotaRequest,
+    ) -> Result<pb::TenantQuota, ControlPlaneError> {
+        let signed = |value: Option<u64>| value.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+        self.catalog
+            .set_tenant_quota(
+                id,
+                signed(request.monthly_calls),
+                signed(request.monthly_rows),
+            )
+            .await?;
+        let tenants = [id.to_string()];
+        crate::quota::check(&self.catalog, &self.tiers, &tenants).await?;
+        let usage = self
+            .catalog
+            .quota_use(&tenants)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(ControlPlaneError::Missing("tenant"))?;
+        let (calls, rows) = crate::quota::quotas(&self.tiers, &usage);
+        let unsigned = |value: i64| u64::try_from(value).unwrap_or(0);
+        Ok(pb::TenantQuota {
+            tenant_id: id.to_string(),
+            monthly_calls: calls.unwrap_or(0),
+            monthly_rows: rows.unwrap_or(0),
+            calls_used: unsigned(usage.calls_used),
+            rows_used: unsigned(usage.rows_used),
+            exhausted: usage.exhausted,
+        })
+    }
+
     /// ChangeTier: at once when the new tier's provisioner is the tenant's, else a move.
     async fn change_tier(
         &self,
@@ -585,6 +621,7 @@ impl ControlPlaneService {
                 .map(ToString::to_string)
                 .unwrap_or_default();
         }
+        route.quota_exhausted = self.catalog.quota_exhausted(id).await?;
         // Credentials go out only for a tenant a router may serve.
         if let (TenantState::Active, Some(sealed)) = (tenant.state, &tenant.credentials) {
             let password = self.cipher.decrypt(id.as_str(), sealed)?;
@@ -894,8 +931,32 @@ impl ControlPlane for ControlPlaneService {
     ) -> Result<Response<pb::RecordUsageResponse>, Status> {
         self.authorize(&request, Permission::Resolve)?;
         let request = request.into_inner();
+        let mut tenants: Vec<String> = request
+            .records
+            .iter()
+            .map(|r| r.tenant_id.clone())
+            .collect();
+        tenants.sort_unstable();
+        tenants.dedup();
         let stored = usage::record(&self.catalog, request).await?;
+        // Stored is stored: a failed quota check is logged, and the next shipment (or the
+        // periodic recheck) checks again.
+        if let Err(error) = crate::quota::check(&self.catalog, &self.tiers, &tenants).await {
+            tracing::warn!(error = %error, "checking quotas after usage failed");
+        }
         Ok(Response::new(pb::RecordUsageResponse { stored }))
+    }
+
+    async fn set_tenant_quota(
+        &self,
+        request: Request<pb::SetTenantQuotaRequest>,
+    ) -> Result<Response<pb::TenantQuota>, Status> {
+        let caller = self.authorize(&request, Permission::Mutate)?;
+        let request = request.into_inner();
+        let id = tenant_id(&request.tenant_id)?;
+        let result = self.set_quota(&id, &request).await;
+        audit(&caller, "set_tenant_quota", &id, &result);
+        Ok(Response::new(result?))
     }
 
     async fn get_usage(

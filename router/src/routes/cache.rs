@@ -416,6 +416,7 @@ mod tests {
             sequence,
             tls: silo_tls::postgres::PgTls::default(),
             config: Default::default(),
+            quota_exhausted: String::new(),
         }
     }
 

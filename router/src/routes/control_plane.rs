@@ -384,6 +384,7 @@ impl TryFrom<pb::TenantRoute> for Route {
                     })
                     .unwrap_or_default(),
             ),
+            quota_exhausted: route.quota_exhausted,
         })
     }
 }

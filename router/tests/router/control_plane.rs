@@ -151,6 +151,7 @@ impl Scripted {
                     version: "2-00000000000000ab".into(),
                     settings: [("beta".to_owned(), "true".to_owned())].into(),
                 }),
+                quota_exhausted: String::new(),
             })),
             "sleepy" => Ok(Response::new(pb::TenantRoute {
                 tenant_id: "sleepy".into(),

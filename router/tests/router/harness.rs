@@ -290,6 +290,7 @@ impl Harness {
             sequence: 0,
             tls,
             config: Default::default(),
+            quota_exhausted: String::new(),
         });
     }
 

@@ -436,6 +436,7 @@ async fn a_connection_given_back_goes_to_the_call_waiting_longest() {
         sequence: 1,
         tls: Default::default(),
         config: Default::default(),
+        quota_exhausted: String::new(),
     };
     let pool = registry.get(&route).await;
     let holding = registry

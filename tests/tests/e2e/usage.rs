@@ -328,3 +328,113 @@ async fn usage_calls_refuse_bad_ranges_and_wrong_roles() {
     );
     cp.stop().await;
 }
+
+/// A tier's monthly call quota: once the routers' usage shows it used up, the tenant's SQL
+/// calls are RESOURCE_EXHAUSTED naming the quota (another tenant is not affected), and an
+/// admin raising the tenant's own quota serves it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_up_monthly_quota_refuses_calls_until_an_admin_raises_it() {
+    let env = TestEnv::start(1).await;
+    let tiers = env.scratch_file("tiers.toml");
+    std::fs::write(
+        &tiers,
+        "default_tier = \"standard\"\n\
+         [tiers.standard]\nprovisioner = \"postgres\"\n\
+         [tiers.metered]\nprovisioner = \"postgres\"\nmonthly_call_quota = 5\n",
+    )
+    .unwrap();
+    let flag = format!("--tiers-file={}", tiers.display());
+    let cp = env
+        .control_plane_with(env.config(&[&flag]), Hooks::default())
+        .await;
+    for (tenant, tier) in [("acme", "metered"), ("globex", "standard")] {
+        let created = cp
+            .client()
+            .create_tenant(with_token(
+                pb::CreateTenantRequest {
+                    tenant_id: tenant.into(),
+                    display_name: tenant.into(),
+                    tier: tier.into(),
+                    request_id: format!("req-{tenant}"),
+                },
+                &token("admin"),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        cp.wait_succeeded(&created.operation_id).await;
+    }
+    let router = TestRouter::start(&cp, PoolConfig::default()).await;
+    let select = |tenant: &'static str| {
+        let mut client = router.client.clone();
+        async move {
+            client
+                .query(call(
+                    rpb::QueryRequest {
+                        statement: statement("SELECT 1", vec![]),
+                        max_rows: 0,
+                    },
+                    &tenant_token(tenant),
+                    None,
+                ))
+                .await
+        }
+    };
+    for _ in 0..5 {
+        select("acme").await.expect("within the quota");
+    }
+    // Usage arrives with the router's next shipment (every second here).
+    let refused = silo_tests::eventually(Duration::from_secs(15), "the quota to bite", || async {
+        select("acme").await.err()
+    })
+    .await;
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message()
+            .contains("monthly call quota of 5 calls used"),
+        "{refused:?}"
+    );
+    select("globex").await.expect("another tier, no quota");
+
+    let raised = cp
+        .client()
+        .set_tenant_quota(with_token(
+            pb::SetTenantQuotaRequest {
+                tenant_id: "acme".into(),
+                monthly_calls: Some(1_000),
+                monthly_rows: None,
+            },
+            &token("admin"),
+        ))
+        .await
+        .expect("SetTenantQuota")
+        .into_inner();
+    assert_eq!(
+        (raised.monthly_calls, raised.exhausted.as_str()),
+        (1_000, "")
+    );
+    assert!(raised.calls_used >= 5, "{raised:?}");
+    silo_tests::eventually(Duration::from_secs(10), "served again", || async {
+        select("acme").await.ok()
+    })
+    .await;
+    let viewer = cp
+        .client()
+        .set_tenant_quota(with_token(
+            pb::SetTenantQuotaRequest {
+                tenant_id: "acme".into(),
+                ..Default::default()
+            },
+            &token("viewer"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(viewer.code(), tonic::Code::PermissionDenied);
+    router.stop().await;
+    cp.stop().await;
+}
