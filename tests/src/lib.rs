@@ -571,6 +571,25 @@ impl TestControlPlane {
         }
     }
 
+    /// Onboards `tenant` in `tier` (request id `req-<tenant>`) and waits until it is ACTIVE.
+    pub async fn onboard_in_tier(&self, tenant: &str, tier: &str) {
+        let created = self
+            .client()
+            .create_tenant(with_token(
+                pb::CreateTenantRequest {
+                    tenant_id: tenant.into(),
+                    display_name: format!("{tenant} inc"),
+                    tier: tier.into(),
+                    request_id: format!("req-{tenant}"),
+                },
+                &token("admin"),
+            ))
+            .await
+            .expect("create accepted")
+            .into_inner();
+        self.wait_succeeded(&created.operation_id).await;
+    }
+
     /// Waits until the operation is done and returns it. A GetOperation error fails at
     /// once with its status (UNAVAILABLE, a control plane between restarts, is retried);
     /// a timeout says where the operation stood.

@@ -984,7 +984,7 @@ async fn a_tenant_is_promoted_to_its_own_rds_instance_and_demoted_back_under_loa
     let cp = env
         .control_plane_with(promotion_config(&env, &moto, &[]), Hooks::default())
         .await;
-    onboard_in_tier(&cp, "acme", "standard").await;
+    cp.onboard_in_tier("acme", "standard").await;
     let before = cp.get_tenant("acme").await.unwrap();
     assert_eq!(
         (before.tier.as_str(), before.placement.as_str()),
@@ -1183,25 +1183,6 @@ async fn change_tier_within_a_provisioner_is_immediate() {
     cp.stop().await;
 }
 
-/// Onboards `tenant` in `tier` and waits until it is ACTIVE.
-async fn onboard_in_tier(cp: &TestControlPlane, tenant: &str, tier: &str) {
-    let created = cp
-        .client()
-        .create_tenant(with_token(
-            pb::CreateTenantRequest {
-                tenant_id: tenant.into(),
-                display_name: format!("{tenant} inc"),
-                tier: tier.into(),
-                request_id: format!("req-{tenant}"),
-            },
-            &token("admin"),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    cp.wait_succeeded(&created.operation_id).await;
-}
-
 /// The control plane's configuration for the promotion tests: tiers `standard` (the
 /// `postgres` fleet pg0, pg1) and `enterprise` (`rds` against moto, every instance's
 /// endpoint rewritten to pg1).
@@ -1238,7 +1219,7 @@ async fn promotions_and_demotions_finish_after_the_control_plane_is_killed_after
     let onboarding = env
         .control_plane_with(promotion_config(&env, &moto, &[]), Hooks::default())
         .await;
-    onboard_in_tier(&onboarding, "acme", "standard").await;
+    onboarding.onboard_in_tier("acme", "standard").await;
     let database = onboarding.get_tenant("acme").await.unwrap().database;
     onboarding.stop().await;
     let mut rows = 0_i64;

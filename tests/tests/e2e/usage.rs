@@ -348,21 +348,7 @@ async fn a_used_up_monthly_quota_refuses_calls_until_an_admin_raises_it() {
         .control_plane_with(env.config(&[&flag]), Hooks::default())
         .await;
     for (tenant, tier) in [("acme", "metered"), ("globex", "standard")] {
-        let created = cp
-            .client()
-            .create_tenant(with_token(
-                pb::CreateTenantRequest {
-                    tenant_id: tenant.into(),
-                    display_name: tenant.into(),
-                    tier: tier.into(),
-                    request_id: format!("req-{tenant}"),
-                },
-                &token("admin"),
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        cp.wait_succeeded(&created.operation_id).await;
+        cp.onboard_in_tier(tenant, tier).await;
     }
     let router = TestRouter::start(&cp, PoolConfig::default()).await;
     let select = |tenant: &'static str| {
