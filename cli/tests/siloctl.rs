@@ -586,17 +586,12 @@ async fn siloctl_moves_a_tenant_to_another_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn siloctl_changes_a_tenant_tier_in_place() {
     let env = TestEnv::start(1).await;
-    let tiers = env.scratch_file("tiers.toml");
-    std::fs::write(
-        &tiers,
-        "default_tier = \"standard\"\n\
+    let cp = env
+        .control_plane_with_tiers(
+            "default_tier = \"standard\"\n\
          [tiers.standard]\nprovisioner = \"postgres\"\n\
          [tiers.premium]\nprovisioner = \"postgres\"\nmax_connections = 20\n",
-    )
-    .unwrap();
-    let flag = format!("--tiers-file={}", tiers.display());
-    let cp = env
-        .control_plane_with(env.config(&[&flag]), Hooks::default())
+        )
         .await;
     cp.onboard(&["acme"]).await;
     let changed = json(
@@ -696,17 +691,12 @@ async fn router_config(router: &TestRouter, tenant: &str) -> silo_proto::router:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn siloctl_sets_a_flag_that_two_routers_serve_within_a_second() {
     let env = TestEnv::start(1).await;
-    let tiers = env.scratch_file("tiers.toml");
-    std::fs::write(
-        &tiers,
-        "default_tier = \"standard\"\n\
+    let cp = env
+        .control_plane_with_tiers(
+            "default_tier = \"standard\"\n\
          [tiers.standard]\nprovisioner = \"postgres\"\n\
          [tiers.standard.config]\n\"beta.search\" = false\nmax_seats = 5\n",
-    )
-    .unwrap();
-    let flag = format!("--tiers-file={}", tiers.display());
-    let cp = env
-        .control_plane_with(env.config(&[&flag]), Hooks::default())
+        )
         .await;
     cp.onboard(&["acme"]).await;
     let routers = [

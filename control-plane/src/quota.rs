@@ -54,7 +54,15 @@ pub async fn check(
     tiers: &Tiers,
     tenants: &[String],
 ) -> Result<(), CatalogError> {
-    for usage in catalog.quota_use(tenants).await? {
+    // Every RecordUsage runs this: the month's use is summed only for tenants that can
+    // have a quota.
+    let quota_tiers: Vec<String> = tiers
+        .tiers
+        .iter()
+        .filter(|(_, tier)| tier.monthly_call_quota.is_some() || tier.monthly_row_quota.is_some())
+        .map(|(name, _)| name.clone())
+        .collect();
+    for usage in catalog.quota_use(tenants, Some(&quota_tiers)).await? {
         let now = exhausted(tiers, &usage);
         if now != usage.exhausted {
             let Some(id) = TenantId::parse(&usage.tenant_id).ok() else {

@@ -216,12 +216,17 @@ impl UsageMeter {
             return CallUsage::off();
         };
         let mut state = inner.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let running = state
-            .in_flight
-            .entry(tenant.as_str().to_owned())
-            .or_default();
-        *running += 1;
-        let peak = *running;
+        // No key to allocate while the tenant has calls running.
+        let peak = match state.in_flight.get_mut(tenant.as_str()) {
+            Some(running) => {
+                *running += 1;
+                *running
+            }
+            None => {
+                state.in_flight.insert(tenant.as_str().to_owned(), 1);
+                1
+            }
+        };
         drop(state);
         CallUsage {
             inner: Some(inner.clone()),

@@ -400,6 +400,15 @@ impl TestEnv {
         args
     }
 
+    /// A control plane whose tiers are `tiers_toml` (written to a scratch tiers file).
+    pub async fn control_plane_with_tiers(&self, tiers_toml: &str) -> TestControlPlane {
+        let file = self.scratch_file("tiers.toml");
+        std::fs::write(&file, tiers_toml).expect("tiers file written");
+        let flag = format!("--tiers-file={}", file.display());
+        self.control_plane_with(self.config(&[&flag]), Hooks::default())
+            .await
+    }
+
     pub async fn control_plane(&self, hooks: Hooks) -> TestControlPlane {
         self.control_plane_with(self.config(&[]), hooks).await
     }

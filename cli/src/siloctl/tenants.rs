@@ -358,50 +358,40 @@ pub async fn run(
             to,
             tier,
             rollback,
-            how:
-                MoveOptions {
-                    method,
-                    request_id,
-                    no_wait,
-                },
+            how,
         } => {
-            let method = move_method(method.as_deref())?;
+            let method = move_method(how.method.as_deref())?;
             let operation = client
                 .move_tenant(connection.request(pb::MoveTenantRequest {
                     tenant_id,
                     target_server: to.unwrap_or_default(),
                     method: method.into(),
-                    request_id: request_id.unwrap_or_default(),
+                    request_id: how.request_id.unwrap_or_default(),
                     target_tier: tier.unwrap_or_default(),
                     rollback,
                 })?)
                 .await?
                 .into_inner();
-            follow_and_finish(connection, operation, no_wait, format).await?;
+            follow_and_finish(connection, operation, how.no_wait, format).await?;
         }
         TenantsCommand::ChangeTier {
             tenant_id,
             tier,
-            how:
-                MoveOptions {
-                    method,
-                    request_id,
-                    no_wait,
-                },
+            how,
         } => {
-            let method = move_method(method.as_deref())?;
+            let method = move_method(how.method.as_deref())?;
             let changed = client
                 .change_tier(connection.request(pb::ChangeTierRequest {
                     tenant_id,
                     tier,
                     method: method.into(),
-                    request_id: request_id.unwrap_or_default(),
+                    request_id: how.request_id.unwrap_or_default(),
                 })?)
                 .await?
                 .into_inner();
             match changed.operation {
                 Some(operation) => {
-                    follow_and_finish(connection, operation, no_wait, format).await?;
+                    follow_and_finish(connection, operation, how.no_wait, format).await?;
                 }
                 None => {
                     if let Some(tenant) = &changed.tenant {

@@ -25,8 +25,14 @@ pub struct QuotaUse {
 
 impl Catalog {
     /// The quotas and this month's use of each live tenant in `tenants` (unknown or
-    /// DELETED ones are left out).
-    pub async fn quota_use(&self, tenants: &[String]) -> Result<Vec<QuotaUse>, CatalogError> {
+    /// DELETED ones are left out). With `quota_tiers`, only tenants that can have a quota
+    /// are read (one of their own, a tier of these, or one used up now): the month's use
+    /// is summed for no other.
+    pub async fn quota_use(
+        &self,
+        tenants: &[String],
+        quota_tiers: Option<&[String]>,
+    ) -> Result<Vec<QuotaUse>, CatalogError> {
         let conn = self.conn().await?;
         let rows = conn
             .query(
@@ -37,8 +43,10 @@ impl Catalog {
                  LEFT JOIN tenant_usage u ON u.tenant_id = t.tenant_id
                       AND u.minute >= date_trunc('month', now(), 'UTC')
                  WHERE t.tenant_id = ANY($1) AND t.state <> 'DELETED'
+                   AND ($2::text[] IS NULL OR t.tier = ANY($2) OR t.quota_calls IS NOT NULL
+                        OR t.quota_rows IS NOT NULL OR t.quota_exhausted <> '')
                  GROUP BY t.tenant_id",
-                &[&tenants],
+                &[&tenants, &quota_tiers],
             )
             .await?;
         rows.iter()
@@ -66,20 +74,6 @@ impl Catalog {
             )
             .await?;
         rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
-    }
-
-    /// Which quota of the tenant is used up (empty while none is).
-    pub async fn quota_exhausted(&self, id: &TenantId) -> Result<String, CatalogError> {
-        let conn = self.conn().await?;
-        Ok(conn
-            .query_opt(
-                "SELECT quota_exhausted FROM tenants WHERE tenant_id = $1",
-                &[&id.as_str()],
-            )
-            .await?
-            .map(|row| row.try_get(0))
-            .transpose()?
-            .unwrap_or_default())
     }
 
     /// Records which quota of the tenant is used up (`""`: none), with a `quota_changed`

@@ -50,6 +50,8 @@ pub struct TenantRecord {
     pub name_scheme: NameScheme,
     /// The isolation steps the silo has been given (`provisioner::isolation::VERSION`).
     pub isolation_version: i32,
+    /// Which monthly quota is used up (routers refuse its SQL calls); empty while none is.
+    pub quota_exhausted: String,
     /// Sealed password (see `crypto`); never leaves the control plane but to routers.
     pub credentials: Option<Vec<u8>>,
     /// Bumped each time a new sealed password is stored (onboarding's first one included),
@@ -67,7 +69,7 @@ pub struct TenantRecord {
 }
 
 pub(crate) const TENANT_COLUMNS: &str = "tenant_id, display_name, tier, state, failure_reason, \
-     provisioner, placement, database_name, role_name, name_scheme, isolation_version, credentials, \
+     provisioner, placement, database_name, role_name, name_scheme, isolation_version, quota_exhausted, credentials, \
      credentials_version, schema_version, request_id, created_at, updated_at";
 
 impl TenantRecord {
@@ -107,6 +109,7 @@ impl TenantRecord {
                     .ok_or_else(|| CatalogError::Corrupt(format!("name scheme {raw:?}")))?
             },
             isolation_version: row.try_get("isolation_version")?,
+            quota_exhausted: row.try_get("quota_exhausted")?,
             credentials: row.try_get("credentials")?,
             credentials_version: row.try_get("credentials_version")?,
             schema_version: row.try_get("schema_version")?,

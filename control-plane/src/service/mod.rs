@@ -476,7 +476,7 @@ impl ControlPlaneService {
         crate::quota::check(&self.catalog, &self.tiers, &tenants).await?;
         let usage = self
             .catalog
-            .quota_use(&tenants)
+            .quota_use(&tenants, None)
             .await?
             .into_iter()
             .next()
@@ -621,7 +621,7 @@ impl ControlPlaneService {
                 .map(ToString::to_string)
                 .unwrap_or_default();
         }
-        route.quota_exhausted = self.catalog.quota_exhausted(id).await?;
+        route.quota_exhausted.clone_from(&tenant.quota_exhausted);
         // Credentials go out only for a tenant a router may serve.
         if let (TenantState::Active, Some(sealed)) = (tenant.state, &tenant.credentials) {
             let password = self.cipher.decrypt(id.as_str(), sealed)?;

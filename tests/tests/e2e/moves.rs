@@ -1131,17 +1131,12 @@ async fn a_tenant_is_promoted_to_its_own_rds_instance_and_demoted_back_under_loa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_tier_within_a_provisioner_is_immediate() {
     let env = TestEnv::start(1).await;
-    let tiers = env.scratch_file("tiers.toml");
-    std::fs::write(
-        &tiers,
-        "default_tier = \"standard\"\n\
+    let cp = env
+        .control_plane_with_tiers(
+            "default_tier = \"standard\"\n\
          [tiers.standard]\nprovisioner = \"postgres\"\nmax_connections = 5\n\
          [tiers.premium]\nprovisioner = \"postgres\"\nmax_connections = 20\n",
-    )
-    .unwrap();
-    let flag = format!("--tiers-file={}", tiers.display());
-    let cp = env
-        .control_plane_with(env.config(&[&flag]), Hooks::default())
+        )
         .await;
     cp.onboard(&["acme"]).await;
     let route = cp.resolve("acme").await.unwrap();

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use silo_control_plane::Hooks;
 use silo_proto::controlplane::v1 as cpb;
 use silo_proto::router::v1 as rpb;
 use silo_router::{metrics::ResultLabels, pool::PoolConfig};
@@ -20,11 +19,7 @@ const TIERS: &str = "default_tier = \"standard\"\n\
     [tiers.premium]\nprovisioner = \"postgres\"\n";
 
 async fn control_plane(env: &TestEnv, tiers: &str) -> TestControlPlane {
-    let file = env.scratch_file("tiers.toml");
-    std::fs::write(&file, tiers).unwrap();
-    let flag = format!("--tiers-file={}", file.display());
-    env.control_plane_with(env.config(&[&flag]), Hooks::default())
-        .await
+    env.control_plane_with_tiers(tiers).await
 }
 
 async fn set(

@@ -335,17 +335,12 @@ async fn usage_calls_refuse_bad_ranges_and_wrong_roles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_used_up_monthly_quota_refuses_calls_until_an_admin_raises_it() {
     let env = TestEnv::start(1).await;
-    let tiers = env.scratch_file("tiers.toml");
-    std::fs::write(
-        &tiers,
-        "default_tier = \"standard\"\n\
+    let cp = env
+        .control_plane_with_tiers(
+            "default_tier = \"standard\"\n\
          [tiers.standard]\nprovisioner = \"postgres\"\n\
          [tiers.metered]\nprovisioner = \"postgres\"\nmonthly_call_quota = 5\n",
-    )
-    .unwrap();
-    let flag = format!("--tiers-file={}", tiers.display());
-    let cp = env
-        .control_plane_with(env.config(&[&flag]), Hooks::default())
+        )
         .await;
     for (tenant, tier) in [("acme", "metered"), ("globex", "standard")] {
         cp.onboard_in_tier(tenant, tier).await;
