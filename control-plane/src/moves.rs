@@ -148,10 +148,13 @@ impl Onboarding {
             else {
                 return Ok(Outcome::Done);
             };
-            let params = match operation.move_params() {
+            let mut params = match operation.move_params() {
                 Ok(params) => params,
                 Err(error) => return Ok(Outcome::Failed(error.to_string())),
             };
+            // Requests are kept apart from the operation's row (see request_cancel); the
+            // parameters' own flag is from moves recorded before.
+            params.cancel_requested |= self.catalog.cancel_requested(operation.id).await?;
             let tenant = self.catalog.get_tenant(operation.tenant()?).await?;
             let ends = self.ends(&tenant, &operation, &params);
             if let Some(reason) = &params.abandoned {

@@ -220,31 +220,45 @@ impl Catalog {
     /// [`CatalogError::OperationNotFound`]; [`CatalogError::Conflict`] for an operation
     /// that is no move or has finished.
     pub async fn request_cancel(&self, id: Uuid) -> Result<OperationRecord, CatalogError> {
+        let operation = self.get_operation(id).await?;
+        if operation.kind != OperationKind::MoveTenant {
+            return Err(CatalogError::Conflict(format!(
+                "only moves can be cancelled, not {}",
+                operation.kind.as_str()
+            )));
+        }
+        // Not an UPDATE of the operation's row: a worker's claim holds it for its whole
+        // pass, and the request would wait for the pass (a copy) to end.
         let conn = self.conn().await?;
-        let updated = conn
+        let recorded = conn
             .execute(
-                "UPDATE operations SET params = params || '{\"cancel_requested\": true}'::jsonb,
-                        updated_at = now()
-                 WHERE operation_id = $1 AND kind = $2 AND status = 'pending'",
-                &[&id, &OperationKind::MoveTenant.as_str()],
+                "INSERT INTO operation_cancellations (operation_id)
+                 SELECT operation_id FROM operations
+                 WHERE operation_id = $1 AND status = 'pending'
+                 ON CONFLICT (operation_id) DO NOTHING",
+                &[&id],
             )
             .await?;
+        let asked_before = recorded == 0 && self.cancel_requested(id).await?;
         drop(conn);
         let operation = self.get_operation(id).await?;
-        if updated == 0 {
-            return Err(CatalogError::Conflict(
-                if operation.kind == OperationKind::MoveTenant {
-                    "the move has finished".into()
-                } else {
-                    format!(
-                        "only moves can be cancelled, not {}",
-                        operation.kind.as_str()
-                    )
-                },
-            ));
+        if recorded == 0 && !(asked_before && operation.finished_at.is_none()) {
+            return Err(CatalogError::Conflict("the move has finished".into()));
         }
         self.changes.notify();
         Ok(operation)
+    }
+
+    /// Whether CancelOperation was called for the operation.
+    pub async fn cancel_requested(&self, id: Uuid) -> Result<bool, CatalogError> {
+        let conn = self.conn().await?;
+        Ok(conn
+            .query_opt(
+                "SELECT 1 FROM operation_cancellations WHERE operation_id = $1",
+                &[&id],
+            )
+            .await?
+            .is_some())
     }
 
     /// Whether an unfinished operation of `kind` other than `except` exists for the tenant.

@@ -1467,3 +1467,64 @@ async fn a_replicate_move_waits_for_commits_not_yet_written_to_wal() {
     assert_written(&moved, &acknowledged).await;
     cp.stop().await;
 }
+
+/// CancelOperation answers at once while a worker is in the middle of the move (its
+/// claim holds the operation's row for the whole pass, a copy included), and the move
+/// gives up at its next step boundary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_is_cancelled_at_once_while_a_worker_runs_it() {
+    let env = TestEnv::start(2).await;
+    let onboarding = env.control_plane(Hooks::default()).await;
+    onboarding.onboard(&["acme"]).await;
+    let (source, target) = servers_of(&onboarding, "acme").await;
+    onboarding.stop().await;
+    // The worker stays 3 s in its pass right after the tenant goes MOVING.
+    let hooks = Hooks {
+        after_transition: Some(Arc::new(|_, state| {
+            if state == silo_control_plane::tenant::TenantState::Moving {
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            HookAction::Continue
+        })),
+    };
+    let cp = env
+        .control_plane_with(env.config(&["--workers=1"]), hooks)
+        .await;
+    let operation = move_tenant(&cp, "acme", &target, pb::MoveMethod::Copy, "slow-cancel")
+        .await
+        .unwrap();
+    silo_tests::eventually(
+        Duration::from_secs(20),
+        "the tenant to be MOVING",
+        || async {
+            (cp.get_tenant("acme").await.unwrap().state() == pb::TenantState::Moving).then_some(())
+        },
+    )
+    .await;
+    let asked = Instant::now();
+    cp.client()
+        .cancel_operation(with_token(
+            pb::CancelOperationRequest {
+                operation_id: operation.operation_id.clone(),
+            },
+            &token("admin"),
+        ))
+        .await
+        .expect("cancel");
+    let answered = asked.elapsed();
+    assert!(
+        answered < Duration::from_secs(1),
+        "CancelOperation took {answered:?}"
+    );
+    let done = cp
+        .wait_done(&operation.operation_id, Duration::from_secs(30))
+        .await;
+    assert_eq!(done.status(), pb::OperationStatus::Failed, "{done:?}");
+    assert!(done.error.contains("cancelled"), "{done:?}");
+    let record = cp.get_tenant("acme").await.unwrap();
+    assert_eq!(
+        (record.placement.as_str(), record.state()),
+        (source.as_str(), pb::TenantState::Active)
+    );
+    cp.stop().await;
+}
